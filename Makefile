@@ -1,0 +1,36 @@
+# One entry point for developers and CI. `make install` is idempotent.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: install test test-fast lint demo bench reliability clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+# The whole suite but the slow fault scenarios; starts its own redis-server when none answers.
+test: install
+	$(BIN)/python -m pytest -m "not reliability" -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check config worker tasks
+	$(BIN)/mypy
+
+demo: install
+	$(BIN)/python -m worker.demo
+
+bench: install
+	$(BIN)/python bench/run.py
+
+reliability: install
+	$(BIN)/python -m pytest tests/reliability -m reliability -q -s
+
+clean:
+	rm -rf $(VENV) outbox .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,31 @@
+"""Errors a person can act on: one line, the field or variable, the rule, the fix."""
+
+from __future__ import annotations
+
+
+class MailWorkerError(Exception):
+    """Base of every error the service reports to a user as one line (no traceback)."""
+
+
+class ConfigError(MailWorkerError):
+    """The service's own configuration (environment, secret key, Redis URL) is wrong or unreachable."""
+
+
+class InvalidInput(MailWorkerError):
+    """Input broke a rule. `problems` lists (field, rule) pairs; str() joins them on one line."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{field}: {rule}" if field else rule for field, rule in problems))
+
+    @classmethod
+    def one(cls, field: str, rule: str) -> InvalidInput:
+        return cls([(field, rule)])
+
+
+class NotFound(MailWorkerError):
+    """A realm, settings version, job or dead letter that does not exist."""
+
+
+class ConflictError(MailWorkerError):
+    """Somebody else saved in between: the edit started from an older version."""

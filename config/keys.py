@@ -1,0 +1,69 @@
+"""Every Redis key the service writes, in one screen. All start with the configured prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "mailworker"
+
+    # config store (config/store.py)
+    def saved(self, realm: str) -> str:
+        """Hash: version, data (JSON, password encrypted), saved_at."""
+        return f"{self.prefix}:realm:{realm}:saved"
+
+    def draft(self, realm: str) -> str:
+        """String: JSON {base_version, data, updated_at}."""
+        return f"{self.prefix}:realm:{realm}:draft"
+
+    def history(self, realm: str) -> str:
+        """List, newest first: JSON {version, data, saved_at, note}."""
+        return f"{self.prefix}:realm:{realm}:history"
+
+    def realms(self) -> str:
+        """Set of realm names that have saved settings."""
+        return f"{self.prefix}:realms"
+
+    # delivery (tasks/)
+    def delivered(self, job_id: str) -> str:
+        """String with the Message-ID, set right after the server accepted the job (idempotency)."""
+        return f"{self.prefix}:delivered:{job_id}"
+
+    def attempts(self, job_id: str) -> str:
+        """Counter of delivery attempts of one job, across redeliveries."""
+        return f"{self.prefix}:attempts:{job_id}"
+
+    def dead_letter(self, job_id: str) -> str:
+        """Hash: the dead job, its reason and timestamps."""
+        return f"{self.prefix}:dead:{job_id}"
+
+    def dead_letters(self) -> str:
+        """Sorted set of dead job ids, scored by the time they died."""
+        return f"{self.prefix}:dead-letters"
+
+    def cooldown(self, realm: str, template: str, recipient: str) -> str:
+        return f"{self.prefix}:cooldown:{realm}:{template}:{recipient.lower()}"
+
+    def stats(self, realm: str, hour: int) -> str:
+        """Hash of counters (sent, failed, dead) for one realm and one hour (epoch hours)."""
+        return f"{self.prefix}:stats:{realm}:{hour}"
+
+    # bulk (tasks/bulk.py)
+    def bulk_job(self, job_id: str) -> str:
+        return f"{self.prefix}:bulk:{job_id}"
+
+    def bulk_chunk(self, job_id: str, chunk: int) -> str:
+        return f"{self.prefix}:bulk:{job_id}:chunk:{chunk}"
+
+    def rate_window(self, realm: str, window: str) -> str:
+        return f"{self.prefix}:rate:{realm}:{window}"
+
+    def token(self, realm: str) -> str:
+        """Cached OAuth2 access token of a realm (encrypted)."""
+        return f"{self.prefix}:oauth-token:{realm}"
+
+    def ingest(self) -> str:
+        """List of plain-JSON jobs from producers in other languages."""
+        return f"{self.prefix}:ingest"

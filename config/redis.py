@@ -1,0 +1,38 @@
+"""Redis connections for the config store and the service's own keys."""
+
+from __future__ import annotations
+
+import redis
+
+from config.errors import ConfigError
+
+
+def connect(url: str, *, variable: str = "MAILWORKER_STORE_URL", check: bool = True) -> redis.Redis:
+    """A client with timeouts; with check, one PING so an unreachable Redis is one clear line."""
+    try:
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=5,
+            socket_connect_timeout=3,
+            health_check_interval=10,
+            retry_on_timeout=True,
+        )
+    except ValueError as error:
+        raise ConfigError(f"{variable}: {url!r} is not a Redis URL ({error})") from None
+    if check:
+        try:
+            client.ping()
+        except redis.RedisError as error:
+            raise ConfigError(f"{variable}: cannot reach Redis at {redact_url(url)} ({error})") from None
+    return client
+
+
+def redact_url(url: str) -> str:
+    """A Redis URL with its password hidden, for messages and logs."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://***@{host}"

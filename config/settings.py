@@ -1,0 +1,85 @@
+"""The service's own settings, read once from the environment (prefix MAILWORKER_, `.env` supported).
+
+This is the one place configuration comes from; every other module receives a `ServiceSettings`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from config.errors import ConfigError
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MAILWORKER_", env_file=".env", extra="ignore")
+
+    broker_url: str = DEFAULT_REDIS_URL
+    result_backend: str = DEFAULT_REDIS_URL
+    store_url: str = DEFAULT_REDIS_URL
+    # Comma-separated Fernet keys; the first encrypts, all decrypt (rotation: prepend the new key).
+    secret_key: SecretStr | None = None
+    # Every Redis key the service writes starts with this; tests use their own prefix.
+    key_prefix: str = "mailworker"
+    # Prefix for the broker's own keys (kombu's global_keyprefix); empty in production, set by tests.
+    broker_key_prefix: str = ""
+
+    realm_templates_dir: str | None = Field(
+        default=None, description="directory with one sub-directory per realm overriding templates"
+    )
+    smtp_ca_file: str | None = Field(default=None, description="CA bundle (PEM) for verifying SMTP servers")
+
+    # Broker: a message unacknowledged for this long is handed to another worker. Every retry delay and
+    # every chunk must stay well below it, or a job is delivered twice (see worker/app.py).
+    visibility_timeout: int = Field(default=900, ge=60)
+    result_expires: int = Field(default=86_400, ge=60, description="seconds task results are kept")
+    delivered_marker_ttl: int = Field(default=7 * 86_400, ge=60)
+    dead_letter_ttl: int = Field(default=30 * 86_400, ge=60)
+
+    max_attempts: int = Field(default=8, ge=1, le=50)
+    retry_base_delay: float = Field(default=5.0, gt=0)
+    retry_max_delay: float = Field(default=300.0, gt=0)
+
+    # One mail per recipient and template in this window (e-mail bombing guard); 0 turns it off.
+    recipient_cooldown: int = Field(default=30, ge=0)
+
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @model_validator(mode="after")
+    def _retry_delay_below_visibility(self) -> ServiceSettings:
+        if self.retry_max_delay >= self.visibility_timeout / 2:
+            raise ValueError(
+                f"MAILWORKER_RETRY_MAX_DELAY ({self.retry_max_delay:g}s) must stay below half of "
+                f"MAILWORKER_VISIBILITY_TIMEOUT ({self.visibility_timeout}s), or retried jobs are delivered twice"
+            )
+        return self
+
+    def secret_keys(self) -> list[str]:
+        if self.secret_key is None or not self.secret_key.get_secret_value().strip():
+            raise ConfigError(
+                "MAILWORKER_SECRET_KEY is not set: it encrypts stored SMTP passwords; "
+                "create one with `mailworker secret-key` and export it"
+            )
+        return [k.strip() for k in self.secret_key.get_secret_value().split(",") if k.strip()]
+
+
+def load_settings() -> ServiceSettings:
+    """Read the environment; a bad value becomes one ConfigError naming the variable."""
+    try:
+        return ServiceSettings()
+    except ValidationError as error:
+        first = error.errors()[0]
+        variable = "MAILWORKER_" + "_".join(str(p) for p in first["loc"]).upper() if first["loc"] else ""
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{variable}: {message}" if variable else message) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> ServiceSettings:
+    return load_settings()

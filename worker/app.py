@@ -1,0 +1,87 @@
+"""The Celery app: broker and result backend on Redis, queues, routing and reliability options."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from config.settings import ServiceSettings, get_settings
+
+TRANSACTIONAL = "transactional"
+BULK = "bulk"
+CONTROL = "control"
+QUEUES = (TRANSACTIONAL, BULK, CONTROL)
+
+TASK_MODULES = ["tasks.send", "tasks.events", "tasks.connection", "tasks.bulk", "tasks.ingest"]
+
+ROUTES = {
+    "mail.send": {"queue": TRANSACTIONAL},
+    "mail.event": {"queue": TRANSACTIONAL},
+    "mail.test_connection": {"queue": CONTROL},
+    "mail.bulk.start": {"queue": BULK},
+    "mail.bulk.chunk": {"queue": BULK},
+}
+
+
+def celery_config(settings: ServiceSettings) -> dict[str, Any]:
+    transport_options: dict[str, Any] = {
+        # A message a worker took but did not acknowledge comes back to the queue after this many
+        # seconds: that is how a job held by a killed worker is recovered (acks_late). Too short and a
+        # slow chunk or a retry countdown outlives it and runs twice; too long and a crashed worker's
+        # password resets wait that long. 15 minutes: every retry delay is capped below half of it
+        # (ServiceSettings checks), a transactional send is bounded by its SMTP timeouts, and a bulk
+        # chunk by its size and the rate limit (tasks/bulk.py sizes chunks to finish well inside it).
+        "visibility_timeout": settings.visibility_timeout,
+        "socket_keepalive": True,
+        "health_check_interval": 10,
+        "retry_on_timeout": True,
+    }
+    if settings.broker_key_prefix:
+        transport_options["global_keyprefix"] = settings.broker_key_prefix
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "broker_transport_options": transport_options,
+        "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        # JSON only: no pickle, so a message cannot run code, and producers in any language can read it.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # A job is acknowledged after it ran; a worker that dies mid-job leaves it for another worker.
+        # The delivered-marker (tasks/delivery.py) keeps such a redelivery from sending twice.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "result_expires": settings.result_expires,
+        "result_extended": True,
+        "task_track_started": True,
+        # Task events on: Flower and `celery events` see every task.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        # One message at a time per process: a password reset must not sit in a prefetch buffer
+        # behind a hundred others.
+        "worker_prefetch_multiplier": 1,
+        "task_queues": [Queue(name, routing_key=name) for name in QUEUES],
+        "task_default_queue": TRANSACTIONAL,
+        "task_routes": ROUTES,
+        "task_time_limit": settings.visibility_timeout // 2,
+        "task_soft_time_limit": settings.visibility_timeout // 2 - 30,
+        "worker_hijack_root_logger": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+def create_app(settings: ServiceSettings | None = None) -> Celery:
+    celery = Celery("iam-mail-worker", include=TASK_MODULES)
+    celery.conf.update(celery_config(settings or get_settings()))
+    return celery
+
+
+app = create_app()
