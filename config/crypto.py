@@ -45,7 +45,9 @@ class SecretBox:
         try:
             return self._fernet.rotate(token.encode()).decode()
         except InvalidToken:
-            raise ConfigError("a stored secret cannot be decrypted with any key of MAILWORKER_SECRET_KEY") from None
+            raise ConfigError(
+                "a stored secret cannot be decrypted with any key of MAILWORKER_SECRET_KEY"
+            ) from None
 
 
 def new_key() -> str:

@@ -35,6 +35,10 @@ class Keys:
         """Counter of delivery attempts of one job, across redeliveries."""
         return f"{self.prefix}:attempts:{job_id}"
 
+    def claim(self, job_id: str) -> str:
+        """String with the worker that works on the job now; expires by itself."""
+        return f"{self.prefix}:claim:{job_id}"
+
     def dead_letter(self, job_id: str) -> str:
         """Hash: the dead job, its reason and timestamps."""
         return f"{self.prefix}:dead:{job_id}"

@@ -8,7 +8,12 @@ from config.errors import ConfigError
 
 
 def connect(url: str, *, variable: str = "MAILWORKER_STORE_URL", check: bool = True) -> redis.Redis:
-    """A client with timeouts; with check, one PING so an unreachable Redis is one clear line."""
+    """A client with timeouts; with check, one PING so an unreachable Redis is one clear line.
+
+    `memory://` is an in-process Redis (fakeredis) for `make demo` on a machine without a Redis server.
+    """
+    if url.startswith("memory://"):
+        return _memory_redis()
     try:
         client = redis.Redis.from_url(
             url,
@@ -36,3 +41,19 @@ def redact_url(url: str) -> str:
     credentials, host = rest.rsplit("@", 1)
     user = credentials.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://***@{host}"
+
+
+def _memory_redis() -> redis.Redis:
+    try:
+        import fakeredis
+    except ImportError:
+        raise ConfigError(
+            "MAILWORKER_STORE_URL=memory:// needs fakeredis: pip install 'iam-mail-worker[test]'"
+        ) from None
+    global _memory_server
+    if _memory_server is None:
+        _memory_server = fakeredis.FakeServer()
+    return fakeredis.FakeRedis(server=_memory_server, decode_responses=True)
+
+
+_memory_server: object | None = None

@@ -9,7 +9,15 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from config.crypto import MASK
 from config.errors import InvalidInput
@@ -102,6 +110,19 @@ class SmtpSettings(BaseModel):
     oauth_client_secret: SecretStr | None = Field(default=None, max_length=4096)
     oauth_scope: str | None = Field(default=None, max_length=1024)
 
+    @field_validator("from_display_name", "reply_to", "reply_to_display_name", "envelope_from", "username",
+                     "oauth_token_url", "oauth_client_id", "oauth_scope", mode="before")  # fmt: skip
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _port_is_a_number(cls, value: Any) -> Any:
+        if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+            raise ValueError("must be a whole number from 1 to 65535")
+        return value
+
     @field_validator("host")
     @classmethod
     def _host_is_a_name(cls, value: str) -> str:
@@ -161,7 +182,9 @@ class SmtpSettings(BaseModel):
         if self.auth:
             if not self.username:
                 problems.append(("username", "is required when auth is on"))
-            if self.auth_type == "password" and (self.password is None or not self.password.get_secret_value()):
+            if self.auth_type == "password" and (
+                self.password is None or not self.password.get_secret_value()
+            ):
                 problems.append(("password", "is required when auth is on"))
             if self.auth_type == "xoauth2":
                 for name in ("oauth_token_url", "oauth_client_id", "oauth_client_secret"):
@@ -229,9 +252,9 @@ def parse_smtp_settings(data: dict[str, Any]) -> SmtpSettings:
                 continue
             field = _field_name(item["loc"])
             message = item["msg"].removeprefix("Value error, ")
-            if item["type"] == "missing":
+            if item["type"] == "missing" or (item["type"] == "string_type" and item.get("input") is None):
                 message = "is required"
-            elif field == "port" and item["type"] in ("greater_than_equal", "less_than_equal", "int_parsing"):
+            elif field == "port" and item["type"] in ("greater_than_equal", "less_than_equal", "int_parsing", "int_from_float"):
                 message = "must be a whole number from 1 to 65535"
             elif item["type"] == "extra_forbidden":
                 message = "is not a setting (unknown field)"

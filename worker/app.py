@@ -14,7 +14,7 @@ BULK = "bulk"
 CONTROL = "control"
 QUEUES = (TRANSACTIONAL, BULK, CONTROL)
 
-TASK_MODULES = ["tasks.send", "tasks.events", "tasks.connection", "tasks.bulk", "tasks.ingest"]
+TASK_MODULES = ["tasks.send", "tasks.events"]
 
 ROUTES = {
     "mail.send": {"queue": TRANSACTIONAL},

@@ -1,13 +1,14 @@
 """Per-process resources of a worker or a producer, built once from the service settings.
 
 Celery forks worker processes: sockets must not be shared across a fork, so `reset()` runs in every new
-child (worker/app.py connects it to `worker_process_init`).
+child (tasks/signals.py connects it to `worker_process_init`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -16,11 +17,16 @@ from config.keys import Keys
 from config.redis import connect
 from config.settings import ServiceSettings, get_settings
 
+if TYPE_CHECKING:
+    from config.store import SettingsStore
+    from worker.deadletters import DeadLetterStore
+    from worker.delivery import Services
+    from worker.render import TemplateRenderer
+
 
 @dataclass
 class Runtime:
     settings: ServiceSettings
-    _cache: dict[str, object] = field(default_factory=dict)
 
     @cached_property
     def keys(self) -> Keys:
@@ -34,6 +40,52 @@ class Runtime:
     def box(self) -> SecretBox:
         return SecretBox(self.settings.secret_keys())
 
+    @cached_property
+    def store(self) -> SettingsStore:
+        from config.store import SettingsStore
+
+        return SettingsStore(self.redis, self.keys, self.box)
+
+    @cached_property
+    def renderer(self) -> TemplateRenderer:
+        from worker.render import TemplateRenderer
+
+        return TemplateRenderer(self.settings.realm_templates_dir)
+
+    @cached_property
+    def dead_letters(self) -> DeadLetterStore:
+        from worker.deadletters import DeadLetterStore
+
+        return DeadLetterStore(self.redis, self.keys, self.settings.dead_letter_ttl)
+
+    @cached_property
+    def services(self) -> Services:
+        from worker.delivery import Services
+        from worker.ledger import DeliveryLedger
+        from worker.retry import RetryPolicy
+        from worker.settings_cache import SettingsCache
+        from worker.smtp import SessionPool
+
+        return Services(
+            settings=self.settings,
+            cache=SettingsCache(self.store),
+            renderer=self.renderer,
+            pool=SessionPool(),
+            ledger=DeliveryLedger(self.redis, self.keys, self.settings.delivered_marker_ttl),
+            dead=self.dead_letters,
+            policy=RetryPolicy(
+                max_attempts=self.settings.max_attempts,
+                base_delay=self.settings.retry_base_delay,
+                max_delay=self.settings.retry_max_delay,
+            ),
+        )
+
+    def close(self) -> None:
+        if "services" in self.__dict__:
+            self.services.pool.close_all()
+        if "redis" in self.__dict__:
+            self.redis.close()
+
 
 _runtime: Runtime | None = None
 
@@ -46,9 +98,9 @@ def runtime() -> Runtime:
 
 
 def reset(settings: ServiceSettings | None = None) -> Runtime:
-    """Drop every connection and cache (after a fork, or when a test changes the settings)."""
+    """Drop every connection and cache (in a freshly forked worker, or when a test changes settings)."""
     global _runtime
-    if _runtime is not None and "redis" in _runtime.__dict__:
-        _runtime.redis.close()
+    if _runtime is not None:
+        _runtime.close()
     _runtime = Runtime(settings or get_settings())
     return _runtime

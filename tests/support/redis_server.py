@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -60,10 +61,8 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        try:
+        with contextlib.suppress(redis.RedisError):  # SHUTDOWN closes the connection under us
             redis.Redis(port=self.port, socket_timeout=2).shutdown(nosave=not self.appendonly)
-        except redis.RedisError:
-            pass  # SHUTDOWN closes the connection under us
         deadline = time.monotonic() + 10
         while answers(self.url) and time.monotonic() < deadline:
             time.sleep(0.05)

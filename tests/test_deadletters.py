@@ -1,0 +1,64 @@
+import time
+
+import pytest
+
+from config.errors import NotFound
+from config.keys import Keys
+from worker.deadletters import DeadLetter, DeadLetterStore
+from worker.ledger import DeliveryLedger
+
+
+def letter(job_id, realm="acme", reason="permanent", died_at=None):
+    return DeadLetter(
+        job_id=job_id, realm=realm, template="password-reset", to="a@example.com", reason=reason,
+        error="rcpt: 550 5.1.1 no such user", attempts=1, smtp_code=550,
+        job={"id": job_id, "context": {"link": "https://secret-link"}}, died_at=died_at or time.time(),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def store(fake_redis):
+    return DeadLetterStore(fake_redis, Keys("t"))
+
+
+def test_add_get_list_newest_first_and_filter(store):
+    store.add(letter("j1", died_at=1.0))
+    store.add(letter("j2", realm="other", reason="expired", died_at=2.0))
+    store.add(letter("j3", died_at=3.0))
+    assert [lt.job_id for lt in store.list()] == ["j3", "j2", "j1"]
+    assert [lt.job_id for lt in store.list(realm="acme")] == ["j3", "j1"]
+    assert [lt.job_id for lt in store.list(reason="expired")] == ["j2"]
+    assert store.get("j1").smtp_code == 550
+    assert "job" not in store.get("j1").public()  # listings never show the job's context
+    assert store.count() == 3
+
+
+def test_remove_and_purge(store):
+    store.add(letter("old", died_at=time.time() - 7200))
+    store.add(letter("new"))
+    assert store.purge(older_than=3600) == 1
+    assert [lt.job_id for lt in store.list()] == ["new"]
+    assert store.remove("new") and not store.remove("new")
+    with pytest.raises(NotFound, match="mailworker dead list"):
+        store.get("new")
+
+
+def test_expired_records_leave_the_index(store, fake_redis):
+    store.add(letter("gone"))
+    fake_redis.delete(Keys("t").dead_letter("gone"))
+    assert store.list() == [] and store.count() == 0
+
+
+def test_ledger_marks_counts_and_claims(fake_redis):
+    ledger = DeliveryLedger(fake_redis, Keys("t"), marker_ttl=60)
+    assert ledger.delivered("j") is None
+    assert [ledger.next_attempt("j") for _ in range(3)] == [1, 2, 3]
+    ledger.mark_delivered("j", {"message_id": "<m@x>"})
+    assert ledger.delivered("j") == {"message_id": "<m@x>"}
+    assert 0 < fake_redis.ttl(Keys("t").delivered("j")) <= 60  # markers expire: bounded memory
+    assert ledger.claim("j", "worker-1", ttl=30)
+    assert not ledger.claim("j", "worker-2", ttl=30)
+    ledger.release("j", "worker-2")  # not the holder: no effect
+    assert not ledger.claim("j", "worker-2", ttl=30)
+    ledger.release("j", "worker-1")
+    assert ledger.claim("j", "worker-2", ttl=30)

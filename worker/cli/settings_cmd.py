@@ -1,0 +1,347 @@
+"""`mailworker settings ...`: edit, save, revert, show, history and roll back a realm's SMTP settings.
+
+Also `mailworker secret-key` (a new Fernet key for MAILWORKER_SECRET_KEY) and `mailworker secrets rotate`.
+Secrets never come from argv (other users see it in `ps`): the password is read from stdin. Output masks them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from config.crypto import new_key
+from config.errors import ConfigError, InvalidInput, NotFound
+from config.redis import redact_url
+from config.smtp import SmtpSettings
+from config.store import SavedSettings, open_store
+from worker.cli.common import print_json, table
+
+Handler = Callable[[argparse.Namespace], int]
+
+# (JSON name, option) of the options that take a value; argparse's dest is the JSON name. Values stay
+# strings: the settings model converts them, so a bad `--port x` is reported like any other rule.
+VALUE_OPTIONS = [
+    ("from", "--from", "From address, e.g. noreply@acme.example"),
+    ("from_display_name", "--from-display-name", "display name in From"),
+    ("reply_to", "--reply-to", "Reply-To address"),
+    ("reply_to_display_name", "--reply-to-display-name", "display name in Reply-To"),
+    ("envelope_from", "--envelope-from", "bounce address (MAIL FROM / Return-Path)"),
+    ("host", "--host", "SMTP server host name or IP address"),
+    ("port", "--port", "SMTP port (25, 465 with --ssl, 587 with --starttls)"),
+    ("auth_type", "--auth-type", "password or xoauth2"),
+    ("username", "--username", "login name"),
+    ("connect_timeout", "--connect-timeout", "seconds to connect"),
+    ("timeout", "--timeout", "seconds per SMTP command"),
+    ("rate_limit_per_second", "--rate-limit-per-second", "provider limit, across all workers"),
+    ("rate_limit_per_hour", "--rate-limit-per-hour", "provider limit, across all workers"),
+    ("notify_events", "--notify-events", "comma-separated IAM event types that send a notice"),
+    ("oauth_token_url", "--oauth-token-url", "XOAUTH2: token endpoint (https://...)"),
+    ("oauth_client_id", "--oauth-client-id", "XOAUTH2: client id"),
+    ("oauth_scope", "--oauth-scope", "XOAUTH2: scope"),
+]
+SWITCH_OPTIONS = [
+    ("ssl", "--ssl", "implicit TLS (usually port 465)"),
+    ("starttls", "--starttls", "StartTLS (usually port 587); never falls back to plaintext"),
+    ("auth", "--auth", "log in to the server"),
+    ("allow_utf8", "--allow-utf8", "allow non-ASCII local parts (SMTPUTF8)"),
+    ("verify_tls", "--verify-tls", "verify the server's certificate and host name (default on)"),
+]
+SECRET_OPTIONS = [
+    ("password", "--password-stdin", "read the password from stdin (one trailing newline is dropped)"),
+    ("oauth_client_secret", "--oauth-client-secret-stdin", "read the XOAUTH2 client secret from stdin"),
+]
+
+
+def register(subparsers: Any) -> None:
+    settings = subparsers.add_parser("settings", help="a realm's SMTP settings: edit, save, show, history")
+    commands = settings.add_subparsers(dest="settings_command", required=True)
+    # Other modules add commands here (e.g. `settings test`): see settings_group().
+    settings.set_defaults(settings_commands=commands)
+
+    edit = commands.add_parser("set", help="edit the draft (starts from the saved settings)")
+    _add_realm(edit)
+    _add_field_options(edit)
+    _add_json(edit)
+    edit.set_defaults(handler=handle_set)
+
+    save = commands.add_parser("save", help="apply options to the draft, validate, save as the next version")
+    _add_realm(save)
+    _add_field_options(save)
+    save.add_argument(
+        "--expect-version", type=int, help="refuse to save unless the saved version is this one"
+    )
+    save.add_argument("--note", help="a note kept with this version in the history")
+    _add_json(save)
+    save.set_defaults(handler=handle_save)
+
+    revert = commands.add_parser("revert", help="discard the draft")
+    _add_realm(revert)
+    revert.set_defaults(handler=handle_revert)
+
+    show = commands.add_parser("show", help="the saved settings (or the draft), password masked")
+    _add_realm(show)
+    show.add_argument("--draft", action="store_true", help="show the draft instead of the saved settings")
+    _add_json(show)
+    show.set_defaults(handler=handle_show)
+
+    history = commands.add_parser("history", help="the last saved versions, newest first")
+    _add_realm(history)
+    _add_json(history)
+    history.set_defaults(handler=handle_history)
+
+    rollback = commands.add_parser("rollback", help="save an earlier version again, as a new version")
+    _add_realm(rollback)
+    rollback.add_argument("--to", type=int, required=True, metavar="VERSION", dest="to_version")
+    _add_json(rollback)
+    rollback.set_defaults(handler=handle_rollback)
+
+    secret_key = subparsers.add_parser("secret-key", help="print a new Fernet key for MAILWORKER_SECRET_KEY")
+    secret_key.set_defaults(handler=handle_secret_key)
+
+    secrets = subparsers.add_parser("secrets", help="stored secrets")
+    secret_commands = secrets.add_subparsers(dest="secrets_command", required=True)
+    rotate = secret_commands.add_parser("rotate", help="re-encrypt every stored secret with the first key")
+    rotate.set_defaults(handler=handle_rotate)
+
+
+def settings_group(subparsers: Any) -> Any:
+    """The `settings` sub-commands, for a module that adds one (call after this module's register)."""
+    return subparsers.choices["settings"].get_default("settings_commands")
+
+
+def _add_realm(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--realm", required=True, help="realm name")
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON (secrets masked)")
+
+
+def _add_field_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("fields (an empty value, e.g. --reply-to '', clears a field)")
+    for name, option, help_text in VALUE_OPTIONS:
+        group.add_argument(option, dest=name, default=None, metavar="VALUE", help=help_text)
+    for name, option, help_text in SWITCH_OPTIONS:
+        group.add_argument(
+            option, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+        )
+    secrets = group.add_mutually_exclusive_group()
+    for name, option, help_text in SECRET_OPTIONS:
+        secrets.add_argument(option, dest=f"{name}_stdin", action="store_true", help=help_text)
+    secrets.add_argument("--clear-password", action="store_true", help="forget the stored password")
+
+
+# ---- turning options into changes ---------------------------------------------------------------------
+
+
+def changes_from_args(args: argparse.Namespace, stdin: Any = None) -> dict[str, Any]:
+    """Only the options actually given; an empty value becomes None (back to the default)."""
+    changes: dict[str, Any] = {}
+    for name, _, _ in VALUE_OPTIONS:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if value == "":
+            changes[name] = None
+        elif name == "notify_events":
+            changes[name] = [part.strip() for part in value.split(",") if part.strip()]
+        else:
+            changes[name] = value
+    for name, _, _ in SWITCH_OPTIONS:
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    if args.clear_password:
+        changes["password"] = None
+    for name, option, _ in SECRET_OPTIONS:
+        if getattr(args, f"{name}_stdin"):
+            changes[name] = read_secret(stdin if stdin is not None else sys.stdin, name, option)
+    return changes
+
+
+def read_secret(stream: Any, name: str, option: str) -> str:
+    """The whole of stdin minus one trailing newline (what `echo` or a here-string adds)."""
+    value = stream.read()
+    if value.endswith("\r\n"):
+        value = value[:-2]
+    elif value.endswith("\n"):
+        value = value[:-1]
+    if not value:
+        raise InvalidInput.one(name, f"{option} read nothing from stdin: pipe the value in")
+    return str(value)
+
+
+# ---- handlers -----------------------------------------------------------------------------------------
+
+
+def store_errors(handler: Handler) -> Handler:
+    """A Redis failure mid-command becomes one line naming the variable to check."""
+
+    @functools.wraps(handler)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except redis.RedisError as error:
+            from worker.runtime import runtime
+
+            url = redact_url(runtime().settings.store_url)
+            raise ConfigError(f"MAILWORKER_STORE_URL: Redis at {url} failed: {error}") from None
+
+    return wrapper
+
+
+@store_errors
+def handle_set(args: argparse.Namespace) -> int:
+    changes = changes_from_args(args)
+    if not changes:
+        raise InvalidInput.one("", "nothing to change: give at least one field option (see --help)")
+    draft = open_store().set_draft(args.realm, changes)
+    if args.json:
+        print_json(settings_json(draft.settings, "draft", draft.base_version))
+        return 0
+    since = f"from version {draft.base_version}" if draft.base_version else "nothing saved yet"
+    print(
+        f"draft of {args.realm} updated ({since}); test it with `mailworker settings test --realm "
+        f"{args.realm}`, then `mailworker settings save --realm {args.realm}`"
+    )
+    return 0
+
+
+@store_errors
+def handle_save(args: argparse.Namespace) -> int:
+    store = open_store()
+    changes = changes_from_args(args)
+    if not changes and store.draft(args.realm) is None and store.version(args.realm) > 0:
+        raise InvalidInput.one(
+            "", f"nothing to save: {args.realm} has no draft and no field option was given (see --help)"
+        )
+    saved = store.save(args.realm, changes, expected_version=args.expect_version, note=args.note)
+    print_saved(saved, args.json)
+    return 0
+
+
+@store_errors
+def handle_revert(args: argparse.Namespace) -> int:
+    if open_store().revert(args.realm):
+        print(f"draft of {args.realm} discarded")
+    else:
+        print(f"{args.realm} has no draft: nothing to revert")
+    return 0
+
+
+@store_errors
+def handle_show(args: argparse.Namespace) -> int:
+    store = open_store()
+    if args.draft:
+        draft = store.draft(args.realm)
+        if draft is None:
+            raise _no_draft(args.realm)
+        settings, source, version = draft.settings, "draft", draft.base_version
+    else:
+        settings, source, version = store.effective(args.realm, use_draft=False)
+    data = settings_json(settings, source, version)
+    if args.json:
+        print_json(data)
+        return 0
+    print(aligned(data))
+    if source == "saved" and store.draft(args.realm) is not None:
+        print(f"(a draft is pending: `mailworker settings show --realm {args.realm} --draft`)")
+    return 0
+
+
+@store_errors
+def handle_history(args: argparse.Namespace) -> int:
+    entries = open_store().history(args.realm)
+    if args.json:
+        print_json([history_json(entry) for entry in entries])
+        return 0
+    if not entries:
+        print(f"{args.realm} has no saved versions")
+        return 0
+    rows = [
+        [
+            str(e.version),
+            when(e.saved_at),
+            e.settings.host,
+            str(e.settings.port),
+            e.settings.from_address,
+            e.note or "",
+        ]
+        for e in entries
+    ]
+    print(table(rows, ["version", "saved_at", "host", "port", "from", "note"]))
+    return 0
+
+
+@store_errors
+def handle_rollback(args: argparse.Namespace) -> int:
+    print_saved(open_store().rollback(args.realm, args.to_version), args.json)
+    return 0
+
+
+def handle_secret_key(args: argparse.Namespace) -> int:
+    print(new_key())
+    return 0
+
+
+@store_errors
+def handle_rotate(args: argparse.Namespace) -> int:
+    count = open_store().rotate_secrets()
+    print(f"re-encrypted {count} stored secret(s) with the first key of MAILWORKER_SECRET_KEY")
+    return 0
+
+
+# ---- output -------------------------------------------------------------------------------------------
+
+
+def settings_json(settings: SmtpSettings, source: str, version: int) -> dict[str, Any]:
+    """JSON names (secrets masked) plus where they come from."""
+    return {**settings.to_public(), "version": version, "source": source}
+
+
+def history_json(entry: SavedSettings) -> dict[str, Any]:
+    return {
+        "version": entry.version,
+        "saved_at": when(entry.saved_at),
+        "note": entry.note,
+        "settings": entry.settings.to_public(),
+    }
+
+
+def print_saved(saved: SavedSettings, as_json: bool) -> None:
+    if as_json:
+        print_json(settings_json(saved.settings, "saved", saved.version))
+        return
+    suffix = f" ({saved.note})" if saved.note else ""
+    print(f"saved {saved.realm} version {saved.version}{suffix}")
+
+
+def aligned(data: dict[str, Any]) -> str:
+    """`field  value` lines, the values in one column."""
+    order = ["version", "source"] + [name for name in data if name not in ("version", "source")]
+    width = max(len(name) for name in order)
+    return "\n".join(f"{name.ljust(width)}  {shown(data[name])}" for name in order)
+
+
+def shown(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "-"
+    if isinstance(value, bool | int | float):
+        return json.dumps(value)
+    return str(value)
+
+
+def when(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _no_draft(realm: str) -> NotFound:
+    return NotFound(f"{realm} has no draft: start one with `mailworker settings set --realm {realm} ...`")

@@ -1,0 +1,79 @@
+"""`mailworker worker`: Celery workers on this app.
+
+Without --queues it starts what production needs: one worker for `transactional` + `control` and a
+separate one for `bulk`, so a password reset never waits behind a bulk burst (priority isolation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from worker.app import BULK, CONTROL, TRANSACTIONAL
+
+DEFAULT_GROUPS = ((f"{TRANSACTIONAL},{CONTROL}", "transactional"), (BULK, "bulk"))
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("worker", help="run Celery workers (default: transactional+control and bulk)")
+    parser.add_argument("--queues", "-Q", help="comma-separated queues for ONE worker (default: both groups)")
+    parser.add_argument("--concurrency", "-c", type=int, help="processes per worker (default: CPU count)")
+    parser.add_argument("--bulk-concurrency", type=int, help="processes of the bulk worker (default: CPU count)")
+    parser.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
+    parser.add_argument("--loglevel", "-l", default=None)
+    parser.add_argument("--name", "-n", help="node name (default: <group>@<hostname>)")
+    parser.set_defaults(handler=run_worker)
+
+
+def celery_argv(queues: str, name: str, concurrency: int | None, pool: str, loglevel: str | None) -> list[str]:
+    argv = ["worker", "-Q", queues, "-n", name, "--pool", pool, "-E", "--without-gossip", "--without-mingle"]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    if loglevel:
+        argv += ["--loglevel", loglevel]
+    return argv
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from worker.app import app
+
+    if args.queues:
+        name = args.name or f"{args.queues.split(',')[0]}@%h"
+        app.worker_main(celery_argv(args.queues, name, args.concurrency, args.pool, args.loglevel))
+        return 0
+    return supervise(args)
+
+
+def supervise(args: argparse.Namespace) -> int:
+    """Run one Celery worker per queue group as child processes; stop them all when one ends."""
+    children = []
+    for queues, group in DEFAULT_GROUPS:
+        concurrency = args.bulk_concurrency if group == "bulk" else args.concurrency
+        argv = celery_argv(queues, f"{group}@%h", concurrency, args.pool, args.loglevel)
+        children.append(subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.app", *argv]))
+
+    def forward(signum: int, _frame: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, forward)
+    code = 0
+    while all(child.poll() is None for child in children):
+        time.sleep(0.5)
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        code = code or (child.wait() or 0)
+    return code if code >= 0 else 128 - code
+
+
+if os.name != "posix":  # pragma: no cover
+    raise ImportError("mailworker worker needs a POSIX system")

@@ -1,0 +1,134 @@
+"""Delivering one job: settings -> render -> message -> SMTP, and what a failure means.
+
+Plain functions over `Services`; the Celery tasks in tasks/ only decide about retries and results.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from config.errors import InvalidInput, NotFound
+from config.settings import ServiceSettings
+from config.smtp import SmtpSettings
+from worker.deadletters import DeadLetter, DeadLetterStore
+from worker.jobs import EmailJob
+from worker.ledger import DeliveryLedger
+from worker.message import OutgoingMessage, build_message
+from worker.render import RenderError, TemplateRenderer
+from worker.retry import RetryPolicy
+from worker.settings_cache import SettingsCache
+from worker.smtp import Outcome, SendResult, SessionPool, SmtpFailure, classify_smtp_error
+
+
+@dataclass
+class Services:
+    """What delivery needs, built once per worker process (worker/runtime.py)."""
+
+    settings: ServiceSettings
+    cache: SettingsCache
+    renderer: TemplateRenderer
+    pool: SessionPool
+    ledger: DeliveryLedger
+    dead: DeadLetterStore
+    policy: RetryPolicy
+
+
+class DeliveryFailure(Exception):
+    """A failed attempt. `reason` is 'retry' for transient failures, else the dead-letter reason."""
+
+    def __init__(self, reason: str, error: str, smtp_code: int | None = None) -> None:
+        super().__init__(error)
+        self.reason = reason
+        self.error = error
+        self.smtp_code = smtp_code
+
+    @property
+    def transient(self) -> bool:
+        return self.reason == "retry"
+
+
+_REASON_OF_OUTCOME = {Outcome.RETRY: "retry", Outcome.PERMANENT: "permanent", Outcome.SETTINGS_PROBLEM: "settings"}
+
+
+def failure_from_smtp(error: SmtpFailure) -> DeliveryFailure:
+    reason = _REASON_OF_OUTCOME[classify_smtp_error(error)]
+    text = f"{error.stage}: {error.code} {error.text}" if error.code else f"{error.stage}: {error.text}"
+    return DeliveryFailure(reason, text, error.code)
+
+
+def prepare_message(job: EmailJob, settings: SmtpSettings, renderer: TemplateRenderer) -> OutgoingMessage:
+    """Render and build; failures here are permanent (retrying renders the same error)."""
+    try:
+        rendered = renderer.render(job.realm, job.template, job.locale, job.context)
+    except RenderError as error:
+        raise DeliveryFailure("template", str(error)) from None
+    try:
+        return build_message(settings, rendered, job.to, to_name=job.to_name)
+    except (InvalidInput, ValueError) as error:
+        raise DeliveryFailure("invalid", str(error)) from None
+
+
+def send_over_pool(
+    services: Services, realm: str, version: int, settings: SmtpSettings, message: OutgoingMessage
+) -> SendResult:
+    """Send on the worker's open session for the realm; a session the server dropped is reopened once."""
+    for second_try in (False, True):
+        session = services.pool.session(realm, version, settings, ca_file=services.settings.smtp_ca_file)
+        reused = session.messages_sent > 0
+        try:
+            return session.send(message)
+        except SmtpFailure as error:
+            services.pool.discard(realm)
+            if error.code is None and reused and not second_try:
+                continue  # the server closed an idle or exhausted session under us: one fresh try
+            raise
+    raise AssertionError("unreachable")
+
+
+def deliver(job: EmailJob, services: Services, *, attempt: int) -> dict[str, Any]:
+    """One attempt at delivering `job`. Returns the result, or raises DeliveryFailure."""
+    started = time.monotonic()
+    try:
+        version, settings = services.cache.get(job.realm)
+    except NotFound as error:
+        raise DeliveryFailure("settings", str(error)) from None
+    message = prepare_message(job, settings, services.renderer)
+    try:
+        result = send_over_pool(services, job.realm, version, settings, message)
+    except SmtpFailure as error:
+        raise failure_from_smtp(error) from None
+    record = {
+        "status": "sent",
+        "job_id": job.id,
+        "message_id": message.message_id,
+        "accepted": list(result.accepted),
+        "refused": {rcpt: list(reply) for rcpt, reply in result.refused.items()},
+        "smtp_code": result.code,
+        "smtp_reply": result.reply,
+        "attempts": attempt,
+        "settings_version": version,
+        "duration_ms": round((time.monotonic() - started) * 1000, 1),
+        "sent_at": time.time(),
+    }
+    services.ledger.mark_delivered(job.id, record)
+    return record
+
+
+def dead_letter(services: Services, job: EmailJob, failure: DeliveryFailure, attempts: int, task: str) -> DeadLetter:
+    letter = DeadLetter(
+        job_id=job.id,
+        realm=job.realm,
+        template=job.template,
+        to=job.to,
+        reason=failure.reason,
+        error=failure.error,
+        attempts=attempts,
+        task=task,
+        smtp_code=failure.smtp_code,
+        job=job.model_dump(mode="json"),
+        first_attempt_at=job.created_at,
+    )
+    services.dead.add(letter)
+    return letter

@@ -1,0 +1,104 @@
+"""IAM events (as an IAM server emits them) mapped to notice e-mails. Pure: parse, decide, build the job."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+
+from config.errors import InvalidInput
+from worker.jobs import EmailJob, new_job
+
+EVENT_TYPE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+
+
+class EventUser(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    email: str | None = None
+    username: str | None = None
+    first_name: str | None = Field(default=None, validation_alias=AliasChoices("first_name", "firstName"))
+    last_name: str | None = Field(default=None, validation_alias=AliasChoices("last_name", "lastName"))
+    locale: str | None = None
+
+
+class IamEvent(BaseModel):
+    """Snake_case or Keycloak's camelCase names are both accepted."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    id: str | None = Field(default=None, max_length=200)
+    type: str
+    time: int | float | str | None = None
+    realm_name: str | None = Field(default=None, validation_alias=AliasChoices("realm_name", "realmName"))
+    ip_address: str | None = Field(default=None, validation_alias=AliasChoices("ip_address", "ipAddress"))
+    client_id: str | None = Field(default=None, validation_alias=AliasChoices("client_id", "clientId"))
+    details: dict[str, Any] = Field(default_factory=dict)
+    user: EventUser = Field(default_factory=EventUser)
+    error: str | None = None
+
+
+def parse_event(data: Any) -> IamEvent:
+    if not isinstance(data, dict):
+        raise InvalidInput.one("event", "must be a JSON object")
+    try:
+        event = IamEvent.model_validate(data)
+    except ValidationError as error:
+        item = error.errors()[0]
+        field = ".".join(str(p) for p in item["loc"]) or "event"
+        rule = "is required" if item["type"] == "missing" else item["msg"]
+        raise InvalidInput.one(f"event.{field}", rule) from None
+    if not EVENT_TYPE.match(event.type):
+        raise InvalidInput.one("event.type", "must be an upper-case event type like LOGIN_ERROR")
+    return event
+
+
+def event_template(event_type: str) -> str:
+    return f"event-{event_type.lower()}"
+
+
+def recipient_of(event: IamEvent) -> str:
+    email = event.user.email or event.details.get("email")
+    if not isinstance(email, str) or not email:
+        raise InvalidInput.one("event.user.email", "is required: the notice goes to the user's address")
+    return email
+
+
+def event_context(realm: str, event: IamEvent) -> dict[str, Any]:
+    user = event.user
+    username = user.username or event.details.get("username") or recipient_of(event)
+    return {
+        "realm_name": event.realm_name or realm,
+        "user": {
+            "username": username,
+            "first_name": user.first_name or "",
+            "last_name": user.last_name or "",
+            "email": recipient_of(event),
+        },
+        "event": {
+            "type": event.type,
+            "time": event.time,
+            "ip_address": event.ip_address or "",
+            "client_id": event.client_id or "",
+            "details": event.details,
+            "error": event.error or "",
+        },
+    }
+
+
+def event_job(
+    realm: str, event: IamEvent, notify_events: tuple[str, ...], *, allow_utf8: bool = False
+) -> EmailJob | None:
+    """The notice job for this event, or None when the realm does not notify this event type."""
+    if event.type not in notify_events:
+        return None
+    return new_job(
+        realm,
+        event_template(event.type),
+        recipient_of(event),
+        locale=event.user.locale,
+        context=event_context(realm, event),
+        idempotency_key=f"event:{event.id}" if event.id else None,
+        allow_utf8=allow_utf8,
+    )

@@ -1,0 +1,55 @@
+"""Per-job bookkeeping in Redis that makes redelivery safe: delivered markers, attempt counts, claims."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from config.keys import Keys
+
+
+class DeliveryLedger:
+    def __init__(self, client: redis.Redis, keys: Keys, marker_ttl: int) -> None:
+        self.redis = client
+        self.keys = keys
+        self.marker_ttl = marker_ttl
+
+    def delivered(self, job_id: str) -> dict[str, Any] | None:
+        """The record of an earlier delivery of this job, if any (redelivery after a crash, or a repeat)."""
+        raw = self.redis.get(self.keys.delivered(job_id))
+        return json.loads(str(raw)) if raw is not None else None
+
+    def mark_delivered(self, job_id: str, record: dict[str, Any]) -> None:
+        """Right after the server accepted: a redelivered copy of the job is skipped from now on."""
+        self.redis.set(self.keys.delivered(job_id), json.dumps(record), ex=self.marker_ttl)
+
+    def next_attempt(self, job_id: str) -> int:
+        """Counts attempts across retries and redeliveries (Celery's own counter resets on redelivery)."""
+        pipe = self.redis.pipeline()
+        pipe.incr(self.keys.attempts(job_id))
+        pipe.expire(self.keys.attempts(job_id), self.marker_ttl)
+        attempt, _ = pipe.execute()
+        return int(attempt)
+
+    def attempts(self, job_id: str) -> int:
+        return int(self.redis.get(self.keys.attempts(job_id)) or 0)
+
+    def reset_attempts(self, job_id: str) -> None:
+        self.redis.delete(self.keys.attempts(job_id))
+
+    def claim(self, job_id: str, owner: str, ttl: int) -> bool:
+        """Only one worker works on a job at a time (a redelivery while the first holder still runs).
+
+        The claim expires by itself, so a killed worker's job can be claimed again after `ttl` seconds.
+        """
+        key = self.keys.claim(job_id)
+        if self.redis.set(key, owner, nx=True, ex=ttl):
+            return True
+        return self.redis.get(key) == owner
+
+    def release(self, job_id: str, owner: str) -> None:
+        key = self.keys.claim(job_id)
+        if self.redis.get(key) == owner:
+            self.redis.delete(key)
