@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 
 from config.errors import ConfigError
@@ -56,4 +58,4 @@ def _memory_redis() -> redis.Redis:
     return fakeredis.FakeRedis(server=_memory_server, decode_responses=True)
 
 
-_memory_server: object | None = None
+_memory_server: Any = None  # one in-process server, so every client of the process sees the same data

@@ -119,7 +119,7 @@ class SmtpSettings(BaseModel):
     @field_validator("port", mode="before")
     @classmethod
     def _port_is_a_number(cls, value: Any) -> Any:
-        if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ValueError("must be a whole number from 1 to 65535")
         return value
 

@@ -60,6 +60,8 @@ def send_email(
         expires_in=expires_in, to_name=to_name, allow_utf8=settings.allow_utf8,
     )  # fmt: skip
     _check_template(realm, job.template)
+    if job.idempotency_key is not None and runtime().services.ledger.delivered(job.id) is not None:
+        return job.id  # this key was delivered already: the same job, nothing new to send
     app.send_task("mail.send", args=[job.model_dump(mode="json")], task_id=job.id, queue=TRANSACTIONAL)
     return job.id
 
@@ -99,6 +101,7 @@ def requeue_dead_letter(job_id: str) -> str:
     letter = rt.dead_letters.get(job_id)
     job = EmailJob.model_validate(letter.job).model_copy(update={"requeued": letter.job.get("requeued", 0) + 1})
     rt.services.ledger.reset_attempts(job.id)
+    result(job.id).forget()  # the dead result must not answer for the new attempt
     app.send_task("mail.send", args=[job.model_dump(mode="json")], task_id=job.id, queue=TRANSACTIONAL)
     rt.dead_letters.remove(job.id)
     return job.id

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.redis_server import RedisServer, session_redis_url
+from tests.support.smtp_server import SmtpTestServer, session_ca, smtp_server_fixture
 
 SESSION_PREFIX = f"mwtest-{uuid.uuid4().hex[:10]}"
 _started_server: RedisServer | None = None
@@ -31,8 +32,16 @@ def pytest_configure(config: pytest.Config) -> None:
             "MAILWORKER_RESULT_BACKEND": url,
             "MAILWORKER_KEY_PREFIX": SESSION_PREFIX,
             "MAILWORKER_BROKER_KEY_PREFIX": f"{SESSION_PREFIX}:",
-            "MAILWORKER_SECRET_KEY": os.environ.get("MAILWORKER_TEST_SECRET_KEY") or Fernet.generate_key().decode(),
+            "MAILWORKER_SECRET_KEY": os.environ.get("MAILWORKER_TEST_SECRET_KEY")
+            or Fernet.generate_key().decode(),
             "MAILWORKER_RESULT_EXPIRES": "900",
+            # The workers of the test session trust the test CA that signs the test SMTP servers.
+            "MAILWORKER_SMTP_CA_FILE": session_ca().ca_file,
+            # Fast retries, so "451 twice then delivered" takes a second, not a minute.
+            "MAILWORKER_RETRY_BASE_DELAY": "0.2",
+            "MAILWORKER_RETRY_MAX_DELAY": "1",
+            "MAILWORKER_MAX_ATTEMPTS": "4",
+            "MAILWORKER_RECIPIENT_COOLDOWN": "0",
         }
     )
     os.environ.pop("MAILWORKER_REALM_TEMPLATES_DIR", None)
@@ -83,3 +92,32 @@ def fake_redis() -> object:
 @pytest.fixture
 def realm() -> str:
     return f"realm-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpTestServer]:
+    """A plain SMTP server on loopback (aiosmtpd), recording what it receives."""
+    yield from smtp_server_fixture()
+
+
+@pytest.fixture(scope="session")
+def celery_worker() -> Iterator[object]:
+    """A real Celery worker on the session's Redis broker, in a thread of the test process.
+
+    One for the whole session (Celery keeps worker state in module globals: two at once interfere).
+    It consumes every queue; the reliability tests start real worker processes instead.
+    """
+    from celery.contrib.testing.worker import start_worker
+
+    from worker.app import QUEUES, app
+
+    with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False, queues=list(QUEUES),
+                      loglevel="WARNING", shutdown_timeout=30) as worker:  # fmt: skip
+        yield worker
+
+
+@pytest.fixture
+def store() -> object:
+    from worker.runtime import runtime
+
+    return runtime().store

@@ -39,7 +39,9 @@ def test_event_types_the_realm_does_not_notify_are_ignored():
 
 
 def test_email_may_come_from_details():
-    event = parse_event({"type": "UPDATE_PASSWORD", "details": {"email": "bob@example.com", "username": "bob"}})
+    event = parse_event(
+        {"type": "UPDATE_PASSWORD", "details": {"email": "bob@example.com", "username": "bob"}}
+    )
     job = event_job("acme", event, DEFAULT_NOTIFY_EVENTS)
     assert job is not None and job.to == "bob@example.com"
 

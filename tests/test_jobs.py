@@ -32,6 +32,7 @@ def field_of(excinfo):
         ({"context": {"x": "\ud800"}}, "context"),
         ({"context": {"blob": "x" * (MAX_CONTEXT_BYTES + 1)}}, "context"),
         ({"idempotency_key": "k\r\n"}, "idempotency_key"),
+        ({"context": {"link": "javascript:alert(1)"}}, "context.link"),
         ({"expires_in": 0}, "expires_in"),
         ({"expires_in": True}, "expires_in"),
         ({"expires_in": 10 * 86_400}, "expires_in"),

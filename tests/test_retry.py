@@ -7,9 +7,7 @@ from worker.retry import Decision, RetryPolicy
 POLICY = RetryPolicy(max_attempts=5, base_delay=2.0, max_delay=30.0)
 
 
-@pytest.mark.parametrize(
-    "attempt, ceiling", [(1, 2.0), (2, 4.0), (3, 8.0), (4, 16.0), (5, 30.0), (9, 30.0)]
-)
+@pytest.mark.parametrize("attempt, ceiling", [(1, 2.0), (2, 4.0), (3, 8.0), (4, 16.0), (5, 30.0), (9, 30.0)])
 def test_delay_doubles_up_to_the_cap_with_jitter(attempt, ceiling):
     delays = [POLICY.delay(attempt, random.Random(seed)) for seed in range(200)]
     assert all(ceiling / 2 <= d <= ceiling for d in delays)

@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 
 from config.smtp import SmtpSettings, parse_smtp_settings
-from tests.support.smtp_server import SmtpTestServer, blackhole_listener, closed_port, smtp_server_fixture
+from tests.support.smtp_server import (
+    SmtpTestServer,
+    blackhole_listener,
+    closed_port,
+    silent_after_greeting,
+    smtp_server_fixture,
+)
 from worker.message import OutgoingMessage, build_message
 from worker.render import RenderedEmail
 from worker.smtp import (
@@ -138,6 +144,17 @@ def test_auth_with_the_right_password_delivers() -> None:
         with open_session(settings, ca_file=server.ca_file) as session:
             session.send(message(settings))
         assert server.wait_for(1)[0].auth == server.auth_attempts[0]
+        assert server.auth_attempts[0].secret == PASSWORD
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_non_ascii_password_over_each_mechanism(mechanism: str) -> None:
+    other = "LOGIN" if mechanism == "PLAIN" else "PLAIN"
+    with SmtpTestServer(tls="implicit", require_auth=("mailer", PASSWORD), auth_exclude=(other,)) as server:
+        settings = server.settings()
+        with open_session(settings, ca_file=server.ca_file) as session:
+            session.send(message(settings))
+        assert server.auth_attempts[0].mechanism == mechanism
         assert server.auth_attempts[0].secret == PASSWORD
 
 
@@ -272,6 +289,25 @@ def test_connect_timeout_against_a_blackhole() -> None:
         elapsed = time.monotonic() - started
     assert elapsed < 3
     assert error.kind == KIND_TIMEOUT and "timed out after 0.5s" in error.text
+    assert classify_smtp_error(error) is Outcome.RETRY
+
+
+def test_command_timeout_when_the_server_stops_answering() -> None:
+    with silent_after_greeting() as port:
+        settings = parse_smtp_settings(
+            {
+                "from": "noreply@example.com",
+                "host": "127.0.0.1",
+                "port": port,
+                "connect_timeout": 5,
+                "timeout": 0.5,
+            }
+        )
+        started = time.monotonic()
+        error = failure_of(settings)
+        elapsed = time.monotonic() - started
+    assert elapsed < 3
+    assert error.kind == KIND_TIMEOUT and error.stage == "ehlo" and "timed out after 0.5s" in error.text
     assert classify_smtp_error(error) is Outcome.RETRY
 
 

@@ -14,7 +14,7 @@ BULK = "bulk"
 CONTROL = "control"
 QUEUES = (TRANSACTIONAL, BULK, CONTROL)
 
-TASK_MODULES = ["tasks.send", "tasks.events"]
+TASK_MODULES = ["tasks.send", "tasks.events", "tasks.connection"]
 
 ROUTES = {
     "mail.send": {"queue": TRANSACTIONAL},

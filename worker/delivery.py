@@ -5,6 +5,7 @@ Plain functions over `Services`; the Celery tasks in tasks/ only decide about re
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,34 @@ from worker.message import OutgoingMessage, build_message
 from worker.render import RenderError, TemplateRenderer
 from worker.retry import RetryPolicy
 from worker.settings_cache import SettingsCache
-from worker.smtp import Outcome, SendResult, SessionPool, SmtpFailure, classify_smtp_error
+from worker.smtp import Outcome, SessionPool, SmtpFailure, classify_smtp_error
+
+
+class ThreadPools:
+    """One SessionPool per thread: a session is one conversation and must not be shared by threads.
+
+    Celery's prefork pool runs one task per process (one pool); the thread pool (tests, the demo,
+    `--pool threads`) gets one per thread.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._all: list[SessionPool] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> SessionPool:
+        pool: SessionPool | None = getattr(self._local, "pool", None)
+        if pool is None:
+            pool = self._local.pool = SessionPool()
+            with self._lock:
+                self._all.append(pool)
+        return pool
+
+    def close_all(self) -> None:
+        with self._lock:
+            pools = list(self._all)
+        for pool in pools:
+            pool.close_all()
 
 
 @dataclass
@@ -29,10 +57,14 @@ class Services:
     settings: ServiceSettings
     cache: SettingsCache
     renderer: TemplateRenderer
-    pool: SessionPool
+    pools: ThreadPools
     ledger: DeliveryLedger
     dead: DeadLetterStore
     policy: RetryPolicy
+
+    @property
+    def pool(self) -> SessionPool:
+        return self.pools.get()
 
 
 class DeliveryFailure(Exception):
@@ -70,23 +102,6 @@ def prepare_message(job: EmailJob, settings: SmtpSettings, renderer: TemplateRen
         raise DeliveryFailure("invalid", str(error)) from None
 
 
-def send_over_pool(
-    services: Services, realm: str, version: int, settings: SmtpSettings, message: OutgoingMessage
-) -> SendResult:
-    """Send on the worker's open session for the realm; a session the server dropped is reopened once."""
-    for second_try in (False, True):
-        session = services.pool.session(realm, version, settings, ca_file=services.settings.smtp_ca_file)
-        reused = session.messages_sent > 0
-        try:
-            return session.send(message)
-        except SmtpFailure as error:
-            services.pool.discard(realm)
-            if error.code is None and reused and not second_try:
-                continue  # the server closed an idle or exhausted session under us: one fresh try
-            raise
-    raise AssertionError("unreachable")
-
-
 def deliver(job: EmailJob, services: Services, *, attempt: int) -> dict[str, Any]:
     """One attempt at delivering `job`. Returns the result, or raises DeliveryFailure."""
     started = time.monotonic()
@@ -96,7 +111,7 @@ def deliver(job: EmailJob, services: Services, *, attempt: int) -> dict[str, Any
         raise DeliveryFailure("settings", str(error)) from None
     message = prepare_message(job, settings, services.renderer)
     try:
-        result = send_over_pool(services, job.realm, version, settings, message)
+        result = services.pool.send(job.realm, version, settings, message, ca_file=services.settings.smtp_ca_file)
     except SmtpFailure as error:
         raise failure_from_smtp(error) from None
     record = {

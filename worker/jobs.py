@@ -133,6 +133,10 @@ def new_job(
     if idempotency_key is not None:
         check_line("idempotency_key", idempotency_key, max_length=200)
     context = check_context(context)
+    link = context.get("link")
+    if link is not None and (not isinstance(link, str) or not link.lower().startswith(("https://", "http://"))):
+        # A javascript: or data: URL in a mail's button is a phishing tool, whoever put it there.
+        raise InvalidInput.one("context.link", "must be an http(s) URL")
     if expires_in is None:
         expires_in = default_expiry(template, context)
     elif (

@@ -717,7 +717,7 @@ class _Probe:
             if code != 250:
                 raise StageFailed(KIND_REPLY, f"EHLO/HELO refused: {code} {reply}", code=code, reply=reply)
             record.info["helo_only"] = True
-        record.info["extensions"] = dict(smtp.esmtp_features)
+        record.info["extensions"] = _extensions(smtp)
 
     def starttls(self) -> None:
         with self.stage("tls") as record:
@@ -960,10 +960,10 @@ def probe_smtp(
         if probe.last_reply is not None:
             status.smtp_code, status.smtp_reply = probe.last_reply
     finally:
+        if probe.smtp is not None:
+            status.extensions = _extensions(probe.smtp)  # before QUIT, which forgets them
         probe.quit()
         deadline.cancel()
-    if probe.smtp is not None:
-        status.extensions = dict(probe.smtp.esmtp_features)
     status.message_id = probe.message_id
     status.elapsed_ms = (time.monotonic() - deadline.started) * 1000
     return _scrubbed(status, probe.secrets)
@@ -1016,6 +1016,10 @@ def _ehlo_name(sock: socket.socket) -> str:
 def _reply_text(reply: bytes | str) -> str:
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
     return " ".join(text.split())
+
+
+def _extensions(smtp: smtplib.SMTP) -> dict[str, str]:
+    return {name: value.strip() for name, value in smtp.esmtp_features.items()}
 
 
 def _shown_extensions(features: dict[str, str]) -> list[str]:

@@ -229,7 +229,9 @@ class Messages:
         if found is None:
             days, rest = divmod(n, 1440)
             hours, mins = divmod(rest, 60)
-            parts = [(unit, count) for unit, count in (("day", days), ("hour", hours), ("minute", mins)) if count]
+            parts = [
+                (unit, count) for unit, count in (("day", days), ("hour", hours), ("minute", mins)) if count
+            ]
             found = " ".join(
                 self.msg(f"duration.{unit}.{'one' if _singular(self.locale, count) else 'other'}", n=count)
                 for unit, count in parts or [("minute", 0)]
@@ -464,6 +466,8 @@ class TemplateRenderer:
         """True when both bodies (text and HTML) exist for the realm (override or default)."""
         if not isinstance(template, str) or not TEMPLATE_PATTERN.match(template):
             return False
+        if realm is not None and not _valid_realm(realm):
+            return False
         source = self._default if realm is None else self._source(realm)
         return all(source.template_file(_file_name(template, part)) is not None for part in PARTS)
 
@@ -479,7 +483,7 @@ class TemplateRenderer:
     # -- internals ------------------------------------------------------------------------------------
 
     def _source(self, realm: str) -> _Source:
-        if not isinstance(realm, str) or not REALM_PATTERN.match(realm) or ".." in realm:
+        if not _valid_realm(realm):
             raise RenderError(
                 f"realm {realm!r}: must be 1-128 letters, digits, '.', '_' or '-', starting with a letter "
                 "or digit, without '..'"
@@ -568,6 +572,10 @@ class TemplateRenderer:
         if line:
             return f"{part}, line {line}"
         return f"{part}, {file}" if file else part
+
+
+def _valid_realm(realm: object) -> bool:
+    return isinstance(realm, str) and REALM_PATTERN.match(realm) is not None and ".." not in realm
 
 
 def _file_name(template: str, part: str) -> str:

@@ -60,17 +60,16 @@ class Runtime:
 
     @cached_property
     def services(self) -> Services:
-        from worker.delivery import Services
+        from worker.delivery import Services, ThreadPools
         from worker.ledger import DeliveryLedger
         from worker.retry import RetryPolicy
         from worker.settings_cache import SettingsCache
-        from worker.smtp import SessionPool
 
         return Services(
             settings=self.settings,
             cache=SettingsCache(self.store),
             renderer=self.renderer,
-            pool=SessionPool(),
+            pools=ThreadPools(),
             ledger=DeliveryLedger(self.redis, self.keys, self.settings.delivered_marker_ttl),
             dead=self.dead_letters,
             policy=RetryPolicy(
@@ -82,7 +81,7 @@ class Runtime:
 
     def close(self) -> None:
         if "services" in self.__dict__:
-            self.services.pool.close_all()
+            self.services.pools.close_all()
         if "redis" in self.__dict__:
             self.redis.close()
 

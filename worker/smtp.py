@@ -453,14 +453,42 @@ def _authenticate(
             )
         _xoauth2(smtp, username, oauth_token)
         return
-    if not {"PLAIN", "LOGIN", "CRAM-MD5"} & set(offered.upper().split()):
+    mechanisms = set(offered.upper().split())
+    if {"PLAIN", "LOGIN"} & mechanisms:
+        _password_auth(smtp, username, password or "", "PLAIN" if "PLAIN" in mechanisms else "LOGIN")
+        return
+    if "CRAM-MD5" not in mechanisms:
         raise SmtpFailure(
             None,
             f"{where} offers AUTH {offered}, none of PLAIN, LOGIN, CRAM-MD5",
             "auth",
             kind=KIND_AUTH_UNAVAILABLE,
         )
-    smtp.login(username, password or "")
+    try:
+        smtp.login(username, password or "")
+    except UnicodeError:  # smtplib encodes as ASCII; the error object would carry the password
+        raise SmtpFailure(
+            None,
+            "CRAM-MD5 (the only AUTH offered) cannot carry a non-ASCII username or password",
+            "auth",
+            kind=KIND_AUTH_UNAVAILABLE,
+        ) from None
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def _password_auth(smtp: smtplib.SMTP, username: str, password: str, mechanism: str) -> None:
+    """AUTH PLAIN (RFC 4616) or LOGIN in UTF-8; smtplib.login would fail on a non-ASCII password."""
+    if mechanism == "PLAIN":
+        code, reply = smtp.docmd("AUTH", f"PLAIN {_b64(chr(0) + username + chr(0) + password)}")
+    else:
+        code, reply = smtp.docmd("AUTH", f"LOGIN {_b64(username)}")
+        if code == 334:
+            code, reply = smtp.docmd(_b64(password))
+    if code != 235:
+        raise smtplib.SMTPAuthenticationError(code, reply)
 
 
 # ---- reuse -----------------------------------------------------------------------------------------------

@@ -46,10 +46,23 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         subprocess.run(
             [
-                binary, "--daemonize", "yes", "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-                "--dir", str(self.directory), "--pidfile", str(self.directory / "redis.pid"),
-                "--logfile", str(self.directory / "redis.log"),
+                binary,
+                "--daemonize",
+                "yes",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--dir",
+                str(self.directory),
+                "--pidfile",
+                str(self.directory / "redis.pid"),
+                "--logfile",
+                str(self.directory / "redis.log"),
             ],
             check=True,
         )

@@ -17,12 +17,17 @@ Constructor options (all keyword):
   attacker); with ``tls="none"`` there is no STARTTLS at all.
 - ``require_auth=(user, password)``: AUTH PLAIN / LOGIN checked, mail refused (530) until authenticated.
   ``xoauth2=(user, token)``: also offer AUTH XOAUTH2 and check the bearer token (failure: a 334 challenge
-  with a JSON error, then 535, as Gmail does).
+  with a JSON error, then 535, as Gmail does). ``auth_exclude=("PLAIN",)`` hides mechanisms.
 - ``auth_require_tls=True`` (aiosmtpd's default): AUTH is neither offered nor accepted before STARTTLS.
   Pass False to offer AUTH on a plaintext connection. Implicit TLS always counts as TLS (aiosmtpd itself
   would refuse AUTH there, since it only knows about STARTTLS).
 - ``smtputf8=True``: advertise SMTPUTF8 (False: MAIL ... SMTPUTF8 gets 501, as aiosmtpd does).
 - ``hostname``: the name in the greeting and EHLO reply.
+
+Attributes: ``host`` ("127.0.0.1"), ``port`` (bound to port 0, so never a free-port race), ``ca_file``.
+``settings(**overrides)`` returns a validated ``SmtpSettings`` for this server (JSON names, e.g.
+``server.settings(verify_tls=False)``; ssl / starttls / auth follow the server's options, timeouts 5 s);
+``settings_dict(**overrides)`` the same as a dict.
 
 Behaviour injection (thread-safe, may be called while clients are connected):
 
@@ -39,15 +44,19 @@ Recording:
 - ``messages``: list of ``ReceivedMessage`` (``mail_from``, ``recipients``, ``data`` raw bytes,
   ``message`` parsed with ``email.policy.default``, ``mail_options``, ``auth`` the credentials the
   connection authenticated with as ``AuthSeen(mechanism, login, secret)`` or None, ``tls``, ``connection``).
+  Raw UTF-8 headers (SMTPUTF8 mail) are read as ASCII by the bytes parser: decode ``data`` and use
+  ``email.message_from_string`` to inspect those.
 - ``auth_attempts``: every AUTH the server checked (``AuthSeen`` with ``success``).
 - ``commands``: every command verb received, as ``(connection number, "EHLO")`` pairs (no arguments, so
   no secrets). ``connections``: how many connections were accepted.
+- ``verbs()``: just the verbs, in order, e.g. ``["EHLO", "STARTTLS", "EHLO", "AUTH", "MAIL", ...]``.
 - ``received_for(address)``: the messages whose envelope recipients include `address`.
 - ``wait_for(count, timeout=5.0)``: block until `count` messages arrived (AssertionError otherwise).
 
 Helpers: ``session_ca()`` (session-wide ``TestCA``), ``blackhole_listener()`` (context manager yielding a
 port that accepts TCP and never answers, for timeouts), ``closed_port()`` (a port that refuses
-connections), ``smtp_server_fixture(**options)`` (generator for a pytest fixture:
+connections), ``silent_after_greeting()`` (context manager yielding a port whose server greets and then
+never answers: command timeouts), ``smtp_server_fixture(**options)`` (generator for a pytest fixture:
 ``yield from smtp_server_fixture()``).
 """
 
@@ -324,6 +333,7 @@ class SmtpTestServer:
         offer_starttls: bool = True,
         require_auth: tuple[str, str] | None = None,
         xoauth2: tuple[str, str] | None = None,
+        auth_exclude: tuple[str, ...] = (),
         auth_require_tls: bool = True,
         smtputf8: bool = True,
         hostname: str = "smtp.test.local",
@@ -335,6 +345,7 @@ class SmtpTestServer:
         self.offer_starttls = offer_starttls
         self.require_auth = require_auth
         self.xoauth2 = xoauth2
+        self.auth_exclude = auth_exclude
         self.auth_require_tls = auth_require_tls
         self.smtputf8 = smtputf8
         self.hostname = hostname
@@ -373,8 +384,7 @@ class SmtpTestServer:
         if self.require_auth or self.xoauth2:
             kwargs["auth_required"] = True
             kwargs["authenticator"] = self._authenticate
-        if not self.xoauth2:
-            kwargs["auth_exclude_mechanism"] = ["XOAUTH2"]
+        kwargs["auth_exclude_mechanism"] = [*self.auth_exclude, *([] if self.xoauth2 else ["XOAUTH2"])]
         self._controller = _Controller(self, **kwargs)
         self._controller.start()
         self.port = self._controller.port
@@ -508,7 +518,9 @@ class SmtpTestServer:
         ok = self.require_auth is not None and (login, secret) == self.require_auth
         seen = AuthSeen(mechanism, login, secret, ok)
         self._record_auth(seen)
-        return AuthResult(success=ok, auth_data=seen if ok else None)
+        if ok:
+            return AuthResult(success=True, auth_data=seen)
+        return AuthResult(success=False, handled=False)  # handled=False: aiosmtpd answers 535 itself
 
 
 # ---- network helpers -------------------------------------------------------------------------------------
@@ -524,6 +536,37 @@ def blackhole_listener() -> Iterator[int]:
         yield int(sock.getsockname()[1])
     finally:
         sock.close()
+
+
+@contextlib.contextmanager
+def silent_after_greeting(greeting: bytes = b"220 mute.test.local ESMTP\r\n") -> Iterator[int]:
+    """A port whose server sends the greeting and then never answers a command (command timeouts)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((LOCALHOST, 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            conn.sendall(greeting)
+            accepted.append(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in accepted:
+            conn.close()
+        listener.close()
 
 
 _reserved: list[socket.socket] = []
