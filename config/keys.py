@@ -51,8 +51,12 @@ class Keys:
         return f"{self.prefix}:cooldown:{realm}:{template}:{recipient.lower()}"
 
     def stats(self, realm: str, hour: int) -> str:
-        """Hash of counters (sent, failed, dead) for one realm and one hour (epoch hours)."""
+        """Hash of counters (sent, dead, dropped, ...) for one realm and one clock hour (epoch hours)."""
         return f"{self.prefix}:stats:{realm}:{hour}"
+
+    def stats_realms(self) -> str:
+        """Set of realms that have counters."""
+        return f"{self.prefix}:stats-realms"
 
     # bulk (tasks/bulk.py)
     def bulk_job(self, job_id: str) -> str:

@@ -39,6 +39,14 @@ def run_job(task: Task, job: EmailJob) -> dict[str, Any]:
             failure = DeliveryFailure("expired", "the job expired before it could be delivered")
             letter = dead_letter(services, job, failure, services.ledger.attempts(job.id), task.name)
             return _dead_result(job, letter.reason, letter.error, letter.attempts)
+        if not services.ledger.admit(job.realm, job.template, job.to, job.id, services.settings.recipient_cooldown):
+            # E-mail bombing guard: one mail per recipient and template per cooldown; the rest is dropped
+            # on purpose, counted and logged, not dead-lettered (nobody should re-send them).
+            services.stats.count(job.realm, "dropped_cooldown")
+            log_attempt(**_fields(job, 0, "dropped:cooldown", DeliveryFailure("cooldown", "recipient cooldown"), 0))
+            return {"status": "dropped", "reason": "cooldown", "job_id": job.id,
+                    "error": f"{job.template} was sent to this recipient less than "
+                             f"{services.settings.recipient_cooldown}s ago"}  # fmt: skip
         owner = _owner()
         claim_ttl = max(60, services.settings.visibility_timeout // 3)
         if not services.ledger.claim(job.id, owner, claim_ttl):

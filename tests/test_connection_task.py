@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -173,7 +174,9 @@ def test_a_realm_without_settings_fails_before_enqueuing(realm: str, sent_kwargs
     assert sent_kwargs == []
 
 
-def test_a_bad_send_to_fails_before_enqueuing(server: SmtpTestServer, realm: str, sent_kwargs: list[Any]) -> None:
+def test_a_bad_send_to_fails_before_enqueuing(
+    server: SmtpTestServer, realm: str, sent_kwargs: list[Any]
+) -> None:
     save(realm, server)
     with pytest.raises(InvalidInput, match="send_to"):
         connection.test_connection(realm, send_to="not an address", timeout=WAIT_S)
@@ -184,7 +187,10 @@ def test_no_worker_answers(server: SmtpTestServer, realm: str, monkeypatch: pyte
     save(realm, server)
     monkeypatch.setattr(connection, "CONTROL", "mwtest-nobody-listens")
 
-    with pytest.raises(connection.NoAnswer, match="no worker answered on the mwtest-nobody-listens queue within 4.5s"):
+    expected = (
+        "no worker answered on the mwtest-nobody-listens queue within 4.5s: is `mailworker worker` running?"
+    )
+    with pytest.raises(connection.NoAnswer, match=re.escape(expected)):
         connection.test_connection(realm, timeout=4.5)
 
 

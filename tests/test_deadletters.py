@@ -62,3 +62,13 @@ def test_ledger_marks_counts_and_claims(fake_redis):
     assert not ledger.claim("j", "worker-2", ttl=30)
     ledger.release("j", "worker-1")
     assert ledger.claim("j", "worker-2", ttl=30)
+
+
+def test_cooldown_admits_one_job_per_recipient_and_template(fake_redis):
+    ledger = DeliveryLedger(fake_redis, Keys("t"), marker_ttl=60)
+    assert ledger.admit("acme", "password-reset", "A@example.com", "job-1", cooldown=30)
+    assert ledger.admit("acme", "password-reset", "a@example.com", "job-1", cooldown=30)  # its own retry
+    assert not ledger.admit("acme", "password-reset", "a@example.com", "job-2", cooldown=30)
+    assert ledger.admit("acme", "email-verification", "a@example.com", "job-3", cooldown=30)
+    assert ledger.admit("other", "password-reset", "a@example.com", "job-4", cooldown=30)
+    assert ledger.admit("acme", "password-reset", "a@example.com", "job-5", cooldown=0)  # off

@@ -298,3 +298,15 @@ def test_no_secret_travels_in_task_arguments_or_results(realm):
                 "zset": lambda k: runtime().redis.zrange(k, 0, -1),
             }.get(kind, lambda k: [])(key)
             assert not any(password in str(v) for v in values), key
+
+
+def test_recipient_cooldown_sends_one_reset_and_drops_the_rest(realm, smtp_server, monkeypatch):
+    monkeypatch.setattr(runtime().settings, "recipient_cooldown", 30)
+    save(realm, smtp_server)
+    to = unique_address()
+    jobs = [api.send_email(realm, "password-reset", to, context=context()) for _ in range(20)]
+    results = [api.wait_for_result(job_id) for job_id in jobs]
+    assert sorted(r["status"] for r in results).count("sent") == 1
+    assert all(r["reason"] == "cooldown" for r in results if r["status"] != "sent")
+    assert len(smtp_server.received_for(to)) == 1
+    assert runtime().services.stats.last_hour(realm)["dropped_cooldown"] == 19

@@ -346,7 +346,9 @@ def test_xoauth2_without_a_token_provider_is_not_tested(oauth_server: SmtpTestSe
 
 
 def test_xoauth2_with_a_token(oauth_server: SmtpTestServer) -> None:
-    status = probe(oauth_settings(oauth_server), ca_file=oauth_server.ca_file, oauth_token_provider=lambda s: TOKEN)
+    status = probe(
+        oauth_settings(oauth_server), ca_file=oauth_server.ca_file, oauth_token_provider=lambda s: TOKEN
+    )
 
     assert status.ok, status.to_dict()
     assert status.stages[-1].info["mechanism"] == "XOAUTH2"

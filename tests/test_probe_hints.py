@@ -43,7 +43,9 @@ STARTTLS_465 = settings(port=465, starttls=True)
 PLAIN_AUTH = settings(port=25, auth=True, username="u", password="p")
 TLS_AUTH = settings(port=465, ssl=True, auth=True, username="u", password="p")
 
-WRONG_VERSION = "TLS handshake with smtp.acme.example:587 failed: [SSL: WRONG_VERSION_NUMBER] wrong version number"
+WRONG_VERSION = (
+    "TLS handshake with smtp.acme.example:587 failed: [SSL: WRONG_VERSION_NUMBER] wrong version number"
+)
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from worker.message import OutgoingMessage, build_message
 from worker.render import RenderError, TemplateRenderer
 from worker.retry import RetryPolicy
 from worker.settings_cache import SettingsCache
+from worker.stats import Stats
 from worker.smtp import Outcome, SessionPool, SmtpFailure, classify_smtp_error
 
 
@@ -61,6 +62,7 @@ class Services:
     ledger: DeliveryLedger
     dead: DeadLetterStore
     policy: RetryPolicy
+    stats: Stats
 
     @property
     def pool(self) -> SessionPool:
@@ -128,6 +130,7 @@ def deliver(job: EmailJob, services: Services, *, attempt: int) -> dict[str, Any
         "sent_at": time.time(),
     }
     services.ledger.mark_delivered(job.id, record)
+    services.stats.count(job.realm, "sent")
     return record
 
 
@@ -146,4 +149,5 @@ def dead_letter(services: Services, job: EmailJob, failure: DeliveryFailure, att
         first_attempt_at=job.created_at,
     )
     services.dead.add(letter)
+    services.stats.count(job.realm, "dead")
     return letter

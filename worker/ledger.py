@@ -39,6 +39,18 @@ class DeliveryLedger:
     def reset_attempts(self, job_id: str) -> None:
         self.redis.delete(self.keys.attempts(job_id))
 
+    def admit(self, realm: str, template: str, recipient: str, job_id: str, cooldown: int) -> bool:
+        """At most one mail per recipient and template per `cooldown` seconds (e-mail bombing guard).
+
+        The first job takes the slot; its own retries and redeliveries pass, any other job is refused.
+        """
+        if cooldown <= 0:
+            return True
+        key = self.keys.cooldown(realm, template, recipient)
+        if self.redis.set(key, job_id, nx=True, ex=cooldown):
+            return True
+        return self.redis.get(key) == job_id
+
     def claim(self, job_id: str, owner: str, ttl: int) -> bool:
         """Only one worker works on a job at a time (a redelivery while the first holder still runs).
 

@@ -64,6 +64,7 @@ class Runtime:
         from worker.ledger import DeliveryLedger
         from worker.retry import RetryPolicy
         from worker.settings_cache import SettingsCache
+        from worker.stats import Stats
 
         return Services(
             settings=self.settings,
@@ -72,6 +73,7 @@ class Runtime:
             pools=ThreadPools(),
             ledger=DeliveryLedger(self.redis, self.keys, self.settings.delivered_marker_ttl),
             dead=self.dead_letters,
+            stats=Stats(self.redis, self.keys),
             policy=RetryPolicy(
                 max_attempts=self.settings.max_attempts,
                 base_delay=self.settings.retry_base_delay,

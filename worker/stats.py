@@ -1,0 +1,44 @@
+"""Per-realm counters by clock hour (sent, dead, dropped, ...): what `mailworker stats` shows."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from config.keys import Keys
+
+KEEP_HOURS = 48
+
+
+def epoch_hour(now: float | None = None) -> int:
+    return int((now if now is not None else time.time()) // 3600)
+
+
+class Stats:
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.redis = client
+        self.keys = keys
+
+    def count(self, realm: str, outcome: str, n: int = 1) -> None:
+        key = self.keys.stats(realm, epoch_hour())
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(key, outcome, n)
+        pipe.expire(key, KEEP_HOURS * 3600)
+        pipe.sadd(self.keys.stats_realms(), realm)
+        pipe.execute()
+
+    def last_hour(self, realm: str, now: float | None = None) -> dict[str, int]:
+        """Counts of the current and the previous clock hour, weighted to cover the last 60 minutes."""
+        now = now if now is not None else time.time()
+        hour = epoch_hour(now)
+        current = {k: int(v) for k, v in self.redis.hgetall(self.keys.stats(realm, hour)).items()}
+        previous = {k: int(v) for k, v in self.redis.hgetall(self.keys.stats(realm, hour - 1)).items()}
+        share_of_previous = 1 - (now % 3600) / 3600
+        return {
+            name: current.get(name, 0) + round(previous.get(name, 0) * share_of_previous)
+            for name in sorted(set(current) | set(previous))
+        }
+
+    def realms(self) -> list[str]:
+        return sorted(str(r) for r in self.redis.smembers(self.keys.stats_realms()))
