@@ -26,11 +26,14 @@ lint: install
 demo: install
 	$(BIN)/python -m worker.demo
 
+# Throughput, latency, Test Connection and memory against baselines, in one run (docs/parts/performance.md).
+# Options through BENCH_ARGS, e.g. `make bench BENCH_ARGS=--quick`.
 bench: install
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+# Every fault scenario, the hostile-input and secrets runs included, with their figures (-s).
 reliability: install
-	$(BIN)/python -m pytest tests/reliability -m reliability -q -s
+	$(BIN)/python -m pytest tests/reliability tests/test_hostile_input.py tests/test_secrets_scan.py tests/test_breaker.py -q -s
 
 clean:
 	rm -rf $(VENV) outbox .pytest_cache .mypy_cache .ruff_cache

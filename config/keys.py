@@ -72,6 +72,32 @@ class Keys:
         """Cached OAuth2 access token of a realm (encrypted)."""
         return f"{self.prefix}:oauth-token:{realm}"
 
+    def token_lock(self, realm: str) -> str:
+        """String: the process fetching the realm's OAuth2 token now (SET NX, expires by itself)."""
+        return f"{self.prefix}:oauth-token-lock:{realm}"
+
     def ingest(self) -> str:
         """List of plain-JSON jobs from producers in other languages."""
         return f"{self.prefix}:ingest"
+
+    def ingest_processing(self, consumer: str) -> str:
+        """List of ingest entries one consumer took and has not finished (re-processed when it restarts)."""
+        return f"{self.prefix}:ingest:processing:{consumer}"
+
+    # bulk jobs (worker/progress.py); bulk_job and bulk_chunk above are part of the same family
+    def bulk_done(self, job_id: str) -> str:
+        """Bitmap, one bit per recipient index: set once the recipient is settled (sent, failed or cancelled)."""
+        return f"{self.prefix}:bulk:{job_id}:done"
+
+    def bulk_chunks_done(self, job_id: str) -> str:
+        """Bitmap, one bit per chunk: set when the chunk has nothing left to do (counted once)."""
+        return f"{self.prefix}:bulk:{job_id}:chunks-done"
+
+    def bulk_chunk_claim(self, job_id: str, chunk: int) -> str:
+        """String with the worker running the chunk now; expires by itself (a killed worker's claim)."""
+        return f"{self.prefix}:bulk:{job_id}:chunk:{chunk}:claim"
+
+    # per-realm circuit breaker (worker/breaker.py)
+    def breaker(self, realm: str) -> str:
+        """Hash: the realm's connection failures, cool-off and probe; expires by itself."""
+        return f"{self.prefix}:breaker:{realm}"

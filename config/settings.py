@@ -48,6 +48,14 @@ class ServiceSettings(BaseSettings):
     # One mail per recipient and template in this window (e-mail bombing guard); 0 turns it off.
     recipient_cooldown: int = Field(default=30, ge=0)
 
+    # Per-realm circuit breaker (worker/breaker.py): after `breaker_threshold` connection failures
+    # (timeouts, refusals) within `breaker_window` seconds, the realm's jobs stop connecting for
+    # `breaker_cooloff` seconds (doubled after each failed probe, up to `breaker_max_cooloff`).
+    breaker_threshold: int = Field(default=3, ge=1)
+    breaker_window: float = Field(default=60.0, gt=0)
+    breaker_cooloff: float = Field(default=30.0, gt=0)
+    breaker_max_cooloff: float = Field(default=240.0, gt=0)
+
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 

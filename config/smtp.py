@@ -254,7 +254,12 @@ def parse_smtp_settings(data: dict[str, Any]) -> SmtpSettings:
             message = item["msg"].removeprefix("Value error, ")
             if item["type"] == "missing" or (item["type"] == "string_type" and item.get("input") is None):
                 message = "is required"
-            elif field == "port" and item["type"] in ("greater_than_equal", "less_than_equal", "int_parsing", "int_from_float"):
+            elif field == "port" and item["type"] in (
+                "greater_than_equal",
+                "less_than_equal",
+                "int_parsing",
+                "int_from_float",
+            ):
                 message = "must be a whole number from 1 to 65535"
             elif item["type"] == "extra_forbidden":
                 message = "is not a setting (unknown field)"

@@ -100,6 +100,12 @@ def edit_settings(base: SmtpSettings | None, changes: Mapping[str, Any]) -> Smtp
             continue
         data[name] = stored
         kept.append(name)
+    # A stored secret the auth_type does not use is forgotten, not asked for again: switching a realm
+    # from password to xoauth2 (or back) must not need the secret of the other kind.
+    in_use = "oauth_client_secret" if data.get("auth_type") == "xoauth2" else "password"
+    for name in [n for n in kept if n != in_use and changes.get(n) != MASK]:
+        data.pop(name)
+        kept.remove(name)
     edited = parse_smtp_settings(data)
     if base is not None and kept:
         check_credentials_unchanged(base, edited, kept[0])

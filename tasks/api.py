@@ -11,15 +11,27 @@ No secret ever travels in a task argument: the worker reads the realm's settings
 from __future__ import annotations
 
 import logging
+import time
+import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from celery.result import AsyncResult
 
 from config.errors import InvalidInput
 from config.smtp import SmtpSettings
-from worker.app import TRANSACTIONAL, app
+from worker.app import BULK, TRANSACTIONAL, app
+from worker.bulk import DEFAULT_CHUNK_SIZE
 from worker.events import event_job, event_template, parse_event
-from worker.jobs import EmailJob, check_context, check_realm, new_job
+from worker.jobs import (
+    LOCALE_PATTERN,
+    TEMPLATE_PATTERN,
+    EmailJob,
+    check_context,
+    check_links,
+    check_realm,
+    new_job,
+)
 from worker.render import TEMPLATE_NAMES
 from worker.runtime import runtime
 
@@ -30,7 +42,9 @@ def _realm_settings(realm: str) -> SmtpSettings:
     check_realm(realm)
     saved = runtime().store.saved(realm)
     if saved is None:
-        raise InvalidInput.one("realm", f"{realm} has no saved SMTP settings (mailworker settings save --realm {realm})")
+        raise InvalidInput.one(
+            "realm", f"{realm} has no saved SMTP settings (mailworker settings save --realm {realm})"
+        )
     return saved.settings
 
 
@@ -99,9 +113,129 @@ def requeue_dead_letter(job_id: str) -> str:
     """Send a dead job again, with a fresh attempt count; it leaves the dead-letter store once enqueued."""
     rt = runtime()
     letter = rt.dead_letters.get(job_id)
-    job = EmailJob.model_validate(letter.job).model_copy(update={"requeued": letter.job.get("requeued", 0) + 1})
+    if letter.task == "ingest":  # worker/ingest.py: an entry that never became a job
+        raise InvalidInput.one(
+            "job_id", f"{job_id} is an invalid ingest entry, not a job: fix the producer and push it again"
+        )
+    job = EmailJob.model_validate(letter.job).model_copy(
+        update={"requeued": letter.job.get("requeued", 0) + 1}
+    )
     rt.services.ledger.reset_attempts(job.id)
     result(job.id).forget()  # the dead result must not answer for the new attempt
     app.send_task("mail.send", args=[job.model_dump(mode="json")], task_id=job.id, queue=TRANSACTIONAL)
     rt.dead_letters.remove(job.id)
     return job.id
+
+
+# ---- bulk ------------------------------------------------------------------------------------------------
+
+# Chunks written to Redis per round trip while the recipients stream in.
+_CHUNKS_PER_WRITE = 20
+
+
+def send_bulk(
+    realm: str,
+    template: str,
+    recipients: Iterable[Any],
+    *,
+    context: dict[str, Any] | None = None,
+    locale: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> str:
+    """Send `template` to every recipient on the bulk queue; returns the bulk job id at once.
+
+    `recipients`: any iterable (a generator over 100,000 database rows is fine) of addresses, or of dicts
+    {"email", "name"?, "locale"?, "context"?}. A recipient's context is merged over the job's `context`;
+    its locale wins over the job's `locale`. The whole call is rejected, naming the first bad recipient
+    (`recipients[17].email: not a valid address: ...`): nothing is sent and nothing is left in Redis.
+    The recipients go to Redis in chunks; broker messages carry only the job id and a chunk number.
+    """
+    from worker.bulk import MAX_CHUNK_SIZE, chunked
+    from worker.progress import bulk_jobs
+
+    settings = _realm_settings(realm)
+    if not isinstance(template, str) or not TEMPLATE_PATTERN.match(template):
+        raise InvalidInput.one("template", "must be a template name like 'password-reset'")
+    _check_template(realm, template)
+    context = check_context(context)
+    check_links(context)
+    if locale is not None and (not isinstance(locale, str) or not LOCALE_PATTERN.match(locale)):
+        raise InvalidInput.one("locale", "must be a language tag like 'en', 'de' or 'pt-BR'")
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, int)
+        or not 1 <= chunk_size <= MAX_CHUNK_SIZE
+    ):
+        raise InvalidInput.one("chunk_size", f"must be a whole number from 1 to {MAX_CHUNK_SIZE}")
+    if isinstance(recipients, str | bytes | dict) or not isinstance(recipients, Iterable):
+        raise InvalidInput.one(
+            "recipients", "must be a list (or any iterable) of addresses or recipient dicts"
+        )
+    job_id = f"bulk-{uuid.uuid4().hex}"
+    jobs = bulk_jobs()
+    jobs.create(job_id, realm=realm, template=template, locale=locale, context=context, chunk_size=chunk_size)
+    written, total, pending = 0, 0, []
+    try:
+        for chunk in chunked(recipients, chunk_size, allow_utf8=settings.allow_utf8):
+            if total == 0:
+                _check_bulk_render(realm, template, locale, context, chunk[0])
+            pending.append(chunk)
+            total += len(chunk)
+            if len(pending) == _CHUNKS_PER_WRITE:
+                jobs.write_chunks(job_id, written, pending)
+                written, pending = written + len(pending), []
+        if pending:
+            jobs.write_chunks(job_id, written, pending)
+            written, pending = written + len(pending), []
+        if total == 0:
+            raise InvalidInput.one("recipients", "is empty: name at least one recipient")
+    except BaseException:
+        jobs.discard(job_id, written + len(pending))
+        raise
+    jobs.open(job_id, total=total, chunks=written)
+    app.send_task("mail.bulk.start", args=[job_id], task_id=job_id, queue=BULK)
+    log.info("bulk job %s: %d recipients in %d chunks for realm %s", job_id, total, written, realm)
+    return job_id
+
+
+def _check_bulk_render(realm: str, template: str, locale: str | None, context: dict[str, Any],
+                       first: dict[str, Any]) -> None:  # fmt: skip
+    """Render for the first recipient now: a missing variable is the caller's error, not 100,000 dead letters."""
+    from worker.render import RenderError
+
+    try:
+        runtime().renderer.render(
+            realm, template, first.get("locale") or locale, {**context, **first.get("context", {})}
+        )
+    except RenderError as error:
+        raise InvalidInput.one("context", str(error)) from None
+
+
+def bulk_progress(job_id: str) -> dict[str, Any]:
+    """{total, sent, failed, cancelled, pending, rate, state, started_at, finished_at, ...} of a bulk job."""
+    from worker.progress import bulk_jobs
+
+    return bulk_jobs().progress(job_id).to_dict()
+
+
+def cancel_bulk(job_id: str) -> str:
+    """Stop a bulk job: recipients not sent yet are dropped and counted as cancelled. Returns its state
+    ("cancelled", or how it had already ended: "done", "failed")."""
+    from worker.progress import bulk_jobs
+
+    return bulk_jobs().cancel(job_id)
+
+
+def wait_for_bulk(job_id: str, timeout: float = 60.0, interval: float = 0.1) -> dict[str, Any]:
+    """Block until every chunk of the job is over (done, cancelled or failed); returns its progress."""
+    from worker.progress import bulk_jobs
+
+    jobs = bulk_jobs()
+    deadline = time.monotonic() + timeout
+    while True:
+        progress = jobs.progress(job_id)
+        if progress.finished:
+            return progress.to_dict()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"bulk job {job_id} not finished after {timeout:g}s: {progress.to_dict()}")
+        time.sleep(interval)

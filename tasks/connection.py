@@ -77,6 +77,7 @@ def connection_status(
         ca_file=rt.settings.smtp_ca_file,
         send=test_message if send_to else None,
         deadline_s=limit,
+        oauth_token_provider=rt.oauth.probe_token,  # used only when auth_type is xoauth2
     )
     status.realm, status.source, status.version, status.send_to = realm, source, version, send_to
     if status.ok:

@@ -10,8 +10,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aiosmtpd.smtp import AuthResult
-from celery.contrib.testing.worker import start_worker
 
 import worker.runtime
 from config.errors import InvalidInput, NotFound
@@ -27,14 +25,6 @@ pytestmark = pytest.mark.integration
 PASSWORD = "Tc5-distinctive-test-connection-pw"
 USER = "bot@acme.example"
 WAIT_S = 15.0
-
-
-class _Server(SmtpTestServer):
-    # The support server's failed AUTH sends no reply (aiosmtpd's AuthResult.handled defaults to True):
-    # answer 535 here until it does (same workaround as tests/test_probe.py).
-    def _authenticate(self, *args: Any) -> AuthResult:
-        result = super()._authenticate(*args)
-        return result if result.success else AuthResult(success=False, handled=False)
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +45,15 @@ def ca_env() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def control_worker(ca_env: str) -> Iterator[None]:
-    with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, queues=["control"]):
-        yield
+def control_worker(ca_env: str, celery_worker: object) -> Iterator[None]:
+    # The session's one in-thread worker consumes `control` too: a second in-process worker would share
+    # Celery's module-level state with it and hang both at shutdown (once another module started it).
+    yield
 
 
 @pytest.fixture(scope="module")
 def smtp() -> Iterator[SmtpTestServer]:
-    with _Server(tls="starttls", require_auth=(USER, PASSWORD)) as server:
+    with SmtpTestServer(tls="starttls", require_auth=(USER, PASSWORD)) as server:
         yield server
 
 

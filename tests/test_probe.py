@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aiosmtpd.smtp import AuthResult
 
 from config.smtp import SmtpSettings, parse_smtp_settings
 from tests.support.smtp_server import SmtpTestServer, blackhole_listener, closed_port
@@ -37,30 +36,21 @@ TOKEN = "ya29.probe-token-value"
 USER = "alice@example.com"
 
 
-class _Server(SmtpTestServer):
-    # tests/support/smtp_server.py returns AuthResult(success=False) for bad credentials, which aiosmtpd
-    # takes as "already answered" (handled defaults to True), so the client never gets its 535 and waits.
-    # Answer it here until the support server does.
-    def _authenticate(self, *args: Any) -> AuthResult:
-        result = super()._authenticate(*args)
-        return result if result.success else AuthResult(success=False, handled=False)
-
-
 @pytest.fixture(scope="module")
 def starttls_server() -> Iterator[SmtpTestServer]:
-    with _Server(tls="starttls", require_auth=(USER, PASSWORD)) as server:
+    with SmtpTestServer(tls="starttls", require_auth=(USER, PASSWORD)) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def implicit_server() -> Iterator[SmtpTestServer]:
-    with _Server(tls="implicit", require_auth=(USER, PASSWORD)) as server:
+    with SmtpTestServer(tls="implicit", require_auth=(USER, PASSWORD)) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def plain_server() -> Iterator[SmtpTestServer]:
-    with _Server(tls="none") as server:
+    with SmtpTestServer(tls="none") as server:
         yield server
 
 
@@ -209,7 +199,7 @@ def test_starttls_on_but_not_offered(plain_server: SmtpTestServer) -> None:
 
 
 def test_starttls_stripped_from_ehlo() -> None:
-    with _Server(tls="starttls", offer_starttls=False) as server:
+    with SmtpTestServer(tls="starttls", offer_starttls=False) as server:
         status = probe(server.settings(), ca_file=server.ca_file)
     assert status.kind == KIND_NO_STARTTLS
 
@@ -224,7 +214,7 @@ def test_untrusted_certificate(starttls_server: SmtpTestServer) -> None:
 
 
 def test_certificate_for_another_host_name() -> None:
-    with _Server(tls="implicit", cert_hosts=("mail.other.invalid",)) as server:
+    with SmtpTestServer(tls="implicit", cert_hosts=("mail.other.invalid",)) as server:
         status = probe(server.settings(), ca_file=server.ca_file)
 
     assert status.failed_stage == "tls" and status.kind == KIND_CERT_HOSTNAME
@@ -325,7 +315,7 @@ def test_unresolvable_host() -> None:
 
 @pytest.fixture(scope="module")
 def oauth_server() -> Iterator[SmtpTestServer]:
-    with _Server(tls="implicit", xoauth2=(USER, TOKEN)) as server:
+    with SmtpTestServer(tls="implicit", xoauth2=(USER, TOKEN)) as server:
         yield server
 
 
@@ -366,3 +356,12 @@ def test_default_deadline() -> None:
     base = {"from": "a@example.com", "host": "smtp.example.com"}
     assert default_deadline(parse_smtp_settings({**base, "connect_timeout": 5, "timeout": 5})) == 30
     assert default_deadline(parse_smtp_settings({**base, "connect_timeout": 30, "timeout": 30})) == 60
+
+
+def test_a_non_ascii_password_logs_in_as_delivery_does():
+    with SmtpTestServer(tls="starttls", require_auth=("bot", "pässwörd-€")) as server:
+        status = probe_smtp(server.settings(), ca_file=server.ca_file)
+        assert status.ok, status.to_dict()
+        auth = next(stage for stage in status.stages if stage.name == "auth")
+        assert auth.ok and "PLAIN" in auth.detail
+        assert "pässwörd" not in json.dumps(status.to_dict())

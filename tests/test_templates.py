@@ -47,6 +47,7 @@ def full_context() -> dict[str, Any]:
             "client_id": "account-console",
             "details": {"credential_type": "otp"},
         },
+        "notice": {"subject": "Our privacy policy changes", "body": "From June 1, Jane, ...", "link": LINK},
     }
 
 
@@ -72,7 +73,7 @@ def test_every_template_renders_in_every_locale(
     assert mail.subject and mail.subject == mail.subject.strip()
     assert "\n" not in mail.subject and "\r" not in mail.subject
     assert mail.subject == bundle(locale)[f"{template}.subject"].format(
-        realm_name="Acme Corp", identity_provider="GitHub"
+        realm_name="Acme Corp", identity_provider="GitHub", notice_subject="Our privacy policy changes"
     )
     assert mail.text.strip() and mail.html.strip()
     assert mail.html.lstrip().startswith("<!DOCTYPE html>")

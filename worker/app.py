@@ -14,7 +14,7 @@ BULK = "bulk"
 CONTROL = "control"
 QUEUES = (TRANSACTIONAL, BULK, CONTROL)
 
-TASK_MODULES = ["tasks.send", "tasks.events", "tasks.connection"]
+TASK_MODULES = ["tasks.send", "tasks.events", "tasks.connection", "tasks.bulk"]
 
 ROUTES = {
     "mail.send": {"queue": TRANSACTIONAL},
@@ -34,6 +34,10 @@ def celery_config(settings: ServiceSettings) -> dict[str, Any]:
         # (ServiceSettings checks), a transactional send is bounded by its SMTP timeouts, and a bulk
         # chunk by its size and the rate limit (tasks/bulk.py sizes chunks to finish well inside it).
         "visibility_timeout": settings.visibility_timeout,
+        # How often a worker looks for such abandoned messages: kombu's default sweep is every 100 s
+        # (10 s x throttle 10), which adds up to 100 s to the recovery; a tenth of the timeout, 5-60 s.
+        "unacked_restore_interval": min(60, max(5, settings.visibility_timeout // 10)),
+        "unacked_restore_throttle": 1,
         "socket_keepalive": True,
         "health_check_interval": 10,
         "retry_on_timeout": True,
@@ -78,7 +82,33 @@ def celery_config(settings: ServiceSettings) -> dict[str, Any]:
     }
 
 
+def _reconnect_instead_of_crashing() -> None:
+    """Keep a worker alive through a Redis restart (celery 5.7 / kombu 5.7).
+
+    When the broker goes away, the consumer closes its broken connection; closing the default channel tries
+    to hand back unacknowledged messages through a transport already detached from its connection
+    (`transport.client is None`) and raises AttributeError: "Unrecoverable error", the worker exits. Raise
+    the connection error it really is instead: the close ignores it, the worker reconnects, and the
+    messages it held come back from the unacked index after the visibility timeout.
+    """
+    from kombu.transport import redis as kombu_redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    original = kombu_redis.Channel._connparams
+    if getattr(original, "detached_guard", False):
+        return
+
+    def _connparams(self: Any, asynchronous: bool = False) -> Any:
+        if self.connection.client is None:
+            raise RedisConnectionError("the broker connection is closed")
+        return original(self, asynchronous)
+
+    _connparams.detached_guard = True  # type: ignore[attr-defined]
+    kombu_redis.Channel._connparams = _connparams  # type: ignore[method-assign]
+
+
 def create_app(settings: ServiceSettings | None = None) -> Celery:
+    _reconnect_instead_of_crashing()
     celery = Celery("iam-mail-worker", include=TASK_MODULES)
     celery.conf.update(celery_config(settings or get_settings()))
     return celery

@@ -51,6 +51,9 @@ class DeadLetterStore:
         pipe = self.redis.pipeline()
         pipe.set(self.keys.dead_letter(letter.job_id), json.dumps(letter.to_dict()), ex=self.ttl)
         pipe.zadd(self.keys.dead_letters(), {letter.job_id: letter.died_at})
+        # The index must not outlive its letters: without this it grows by one entry per dead job forever.
+        pipe.zremrangebyscore(self.keys.dead_letters(), "-inf", f"({letter.died_at - self.ttl}")
+        pipe.expire(self.keys.dead_letters(), self.ttl)  # ...and goes with the last one
         pipe.execute()
 
     def get(self, job_id: str) -> DeadLetter:
@@ -59,7 +62,9 @@ class DeadLetterStore:
             raise NotFound(f"no dead letter {job_id!r}: see `mailworker dead list`")
         return DeadLetter(**json.loads(str(raw)))
 
-    def list(self, *, realm: str | None = None, reason: str | None = None, limit: int = 100) -> list[DeadLetter]:
+    def list(
+        self, *, realm: str | None = None, reason: str | None = None, limit: int = 100
+    ) -> list[DeadLetter]:
         """Newest first. Entries whose record expired are dropped from the index on the way."""
         letters: list[DeadLetter] = []
         ids = [str(i) for i in self.redis.zrevrange(self.keys.dead_letters(), 0, -1)]
@@ -87,7 +92,9 @@ class DeadLetterStore:
         deleted, _ = pipe.execute()
         return bool(deleted)
 
-    def purge(self, *, realm: str | None = None, reason: str | None = None, older_than: float | None = None) -> int:
+    def purge(
+        self, *, realm: str | None = None, reason: str | None = None, older_than: float | None = None
+    ) -> int:
         cutoff = time.time() - older_than if older_than is not None else None
         removed = 0
         for letter in self.list(realm=realm, reason=reason, limit=10**9):

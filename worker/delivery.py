@@ -17,11 +17,12 @@ from worker.deadletters import DeadLetter, DeadLetterStore
 from worker.jobs import EmailJob
 from worker.ledger import DeliveryLedger
 from worker.message import OutgoingMessage, build_message
+from worker.oauth import AccessToken, TokenError, TokenProvider, uses_xoauth2
 from worker.render import RenderError, TemplateRenderer
 from worker.retry import RetryPolicy
 from worker.settings_cache import SettingsCache
+from worker.smtp import AUTH_FAILURE_CODES, Outcome, SendResult, SessionPool, SmtpFailure, classify_smtp_error
 from worker.stats import Stats
-from worker.smtp import Outcome, SessionPool, SmtpFailure, classify_smtp_error
 
 
 class ThreadPools:
@@ -63,6 +64,7 @@ class Services:
     dead: DeadLetterStore
     policy: RetryPolicy
     stats: Stats
+    oauth: TokenProvider  # XOAUTH2 access tokens, cached per realm (worker/oauth.py)
 
     @property
     def pool(self) -> SessionPool:
@@ -83,7 +85,11 @@ class DeliveryFailure(Exception):
         return self.reason == "retry"
 
 
-_REASON_OF_OUTCOME = {Outcome.RETRY: "retry", Outcome.PERMANENT: "permanent", Outcome.SETTINGS_PROBLEM: "settings"}
+_REASON_OF_OUTCOME = {
+    Outcome.RETRY: "retry",
+    Outcome.PERMANENT: "permanent",
+    Outcome.SETTINGS_PROBLEM: "settings",
+}
 
 
 def failure_from_smtp(error: SmtpFailure) -> DeliveryFailure:
@@ -104,6 +110,33 @@ def prepare_message(job: EmailJob, settings: SmtpSettings, renderer: TemplateRen
         raise DeliveryFailure("invalid", str(error)) from None
 
 
+def oauth_token(services: Services, realm: str, settings: SmtpSettings) -> AccessToken:
+    """The realm's XOAUTH2 access token; a token failure is a retry or a settings problem."""
+    try:
+        return services.oauth.token(realm, settings)
+    except TokenError as error:
+        raise DeliveryFailure("retry" if error.transient else "settings", str(error)) from None
+
+
+def send_message(
+    realm: str, version: int, settings: SmtpSettings, message: OutgoingMessage, services: Services
+) -> SendResult:
+    """Send on the realm's pooled session. With XOAUTH2, a cached token the server rejects (it expired
+    early, or was revoked) is replaced once by a fresh one; a rejected fresh token is the settings' fault."""
+    ca_file = services.settings.smtp_ca_file
+    if not uses_xoauth2(settings):
+        return services.pool.send(realm, version, settings, message, ca_file=ca_file)
+    token = oauth_token(services, realm, settings)
+    try:
+        return services.pool.send(realm, version, settings, message, ca_file=ca_file, oauth_token=token.value)
+    except SmtpFailure as error:
+        if token.fresh or error.stage != "auth" or error.code not in AUTH_FAILURE_CODES:
+            raise
+    services.oauth.invalidate(realm, token.value)
+    token = oauth_token(services, realm, settings)
+    return services.pool.send(realm, version, settings, message, ca_file=ca_file, oauth_token=token.value)
+
+
 def deliver(job: EmailJob, services: Services, *, attempt: int) -> dict[str, Any]:
     """One attempt at delivering `job`. Returns the result, or raises DeliveryFailure."""
     started = time.monotonic()
@@ -113,7 +146,7 @@ def deliver(job: EmailJob, services: Services, *, attempt: int) -> dict[str, Any
         raise DeliveryFailure("settings", str(error)) from None
     message = prepare_message(job, settings, services.renderer)
     try:
-        result = services.pool.send(job.realm, version, settings, message, ca_file=services.settings.smtp_ca_file)
+        result = send_message(job.realm, version, settings, message, services)
     except SmtpFailure as error:
         raise failure_from_smtp(error) from None
     record = {
@@ -134,7 +167,9 @@ def deliver(job: EmailJob, services: Services, *, attempt: int) -> dict[str, Any
     return record
 
 
-def dead_letter(services: Services, job: EmailJob, failure: DeliveryFailure, attempts: int, task: str) -> DeadLetter:
+def dead_letter(
+    services: Services, job: EmailJob, failure: DeliveryFailure, attempts: int, task: str
+) -> DeadLetter:
     letter = DeadLetter(
         job_id=job.id,
         realm=job.realm,

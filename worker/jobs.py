@@ -83,9 +83,24 @@ def check_context(context: Any, *, field: str = "context") -> dict[str, Any]:
         raise InvalidInput.one(field, f"is not JSON: {error}") from None
     except UnicodeEncodeError:
         raise InvalidInput.one(field, "holds a string that is not valid Unicode (lone surrogate)") from None
+    except RecursionError:
+        raise InvalidInput.one(field, "is nested too deeply") from None
     if len(encoded) > MAX_CONTEXT_BYTES:
         raise InvalidInput.one(field, f"is {len(encoded)} bytes as JSON; the limit is {MAX_CONTEXT_BYTES}")
     return context
+
+
+def check_links(context: dict[str, Any]) -> None:
+    """Links that become buttons must be http(s): a javascript: or data: URL is a phishing tool."""
+    notice = context.get("notice")
+    candidates = {"context.link": context.get("link")}
+    if isinstance(notice, dict):
+        candidates["context.notice.link"] = notice.get("link")
+    for field, link in candidates.items():
+        if link is not None and (
+            not isinstance(link, str) or not link.lower().startswith(("https://", "http://"))
+        ):
+            raise InvalidInput.one(field, "must be an http(s) URL")
 
 
 def job_id_for(realm: str, idempotency_key: str | None) -> str:
@@ -133,10 +148,7 @@ def new_job(
     if idempotency_key is not None:
         check_line("idempotency_key", idempotency_key, max_length=200)
     context = check_context(context)
-    link = context.get("link")
-    if link is not None and (not isinstance(link, str) or not link.lower().startswith(("https://", "http://"))):
-        # A javascript: or data: URL in a mail's button is a phishing tool, whoever put it there.
-        raise InvalidInput.one("context.link", "must be an http(s) URL")
+    check_links(context)
     if expires_in is None:
         expires_in = default_expiry(template, context)
     elif (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import redis
@@ -21,9 +22,21 @@ class DeliveryLedger:
         raw = self.redis.get(self.keys.delivered(job_id))
         return json.loads(str(raw)) if raw is not None else None
 
-    def mark_delivered(self, job_id: str, record: dict[str, Any]) -> None:
-        """Right after the server accepted: a redelivered copy of the job is skipped from now on."""
-        self.redis.set(self.keys.delivered(job_id), json.dumps(record), ex=self.marker_ttl)
+    def mark_delivered(self, job_id: str, record: dict[str, Any], *, patience: float = 10.0) -> None:
+        """Right after the server accepted: a redelivered copy of the job is skipped from now on.
+
+        The mail is already out, so a Redis blip here (a restart, a failover) is waited out for a few
+        seconds rather than raised: without the marker a redelivery would send the mail a second time.
+        """
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                self.redis.set(self.keys.delivered(job_id), json.dumps(record), ex=self.marker_ttl)
+                return
+            except redis.ConnectionError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
 
     def next_attempt(self, job_id: str) -> int:
         """Counts attempts across retries and redeliveries (Celery's own counter resets on redelivery)."""

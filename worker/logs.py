@@ -15,19 +15,35 @@ from config.settings import ServiceSettings
 
 delivery_log = logging.getLogger("mailworker.delivery")
 
-# Attributes every LogRecord has; anything else was passed in `extra` and is a structured field.
-_RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# The structured fields a line may carry. A whitelist, not "every extra": Celery passes the task's
+# arguments and result as `extra={"data": ...}`, and arguments hold reset links and personal data.
+STRUCTURED_FIELDS = (
+    "job_id",
+    "realm",
+    "template",
+    "attempt",
+    "outcome",
+    "smtp_code",
+    "ms",
+    "error",
+    "task_id",
+)
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in STRUCTURED_FIELDS if hasattr(record, name)}
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        data.update({k: v for k, v in vars(record).items() if k not in _RECORD_FIELDS})
+        data.update(_fields(record))
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
         return json.dumps(data, ensure_ascii=False, default=str)
@@ -36,7 +52,7 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
-        fields = {k: v for k, v in vars(record).items() if k not in _RECORD_FIELDS}
+        fields = _fields(record)
         return base + ("" if not fields else " " + " ".join(f"{k}={v}" for k, v in fields.items()))
 
 

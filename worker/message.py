@@ -167,7 +167,8 @@ def _body_part(text: str) -> bytes:
     """One text part's headers and body: 7bit for short-lined ASCII, else quoted-printable."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if text.isascii() and (len(text) < 998 or max(map(len, text.split("\n"))) < 998):
+    # NUL must never travel in SMTP DATA (RFC 5321): a value from the context may carry one; QP writes =00.
+    if text.isascii() and "\x00" not in text and (len(text) < 998 or max(map(len, text.split("\n"))) < 998):
         body = text.replace("\n", "\r\n").encode("ascii")
         encoding = b"7bit"
     else:

@@ -44,6 +44,7 @@ from typing import Any
 from config.errors import MailWorkerError
 from config.smtp import SmtpSettings
 from worker.message import OutgoingMessage
+from worker.smtp import password_auth
 
 # ---- failure kinds (what went wrong, independent of the stage) ------------------------------------------
 
@@ -814,9 +815,8 @@ class _Probe:
             try:
                 for mechanism in usable:
                     self.command_timeout()
-                    method = getattr(smtp, "auth_" + mechanism.lower().replace("-", "_"))
                     try:
-                        code, reply = self.reply(*smtp.auth(mechanism, method, initial_response_ok=True))
+                        code, reply = self.reply(*self.login(smtp, mechanism, username, password))
                     except smtplib.SMTPAuthenticationError as error:
                         last = error
                         continue
@@ -827,6 +827,18 @@ class _Probe:
                 smtp.password = ""
             assert last is not None
             raise last
+
+    @staticmethod
+    def login(smtp: smtplib.SMTP, mechanism: str, username: str, password: str) -> tuple[int, bytes]:
+        """One AUTH attempt, the way delivery logs in (PLAIN and LOGIN in UTF-8: non-ASCII passwords work)."""
+        if mechanism in ("PLAIN", "LOGIN"):
+            return password_auth(smtp, username, password, mechanism)
+        try:
+            return smtp.auth(mechanism, smtp.auth_cram_md5, initial_response_ok=True)
+        except UnicodeError:  # smtplib encodes CRAM-MD5 as ASCII; the error object would carry the password
+            raise smtplib.SMTPAuthenticationError(
+                535, b"CRAM-MD5 cannot carry a non-ASCII password"
+            ) from None
 
     def xoauth2(self, record: Stage, mechanisms: list[str], username: str) -> None:
         if "XOAUTH2" not in mechanisms:

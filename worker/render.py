@@ -36,13 +36,17 @@ from typing import Any
 from jinja2 import (
     BaseLoader,
     ChoiceLoader,
+    Environment,
     FileSystemLoader,
     StrictUndefined,
     TemplateError,
     TemplateNotFound,
     TemplateSyntaxError,
 )
+from jinja2.filters import FILTERS as DEFAULT_FILTERS
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.utils import Namespace
 
 import templates as _templates_package
 from config.errors import MailWorkerError
@@ -60,6 +64,7 @@ TEMPLATE_NAMES = (
     "event-remove_totp",
     "event-update_credential",
     "event-remove_credential",
+    "notice",
 )
 
 
@@ -119,6 +124,7 @@ TEMPLATE_VARIABLES: dict[str, TemplateVariables] = {
         optional=("realm_name", "link_expiration", "identity_provider_username"),
     ),
     "email-test": TemplateVariables(required=(), optional=("realm_name", "user")),
+    "notice": TemplateVariables(required=("notice",), optional=("realm_name", "user")),
     **{name: _EVENT_MAIL for name in TEMPLATE_NAMES if name.startswith("event-")},
 }
 
@@ -340,10 +346,122 @@ def _autoescape(name: str | None) -> bool:
     return name is not None and name.endswith(".html.j2")
 
 
+# Realm admins edit templates: the sandbox keeps them away from Python internals, and these caps keep a
+# template from making a worker allocate gigabytes ("{{ 'a' * 10**9 }}", "{{ '%999999999d' % 1 }}").
+MAX_TEMPLATE_BYTES = 256 * 1024  # one realm override file
+MAX_VALUE_CHARS = 1_000_000  # one string or list a template builds with *, +, %, format, padding, namespace
+_MAX_POWER_BITS = 4096
+_SEQUENCES = (str, list, tuple)
+# A width or precision of five digits or more, in %-style or {}-style format strings (or a '*' width).
+_BIG_WIDTH = re.compile(r"%[#0\- +]*(\*|\d{5,}|\d*\.(\*|\d{5,}))|\{[^{}]*:[^{}]*?\d{5,}[^{}]*\}")
+_PADDING_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+
+
+def _too_big(size: float) -> None:
+    if size > MAX_VALUE_CHARS:
+        raise SecurityError(f"a value of {size:.0f} items is over the template limit of {MAX_VALUE_CHARS}")
+
+
+def _check_format(fmt: Any) -> None:
+    if isinstance(fmt, str) and _BIG_WIDTH.search(fmt):
+        raise SecurityError(f"format widths of 10000 or more (or '*') are not allowed: {fmt[:40]!r}")
+
+
+class _SizedLoader(FileSystemLoader):
+    """A realm's override directory: a file over MAX_TEMPLATE_BYTES is an error of that template."""
+
+    def get_source(self, environment: Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        source, filename, uptodate = super().get_source(environment, template)
+        if len(source) > MAX_TEMPLATE_BYTES:
+            raise TemplateError(f"{template} has {len(source)} characters; the limit is {MAX_TEMPLATE_BYTES}")
+        return source, filename, uptodate
+
+
+class _CappedNamespace(Namespace):
+    """`namespace()` whose attributes cannot grow past the limit (`{% set ns.x = ns.x ~ ns.x %}` loops)."""
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        if isinstance(value, _SEQUENCES):
+            _too_big(len(value))
+        super().__setitem__(name, value)
+
+
+class _GuardedSandbox(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, _SEQUENCES) and isinstance(n, int):
+                    _too_big(len(seq) * max(n, 0))
+        elif operator == "**":
+            big = isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0
+            if big and right * abs(left).bit_length() > _MAX_POWER_BITS:
+                raise SecurityError(f"{left} ** {right} is too large for a template")
+        elif operator == "%":
+            _check_format(left)
+        elif operator == "+" and isinstance(left, _SEQUENCES) and isinstance(right, _SEQUENCES):
+            _too_big(len(left) + len(right))
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        target = getattr(__obj, "__wrapped__", __obj)  # str.format comes wrapped by the sandbox
+        owner = getattr(target, "__self__", None)
+        name = getattr(target, "__name__", "")
+        if isinstance(owner, str):
+            if name in ("format", "format_map"):
+                _check_format(owner)
+            elif name in _PADDING_METHODS:
+                _too_big(max([len(owner), *(a for a in args if isinstance(a, int))]))
+            elif name == "replace" and len(args) >= 2 and isinstance(args[1], str):
+                _too_big(len(owner) * max(len(args[1]), 1) if args[0] == "" else len(owner) + len(args[1]))
+            elif name == "join":
+                items = list(args[0]) if args else []
+                _too_big(sum(len(str(i)) for i in items) + len(owner) * len(items))
+                args = (items, *args[1:])
+        return super().call(__context, __obj, *args, **kwargs)
+
+
+def _guarded_filter(name: str, check: Callable[..., None]) -> Callable[..., Any]:
+    original = DEFAULT_FILTERS[name]
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        check(*args, **kwargs)
+        return original(*args, **kwargs)
+
+    # Keep Jinja's pass_eval_context / pass_environment markers of the original.
+    guarded.__dict__.update(original.__dict__)
+    return guarded
+
+
+def _check_width_filter(value: Any, width: Any = 80, *_: Any, **__: Any) -> None:
+    if isinstance(width, int):
+        _too_big(width)
+
+
+def _check_replace_filter(_ctx: Any, value: Any, old: Any, new: Any, *_: Any, **__: Any) -> None:
+    text, new = str(value), str(new)
+    _too_big(len(text) * max(len(new), 1) if old == "" else len(text) + len(new))
+
+
+def _guarded_join(ctx: Any, value: Any, d: Any = "", attribute: Any = None) -> Any:
+    items = list(value)  # a range or a generator: its length is only known once it is listed
+    _too_big(sum(len(str(i)) for i in items) + len(str(d)) * len(items))
+    return DEFAULT_FILTERS["join"](ctx, items, d, attribute)
+
+
+_FILTER_GUARDS: dict[str, Callable[..., None]] = {
+    "format": lambda value, *_, **__: _check_format(value),
+    "center": _check_width_filter,
+    "indent": _check_width_filter,
+    "replace": _check_replace_filter,
+}
+
+
 def _environment(loader: BaseLoader) -> ImmutableSandboxedEnvironment:
     # One environment type for defaults and realm overrides: the sandbox costs little once templates are
     # compiled, and a default template copied into a realm directory behaves the same there.
-    return ImmutableSandboxedEnvironment(
+    env = _GuardedSandbox(
         loader=loader,
         undefined=StrictUndefined,
         autoescape=_autoescape,
@@ -352,6 +470,12 @@ def _environment(loader: BaseLoader) -> ImmutableSandboxedEnvironment:
         auto_reload=False,  # realm directories are watched by _RealmEntry; defaults never change at runtime
         cache_size=1000,
     )
+    env.globals["namespace"] = _CappedNamespace
+    for name, check in _FILTER_GUARDS.items():
+        env.filters[name] = _guarded_filter(name, check)
+    _guarded_join.__dict__.update(DEFAULT_FILTERS["join"].__dict__)  # pass_eval_context, like the original
+    env.filters["join"] = _guarded_join
+    return env
 
 
 @dataclass
@@ -410,6 +534,9 @@ def _subject_args(realm: str, context: Mapping[str, Any]) -> dict[str, Any]:
     provider = context.get("identity_provider")
     if isinstance(provider, Mapping):
         take("identity_provider", provider.get("display_name") or provider.get("alias"))
+    notice = context.get("notice")
+    if isinstance(notice, Mapping):
+        take("notice_subject", notice.get("subject"))
     event = context.get("event")
     if isinstance(event, Mapping):
         take("event_type", event.get("type"))
@@ -506,7 +633,7 @@ class TemplateRenderer:
     def _realm_source(self, realm_dir: Path) -> _Source:
         bundles = _Bundles(self._default.bundles.default, _load_bundles(realm_dir / "messages"))
         # Realm directory first, then the defaults: an override can extend the default _layout.
-        loader = ChoiceLoader([FileSystemLoader(str(realm_dir)), self._default_loader])
+        loader = ChoiceLoader([_SizedLoader(str(realm_dir)), self._default_loader])
         return _Source(_environment(loader), bundles, (realm_dir, self.default_dir))
 
     def _subject(self, messages: Messages, realm: str, template: str, context: Mapping[str, Any]) -> str:

@@ -19,8 +19,10 @@ from config.settings import ServiceSettings, get_settings
 
 if TYPE_CHECKING:
     from config.store import SettingsStore
+    from worker.breaker import CircuitBreaker
     from worker.deadletters import DeadLetterStore
     from worker.delivery import Services
+    from worker.oauth import TokenProvider
     from worker.render import TemplateRenderer
 
 
@@ -59,6 +61,12 @@ class Runtime:
         return DeadLetterStore(self.redis, self.keys, self.settings.dead_letter_ttl)
 
     @cached_property
+    def oauth(self) -> TokenProvider:
+        from worker.oauth import TokenProvider
+
+        return TokenProvider(self.redis, self.keys, self.box)
+
+    @cached_property
     def services(self) -> Services:
         from worker.delivery import Services, ThreadPools
         from worker.ledger import DeliveryLedger
@@ -74,11 +82,27 @@ class Runtime:
             ledger=DeliveryLedger(self.redis, self.keys, self.settings.delivered_marker_ttl),
             dead=self.dead_letters,
             stats=Stats(self.redis, self.keys),
+            oauth=self.oauth,
             policy=RetryPolicy(
                 max_attempts=self.settings.max_attempts,
                 base_delay=self.settings.retry_base_delay,
                 max_delay=self.settings.retry_max_delay,
             ),
+        )
+
+    @cached_property
+    def breaker(self) -> CircuitBreaker:
+        from worker.breaker import CircuitBreaker
+
+        # A cool-off is a retry countdown: it must stay below the broker's visibility timeout (see app.py).
+        ceiling = self.settings.visibility_timeout / 3
+        return CircuitBreaker(
+            self.redis,
+            self.keys,
+            threshold=self.settings.breaker_threshold,
+            window=self.settings.breaker_window,
+            cooloff=min(self.settings.breaker_cooloff, ceiling),
+            max_cooloff=min(self.settings.breaker_max_cooloff, ceiling),
         )
 
     def close(self) -> None:

@@ -32,8 +32,8 @@ class Stats:
         """Counts of the current and the previous clock hour, weighted to cover the last 60 minutes."""
         now = now if now is not None else time.time()
         hour = epoch_hour(now)
-        current = {k: int(v) for k, v in self.redis.hgetall(self.keys.stats(realm, hour)).items()}
-        previous = {k: int(v) for k, v in self.redis.hgetall(self.keys.stats(realm, hour - 1)).items()}
+        current = {str(k): int(v) for k, v in self.redis.hgetall(self.keys.stats(realm, hour)).items()}
+        previous = {str(k): int(v) for k, v in self.redis.hgetall(self.keys.stats(realm, hour - 1)).items()}
         share_of_previous = 1 - (now % 3600) / 3600
         return {
             name: current.get(name, 0) + round(previous.get(name, 0) * share_of_previous)

@@ -23,6 +23,7 @@ Constructor options (all keyword):
   would refuse AUTH there, since it only knows about STARTTLS).
 - ``smtputf8=True``: advertise SMTPUTF8 (False: MAIL ... SMTPUTF8 gets 501, as aiosmtpd does).
 - ``hostname``: the name in the greeting and EHLO reply.
+- ``pipelining=True``: advertise PIPELINING (RFC 2920); aiosmtpd reads pipelined commands in order.
 
 Attributes: ``host`` ("127.0.0.1"), ``port`` (bound to port 0, so never a free-port race), ``ca_file``.
 ``settings(**overrides)`` returns a validated ``SmtpSettings`` for this server (JSON names, e.g.
@@ -178,6 +179,8 @@ class _Handler:
         session.host_name = hostname  # aiosmtpd leaves this to the 5-argument hook
         if not self.server.offer_starttls:
             responses = [r for r in responses if r[4:].upper() != "STARTTLS"]
+        if self.server.pipelining:
+            responses = [*responses[:-1], "250-PIPELINING", responses[-1]]
         return responses
 
     async def handle_MAIL(
@@ -337,6 +340,7 @@ class SmtpTestServer:
         auth_require_tls: bool = True,
         smtputf8: bool = True,
         hostname: str = "smtp.test.local",
+        pipelining: bool = False,
     ) -> None:
         if tls not in ("none", "starttls", "implicit"):
             raise ValueError(f"tls must be none, starttls or implicit, not {tls!r}")
@@ -349,6 +353,7 @@ class SmtpTestServer:
         self.auth_require_tls = auth_require_tls
         self.smtputf8 = smtputf8
         self.hostname = hostname
+        self.pipelining = pipelining
         self.host = LOCALHOST
         self.port = 0
         self.ca = session_ca() if tls != "none" else None

@@ -16,7 +16,9 @@ COMMAND_MODULES = [
     "worker.cli.settings_cmd",
     "worker.cli.worker_cmd",
     "worker.cli.dead_cmd",
+    "worker.cli.job_cmd",
     "worker.cli.ops_cmd",
+    "worker.cli.ingest_cmd",
 ]
 
 

@@ -61,7 +61,16 @@ def list_dead(args: argparse.Namespace) -> int:
         print("no dead letters")
         return 0
     rows = [
-        [lt.job_id, lt.realm, lt.template, lt.to, lt.reason, str(lt.attempts), _ago(lt.died_at), lt.error[:80]]
+        [
+            lt.job_id,
+            lt.realm,
+            lt.template,
+            lt.to,
+            lt.reason,
+            str(lt.attempts),
+            _ago(lt.died_at),
+            lt.error[:80],
+        ]
         for lt in letters
     ]
     print(table(rows, ["JOB", "REALM", "TEMPLATE", "TO", "REASON", "ATTEMPTS", "DIED", "ERROR"]))
@@ -85,7 +94,9 @@ def requeue_dead(args: argparse.Namespace) -> int:
     from worker.runtime import runtime
 
     if args.all:
-        ids = [lt.job_id for lt in runtime().dead_letters.list(realm=args.realm, reason=args.reason, limit=10**9)]
+        ids = [
+            lt.job_id for lt in runtime().dead_letters.list(realm=args.realm, reason=args.reason, limit=10**9)
+        ]
     elif args.job_ids:
         ids = args.job_ids
     else:

@@ -52,11 +52,16 @@ def handle_test(args: argparse.Namespace) -> int:
         status = test_connection(
             args.realm, use_draft=not args.saved, send_to=args.send_to, timeout=args.timeout
         )
-    except (redis.RedisError, kombu.exceptions.OperationalError) as error:
+    except redis.RedisError as error:
+        from worker.runtime import runtime
+
+        url = redact_url(runtime().settings.store_url)
+        raise ConfigError(f"MAILWORKER_STORE_URL: Redis at {url} failed: {error}") from None
+    except kombu.exceptions.OperationalError as error:
         from worker.runtime import runtime
 
         url = redact_url(runtime().settings.broker_url)
-        raise ConfigError(f"MAILWORKER_BROKER_URL: Redis at {url} failed: {error}") from None
+        raise ConfigError(f"MAILWORKER_BROKER_URL: the broker at {url} failed: {error}") from None
     if args.json:
         print_json(status)
     else:

@@ -17,20 +17,29 @@ from typing import Any
 from worker.app import BULK, CONTROL, TRANSACTIONAL
 
 DEFAULT_GROUPS = ((f"{TRANSACTIONAL},{CONTROL}", "transactional"), (BULK, "bulk"))
+# The bulk worker runs at a lower CPU priority: during a burst a password reset (and Test Connection)
+# gets the CPU first; bulk takes what is left, which on an idle machine is all of it.
+BULK_NICENESS = 10
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("worker", help="run Celery workers (default: transactional+control and bulk)")
+    parser = subparsers.add_parser(
+        "worker", help="run Celery workers (default: transactional+control and bulk)"
+    )
     parser.add_argument("--queues", "-Q", help="comma-separated queues for ONE worker (default: both groups)")
     parser.add_argument("--concurrency", "-c", type=int, help="processes per worker (default: CPU count)")
-    parser.add_argument("--bulk-concurrency", type=int, help="processes of the bulk worker (default: CPU count)")
+    parser.add_argument(
+        "--bulk-concurrency", type=int, help="processes of the bulk worker (default: CPU count)"
+    )
     parser.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
     parser.add_argument("--loglevel", "-l", default=None)
     parser.add_argument("--name", "-n", help="node name (default: <group>@<hostname>)")
     parser.set_defaults(handler=run_worker)
 
 
-def celery_argv(queues: str, name: str, concurrency: int | None, pool: str, loglevel: str | None) -> list[str]:
+def celery_argv(
+    queues: str, name: str, concurrency: int | None, pool: str, loglevel: str | None
+) -> list[str]:
     argv = ["worker", "-Q", queues, "-n", name, "--pool", pool, "-E", "--without-gossip", "--without-mingle"]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
@@ -49,30 +58,56 @@ def run_worker(args: argparse.Namespace) -> int:
     return supervise(args)
 
 
-def supervise(args: argparse.Namespace) -> int:
-    """Run one Celery worker per queue group as child processes; stop them all when one ends."""
-    children = []
+def child_commands(args: argparse.Namespace) -> list[tuple[list[str], int]]:
+    """(command line, niceness) of each worker the default `mailworker worker` starts: one per queue group."""
+    commands = []
     for queues, group in DEFAULT_GROUPS:
         concurrency = args.bulk_concurrency if group == "bulk" else args.concurrency
         argv = celery_argv(queues, f"{group}@%h", concurrency, args.pool, args.loglevel)
-        children.append(subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.app", *argv]))
+        commands.append(
+            (
+                [sys.executable, "-m", "celery", "-A", "worker.app", *argv],
+                BULK_NICENESS if group == "bulk" else 0,
+            )
+        )
+    return commands
+
+
+def supervise(args: argparse.Namespace) -> int:
+    """Run one Celery worker per queue group as child processes; stop them all when one ends."""
+    children = []
+    for command, niceness in child_commands(args):
+        children.append(
+            subprocess.Popen(command, preexec_fn=(lambda n=niceness: os.nice(n)) if niceness else None)
+        )
+
+    stopping: list[int] = []
 
     def forward(signum: int, _frame: Any) -> None:
+        stopping.append(signum)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         signal.signal(signum, forward)
-    code = 0
     while all(child.poll() is None for child in children):
         time.sleep(0.5)
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
-    for child in children:
-        code = code or (child.wait() or 0)
-    return code if code >= 0 else 128 - code
+    codes = [child.wait() for child in children]
+    return exit_code(codes, asked_to_stop=bool(stopping))
+
+
+def exit_code(codes: list[int], *, asked_to_stop: bool) -> int:
+    """0 when the workers stopped because we were asked to (a service manager's stop is not a failure)."""
+    stopped_by_signal = {-signal.SIGTERM, -signal.SIGINT, -signal.SIGQUIT}
+    failures = [c for c in codes if c != 0 and not (asked_to_stop and c in stopped_by_signal)]
+    if not failures:
+        return 0
+    code = failures[0]
+    return code if code > 0 else 128 - code
 
 
 if os.name != "posix":  # pragma: no cover

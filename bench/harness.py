@@ -1,0 +1,352 @@
+"""Processes the benchmark owns: its Redis, worker processes, and their memory (RSS from /proc).
+
+Nothing here touches a Redis or a worker it did not start: the bench's redis-server listens on a free port
+of its own, without persistence, and is shut down at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+# ---- Redis -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchRedis:
+    """redis-server --daemonize yes --save "" --appendonly no on a free port; SHUTDOWN NOSAVE at the end."""
+
+    port: int = field(default_factory=free_port)
+    directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mw-bench-redis-")))
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> BenchRedis:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        subprocess.run(
+            [
+                binary,
+                "--daemonize",
+                "yes",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--pidfile",
+                str(self.directory / "redis.pid"),
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
+            check=True,
+        )
+        wait_until(self.answers, 10, f"redis-server on port {self.port}")
+        return self
+
+    def answers(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    def pid(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError):
+            return int((self.directory / "redis.pid").read_text().strip())
+        return None
+
+    def stop(self) -> None:
+        import redis
+
+        with contextlib.suppress(redis.RedisError):
+            redis.Redis(port=self.port, socket_timeout=5).shutdown(nosave=True)
+        pid = self.pid()
+        if pid is not None:
+            with contextlib.suppress(RuntimeError):
+                wait_until(lambda: not _alive(pid), 5, "redis-server to exit")
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# ---- worker processes ------------------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped) counts as gone.
+    with contextlib.suppress(OSError):
+        return " Z " not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:4]
+    return False
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (from /proc/*/stat parent links)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, ()))
+    return tree
+
+
+def _status_kib(pid: int, name: str) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _pss_kib(pid: int) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Memory of a process tree: RSS summed (shared pages counted in every process), PSS (shared split)."""
+
+    rss_kib: int
+    pss_kib: int
+    processes: int
+    per_process: tuple[tuple[int, str, int], ...] = ()  # (pid, name, RSS KiB)
+
+    @property
+    def rss_mib(self) -> float:
+        return round(self.rss_kib / 1024, 1)
+
+    @property
+    def pss_mib(self) -> float:
+        return round(self.pss_kib / 1024, 1)
+
+
+def _name(pid: int) -> str:
+    """A short label: the Celery node (-n) or the program."""
+    with contextlib.suppress(OSError):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        words = [w.decode(errors="replace") for w in argv if w]
+        if "-n" in words and words.index("-n") + 1 < len(words):
+            return words[words.index("-n") + 1].split("@")[0]
+        return " ".join(Path(w).name for w in words[:3])
+    return "?"
+
+
+def tree_memory(pid: int) -> Memory:
+    pids = [p for p in process_tree(pid) if _alive(p)]
+    rss = {p: _status_kib(p, "VmRSS") for p in pids}
+    return Memory(
+        sum(rss.values()),
+        sum(_pss_kib(p) for p in pids),
+        len(pids),
+        tuple((p, _name(p), rss[p]) for p in pids),
+    )
+
+
+@dataclass
+class Workers:
+    """A worker command (its own process group) started with the bench's environment; SIGTERM to stop."""
+
+    argv: Sequence[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Workers:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            list(self.argv),
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def memory(self) -> Memory:
+        return tree_memory(self.pid)
+
+    def stop(self, timeout: float = 60) -> None:
+        """SIGTERM (warm shutdown: running tasks finish), then SIGKILL to the group after `timeout`."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        tree = process_tree(self.pid)
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            self.process.wait(10)
+        # Pool children of a killed parent: only the ones this tree had, by pid.
+        for pid in tree:
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    def log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+def ping_workers(app: object, expected: int, timeout: float) -> list[str]:
+    """Wait until `expected` Celery workers answer a broadcast ping; their node names."""
+    names: list[str] = []
+
+    def answered() -> bool:
+        nonlocal names
+        replies = app.control.ping(timeout=0.5) or []  # type: ignore[attr-defined]
+        names = sorted(name for reply in replies for name in reply)
+        return len(names) >= expected
+
+    wait_until(answered, timeout, f"{expected} Celery worker(s) to answer a ping", interval=0.2)
+    return names
+
+
+# ---- machine ---------------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    cpu_model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu_model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_before": list(os.getloadavg()),
+    }
+
+
+def _cpu_jiffies() -> dict[str, int]:
+    """Jiffies of all CPUs since boot: process time (user, nice, system), interrupts, steal, and in all."""
+    f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = f + [0] * (8 - len(f))
+    return {
+        "process": user + nice + system,
+        "irq": irq + softirq,  # loopback TCP is largely softirq time: not charged to any process
+        "steal": steal,  # a virtual machine's CPU taken by the host
+        "total": user + nice + system + idle + iowait + irq + softirq + steal,
+    }
+
+
+def _process_jiffies(pids: Sequence[int]) -> int:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            # utime + stime, and cutime + cstime: children it waited for (forked senders) are ours too
+            total += sum(int(x) for x in fields[11:15])
+    return total
+
+
+class LoadMeter:
+    """CPU use over an interval, as shares of all cores: busy, the bench's own processes, the others.
+
+    `cpu_others` (process time not charged to a process of the bench) is what other programs on the
+    machine took while the figures were measured; a process of ours that ended inside the interval counts
+    as "other", so the split is an estimate. Interrupt time (`cpu_irq`, much of it loopback TCP) and a
+    virtual machine's steal time are reported apart.
+    """
+
+    def __init__(self, our_pids: Callable[[], Sequence[int]]) -> None:
+        self._our_pids = our_pids
+        self._start: tuple[dict[str, int], int] | None = None
+
+    def start(self) -> LoadMeter:
+        self._start = (_cpu_jiffies(), _process_jiffies(self._our_pids()))
+        return self
+
+    def stop(self) -> dict[str, float]:
+        assert self._start is not None
+        before, ours_before = self._start
+        now, ours = _cpu_jiffies(), _process_jiffies(self._our_pids())
+        span = max(1, now["total"] - before["total"])  # jiffies of all CPUs together
+
+        def share(key: str) -> float:
+            return (now[key] - before[key]) / span
+
+        process = share("process")
+        bench = min(process, max(0, ours - ours_before) / span)
+        return {
+            "cpu_busy": round(process + share("irq"), 3),
+            "cpu_bench": round(bench, 3),
+            "cpu_others": round(max(0.0, process - bench), 3),
+            "cpu_irq": round(share("irq"), 3),
+            "cpu_steal": round(share("steal"), 3),
+        }

@@ -1,0 +1,317 @@
+"""What the fault scenarios run on: a private Redis, real worker processes, a producer, and the figures.
+
+    with Cluster.start(tmp_path, appendonly=True) as cluster:
+        cluster.save_realm("acme", sink.settings_dict())
+        worker = cluster.worker(concurrency=4, MAILWORKER_MAX_ATTEMPTS="10")   # `mailworker worker` process
+        ids = cluster.send_many("acme", "password-reset", addresses)
+        results = cluster.wait_results(ids, timeout=120)
+
+Each cluster has its own redis-server (its own port, optionally AOF), so a scenario never shares a queue with
+the test session's in-thread worker or with another engineer's tests, and can count every key it left.
+Workers are started as `mailworker worker --queues transactional,control` subprocesses in their own
+process group (so SIGKILL takes the pool's children too), with MAILWORKER_* pointing at the cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from config.settings import ServiceSettings
+from tests.support.redis_server import RedisServer
+from tests.support.smtp_server import session_ca
+from worker.jobs import EmailJob, new_job
+from worker.runtime import Runtime
+
+ROOT = Path(__file__).resolve().parents[2]
+MAILWORKER = Path(sys.executable).with_name("mailworker")
+FINAL = {"sent", "dead-lettered", "dropped", "duplicate-skipped"}
+
+USER = {"username": "alice", "first_name": "Alice", "last_name": "Liddell", "email": "alice@example.com"}
+CONTEXT = {
+    "user": USER,
+    "realm_name": "ACME",
+    "link": "https://iam.example.com/reset?k=1",
+    "link_expiration": 60,
+}
+
+
+def worker_env(url: str, prefix: str, **overrides: str) -> dict[str, str]:
+    """The environment of a worker process (and of CLI subprocesses) for a cluster."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILWORKER_")}
+    env.update(
+        {
+            "MAILWORKER_STORE_URL": url,
+            "MAILWORKER_BROKER_URL": url,
+            "MAILWORKER_RESULT_BACKEND": url,
+            "MAILWORKER_KEY_PREFIX": prefix,
+            "MAILWORKER_BROKER_KEY_PREFIX": f"{prefix}:",
+            "MAILWORKER_SECRET_KEY": os.environ["MAILWORKER_SECRET_KEY"],
+            "MAILWORKER_SMTP_CA_FILE": session_ca().ca_file,
+            "MAILWORKER_RESULT_EXPIRES": "3600",
+            "MAILWORKER_RETRY_BASE_DELAY": "0.2",
+            "MAILWORKER_RETRY_MAX_DELAY": "2",
+            "MAILWORKER_MAX_ATTEMPTS": "8",
+            "MAILWORKER_RECIPIENT_COOLDOWN": "0",
+            "MAILWORKER_LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+@dataclass
+class WorkerProcess:
+    """One `mailworker worker` process (and its prefork children, in the same process group)."""
+
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_timeout: float = 60.0) -> WorkerProcess:
+        self._log = self.log_path.open("ab")
+        self._offset = self.log_path.stat().st_size
+        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + ready_timeout
+        while " ready." not in self.log()[self._offset :]:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker not ready within {ready_timeout}s:\n{self.log()[-3000:]}")
+            time.sleep(0.1)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL to the whole process group: a crashed machine, no goodbye, nothing acknowledged."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def terminate(self, timeout: float = 60.0) -> float:
+        """SIGTERM (Celery's warm shutdown); returns how long the worker took to exit."""
+        assert self.proc is not None
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"worker did not stop within {timeout}s of SIGTERM") from None
+        return time.monotonic() - started
+
+    def stop(self) -> None:
+        if self.alive:
+            with contextlib.suppress(AssertionError):
+                self.terminate(timeout=20)
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):  # stray pool children of a killed parent
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+@dataclass
+class Cluster:
+    server: RedisServer
+    prefix: str
+    tmp: Path
+    overrides: dict[str, str] = field(default_factory=dict)
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    @classmethod
+    @contextlib.contextmanager
+    def start(cls, tmp: Path, *, appendonly: bool = False, **overrides: str) -> Iterator[Cluster]:
+        server = RedisServer(appendonly=appendonly).start()
+        cluster = cls(server, f"mwrel-{uuid.uuid4().hex[:8]}", tmp, dict(overrides))
+        try:
+            yield cluster
+        finally:
+            for worker in cluster.workers:
+                worker.stop()
+            cluster.close()
+            server.stop()
+
+    # -- the producer side (this process) --
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        return worker_env(self.url, self.prefix, **{**self.overrides, **overrides})
+
+    @property
+    def runtime(self) -> Runtime:
+        found: Runtime | None = self.__dict__.get("_runtime")
+        if found is None:
+            env = self.env()
+            values = {
+                k.removeprefix("MAILWORKER_").lower(): v
+                for k, v in env.items()
+                if k.startswith("MAILWORKER_")
+            }
+            found = self.__dict__["_runtime"] = Runtime(ServiceSettings(**values))
+        return found
+
+    @property
+    def app(self) -> Any:
+        found = self.__dict__.get("_app")
+        if found is None:
+            from worker.app import create_app
+
+            found = self.__dict__["_app"] = create_app(self.runtime.settings)
+        return found
+
+    @property
+    def redis(self) -> redis.Redis:
+        return self.runtime.redis
+
+    def close(self) -> None:
+        if "_app" in self.__dict__:
+            self.app.close()
+        if "_runtime" in self.__dict__:
+            self.runtime.close()
+
+    def save_realm(self, realm: str, settings: dict[str, Any]) -> None:
+        self.runtime.store.save(realm, settings)
+
+    def job(self, realm: str, template: str, to: str, **kwargs: Any) -> EmailJob:
+        kwargs.setdefault("context", CONTEXT)
+        return new_job(realm, template, to, **kwargs)
+
+    def enqueue(self, job: EmailJob) -> str:
+        """What tasks.api.send_email does after validation: one message on the transactional queue."""
+        self.app.send_task(
+            "mail.send", args=[job.model_dump(mode="json")], task_id=job.id, queue="transactional"
+        )
+        return job.id
+
+    def send_many(self, realm: str, template: str, addresses: Iterable[str], **kwargs: Any) -> list[str]:
+        with self.app.producer_or_acquire() as producer:
+            ids = []
+            for to in addresses:
+                job = self.job(realm, template, to, **kwargs)
+                self.app.send_task("mail.send", args=[job.model_dump(mode="json")], task_id=job.id,
+                                   queue="transactional", producer=producer)  # fmt: skip
+                ids.append(job.id)
+        return ids
+
+    def results(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The final results among `ids` (sent, dead-lettered, dropped, skipped); retries are not final."""
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), 2000):
+            batch = ids[start : start + 2000]
+            for job_id, raw in zip(
+                batch, self.redis.mget([f"celery-task-meta-{i}" for i in batch]), strict=True
+            ):
+                if raw is None:
+                    continue
+                meta = json.loads(raw)
+                value = meta.get("result")
+                if (
+                    meta.get("status") == "SUCCESS"
+                    and isinstance(value, dict)
+                    and value.get("status") in FINAL
+                ):
+                    found[job_id] = value
+        return found
+
+    def wait_results(self, ids: list[str], timeout: float, poll: float = 0.5) -> dict[str, dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        done: dict[str, dict[str, Any]] = {}
+        while True:
+            missing = [i for i in ids if i not in done]
+            done.update(self.results(missing))
+            if len(done) == len(ids) or time.monotonic() > deadline:
+                return done
+            time.sleep(poll)
+
+    # -- worker processes --
+
+    def worker(self, *, concurrency: int = 2, queues: str = "transactional,control", name: str | None = None,
+               loglevel: str = "INFO", **env: str) -> WorkerProcess:  # fmt: skip
+        name = name or f"w{len(self.workers) + 1}"
+        argv = [str(MAILWORKER), "worker", "--queues", queues, "--concurrency", str(concurrency),
+                "--name", f"{name}-{self.prefix}@%h", "--loglevel", loglevel]  # fmt: skip
+        worker = WorkerProcess(argv, self.env(MAILWORKER_LOG_LEVEL=loglevel, **env), self.tmp / f"{name}.log")
+        self.workers.append(worker)
+        return worker.start()
+
+    def queue_length(self, queue: str = "transactional") -> int:
+        return int(self.redis.llen(f"{self.prefix}:{queue}"))
+
+    def key_count(self) -> int:
+        return int(self.redis.dbsize())
+
+
+# ---- figures ---------------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def latencies(results: dict[str, dict[str, Any]], jobs: dict[str, EmailJob]) -> list[float]:
+    """Seconds from the job's creation to the server's acceptance, for the sent ones."""
+    return [r["sent_at"] - jobs[i].created_at for i, r in results.items() if r["status"] == "sent"]
+
+
+def outcome_counts(results: dict[str, dict[str, Any]]) -> Counter[str]:
+    return Counter(r["status"] for r in results.values())
+
+
+def attempts_histogram(results: dict[str, dict[str, Any]]) -> dict[int, int]:
+    return dict(sorted(Counter(int(r.get("attempts") or 0) for r in results.values()).items()))
+
+
+def report(scenario: str, **figures: Any) -> dict[str, Any]:
+    """Print one line of figures (make reliability runs with -s) and keep them for docs/reliability.md."""
+    line = " ".join(f"{k}={_fmt(v)}" for k, v in figures.items())
+    print(f"\nFIGURES {scenario}: {line}", flush=True)
+    out = ROOT / ".pytest_cache" / "reliability-figures.jsonl"
+    out.parent.mkdir(exist_ok=True)
+    with out.open("a") as handle:
+        handle.write(json.dumps({"scenario": scenario, "at": time.strftime("%Y-%m-%d %H:%M:%S"), **figures},
+                                default=str) + "\n")  # fmt: skip
+    return figures
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    return {"p50_s": percentile(values, 50), "p99_s": percentile(values, 99), "max_s": max(values),
+            "mean_s": statistics.fmean(values)}  # fmt: skip

@@ -1,0 +1,105 @@
+"""`mailworker job JOB_ID [--watch] [--json]` and `mailworker job cancel JOB_ID`: bulk job progress.
+
+$ mailworker job bulk-3f2a...
+bulk-3f2a...  realm acme  template policy-change  running
+[##############----------------]  47.0%  47,000/100,000
+sent 46,990  failed 10  cancelled 0  pending 53,000  rate 3,105/s  elapsed 15s  eta 17s
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from config.errors import InvalidInput
+from worker.cli.common import print_json
+
+BAR_WIDTH = 30
+
+
+def register(subparsers: Any) -> None:
+    job = subparsers.add_parser(
+        "job", help="a bulk job's progress (--watch to follow it), or `job cancel JOB_ID` to stop it"
+    )
+    job.add_argument("job_id", help="the bulk job id (send_bulk's return value), or `cancel`")
+    job.add_argument("cancel_id", nargs="?", metavar="JOB_ID", help="with `cancel`: the job to stop")
+    job.add_argument(
+        "--watch", "-w", action="store_true", help="redraw every --interval seconds until it ends"
+    )
+    job.add_argument("--interval", type=float, default=1.0, help="seconds between redraws (default 1)")
+    job.add_argument("--json", action="store_true")
+    job.set_defaults(handler=show_job)
+
+
+def _duration(seconds: float) -> str:
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def render_progress(p: dict[str, Any], now: float | None = None) -> str:
+    """Three lines: what, a bar, the counters with rate and ETA."""
+    now = now if now is not None else time.time()
+    total = p["total"] or 0
+    settled = p["sent"] + p["failed"] + p["cancelled"]
+    share = settled / total if total else 1.0
+    filled = int(share * BAR_WIDTH)
+    bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+    head = f"{p['job_id']}  realm {p['realm']}  template {p['template']}  {p['state']}"
+    if p.get("error"):
+        head += f"  ({p['error']})"
+    counts = (
+        f"sent {p['sent']:,}  failed {p['failed']:,}  cancelled {p['cancelled']:,}  pending {p['pending']:,}"
+        f"  rate {p['rate']:,.0f}/s"
+    )
+    if p.get("started_at"):
+        end = p.get("finished_at") or now
+        counts += f"  elapsed {_duration(end - p['started_at'])}"
+        if not p.get("finished_at") and p["rate"] > 0 and p["pending"]:
+            counts += f"  eta {_duration(p['pending'] / p['rate'])}"
+    return f"{head}\n[{bar}] {share * 100:5.1f}%  {settled:,}/{total:,}\n{counts}"
+
+
+def show_job(args: argparse.Namespace) -> int:
+    from tasks import api
+
+    if args.job_id == "cancel":
+        if not args.cancel_id:
+            raise InvalidInput.one("JOB_ID", "name the job to cancel: mailworker job cancel JOB_ID")
+        state = api.cancel_bulk(args.cancel_id)
+        print(f"{args.cancel_id}: {state}" + ("" if state == "cancelled" else " (it had ended already)"))
+        return 0
+    if args.cancel_id:
+        raise InvalidInput.one(
+            "JOB_ID", f"unexpected {args.cancel_id!r}: did you mean `job cancel {args.job_id}`?"
+        )
+    if args.interval <= 0:
+        raise InvalidInput.one("--interval", "must be a positive number of seconds")
+    progress = api.bulk_progress(args.job_id)
+    if args.json and not args.watch:
+        print_json(progress)
+        return 0
+    live = args.watch and sys.stdout.isatty() and not args.json
+    lines = 0
+    while True:
+        if args.json:
+            print_json(progress)
+        else:
+            text = render_progress(progress)
+            if live and lines:
+                sys.stdout.write(f"\x1b[{lines}F\x1b[J")  # back to the first line of the last drawing
+            print(text, flush=True)
+            lines = text.count("\n") + 1
+        finished = (
+            progress["state"] in ("done", "cancelled", "failed")
+            and progress["chunks_done"] >= progress["chunks"]
+        )
+        if not args.watch or finished:
+            return 0
+        time.sleep(args.interval)
+        progress = api.bulk_progress(args.job_id)
