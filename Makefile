@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo bench reliability clean
+.PHONY: install test lint demo bench reliability clean
 
 install: $(STAMP)
 

@@ -35,6 +35,10 @@ class Keys:
         """Counter of delivery attempts of one job, across redeliveries."""
         return f"{self.prefix}:attempts:{job_id}"
 
+    def last_error(self, job_id: str) -> str:
+        """String: the error of the job's latest failed attempt (while it waits for its retry)."""
+        return f"{self.prefix}:last-error:{job_id}"
+
     def claim(self, job_id: str) -> str:
         """String with the worker that works on the job now; expires by itself."""
         return f"{self.prefix}:claim:{job_id}"

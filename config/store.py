@@ -197,14 +197,25 @@ def _escape_glob(text: str) -> str:
 
 class SettingsStore:
     def __init__(
-        self, redis: redis.Redis, keys: Keys, box: SecretBox, history_size: int = DEFAULT_HISTORY_SIZE
+        self,
+        redis: redis.Redis,
+        keys: Keys,
+        box: SecretBox | Callable[[], SecretBox],
+        history_size: int = DEFAULT_HISTORY_SIZE,
     ) -> None:
         if history_size < MIN_HISTORY_SIZE:
             raise ValueError(f"history_size must be at least {MIN_HISTORY_SIZE}")
         self._redis = redis
         self._keys = keys
-        self._box = box
+        # A callable is resolved on first use: readers of non-secret fields (producers, `stats`) need no key.
+        self._box_source = box
         self.history_size = history_size
+
+    @property
+    def _box(self) -> SecretBox:
+        if not isinstance(self._box_source, SecretBox):
+            self._box_source = self._box_source()
+        return self._box_source
 
     # ---- reading --------------------------------------------------------------------------------------
 
@@ -218,6 +229,15 @@ class SettingsStore:
 
     def draft(self, realm: str) -> DraftSettings | None:
         return self._read_draft(self._redis, realm)
+
+    def saved_fields(self, realm: str) -> dict[str, Any] | None:
+        """The saved settings as stored (JSON names), secrets still encrypted, nothing decrypted.
+
+        For callers that need no secret, such as producers checking a realm's `allow_utf8`: they work
+        without MAILWORKER_SECRET_KEY.
+        """
+        raw = self._redis.hget(self._keys.saved(realm), "data")
+        return dict(json.loads(str(raw))) if raw is not None else None
 
     def effective(self, realm: str, *, use_draft: bool = True) -> tuple[SmtpSettings, str, int]:
         """(settings, "draft" | "saved", version): the draft when there is one and use_draft, else saved."""

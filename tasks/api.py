@@ -14,12 +14,14 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from celery.result import AsyncResult
 
 from config.errors import InvalidInput
-from config.smtp import SmtpSettings
+from config.smtp import DEFAULT_NOTIFY_EVENTS
+from tasks.connection import test_connection  # noqa: F401  (re-exported: callers find it with the rest)
 from worker.app import BULK, TRANSACTIONAL, app
 from worker.bulk import DEFAULT_CHUNK_SIZE
 from worker.events import event_job, event_template, parse_event
@@ -38,14 +40,25 @@ from worker.runtime import runtime
 log = logging.getLogger(__name__)
 
 
-def _realm_settings(realm: str) -> SmtpSettings:
+@dataclass(frozen=True)
+class RealmFacts:
+    """What a producer needs to know of a realm's settings: no secret, so no MAILWORKER_SECRET_KEY."""
+
+    allow_utf8: bool
+    notify_events: tuple[str, ...]
+
+
+def _realm_settings(realm: str) -> RealmFacts:
     check_realm(realm)
-    saved = runtime().store.saved(realm)
-    if saved is None:
+    fields = runtime().store.saved_fields(realm)
+    if fields is None:
         raise InvalidInput.one(
             "realm", f"{realm} has no saved SMTP settings (mailworker settings save --realm {realm})"
         )
-    return saved.settings
+    return RealmFacts(
+        allow_utf8=bool(fields.get("allow_utf8", False)),
+        notify_events=tuple(fields.get("notify_events") or DEFAULT_NOTIFY_EVENTS),
+    )
 
 
 def _check_template(realm: str, template: str) -> None:

@@ -118,6 +118,7 @@ def _attempt(task: Task, job: EmailJob, services: Any) -> dict[str, Any]:
             )
             if decision is Decision.RETRY:
                 log_attempt(**_fields(job, attempt, "retry", failure, elapsed))
+                services.ledger.note_error(job.id, failure.error)
                 raise task.retry(countdown=delay, max_retries=CELERY_RETRY_LIMIT) from None
             failure = DeliveryFailure(
                 decision.value, f"gave up after {attempt} attempt(s): {failure.error}", failure.smtp_code

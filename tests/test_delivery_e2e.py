@@ -311,3 +311,25 @@ def test_recipient_cooldown_sends_one_reset_and_drops_the_rest(realm, smtp_serve
     assert all(r["reason"] == "cooldown" for r in results if r["status"] != "sent")
     assert len(smtp_server.received_for(to)) == 1
     assert runtime().services.stats.last_hour(realm)["dropped_cooldown"] == 19
+
+
+def test_a_producer_needs_no_secret_key(realm, smtp_server):
+    """Producers only enqueue: they never decrypt a password, so they do not get the key to do so."""
+    import os
+    import subprocess
+    import sys
+
+    save(realm, smtp_server)
+    to = unique_address()
+    env = {k: v for k, v in os.environ.items() if k != "MAILWORKER_SECRET_KEY"}
+    script = (
+        "import json, sys; from tasks import api; "
+        f"print(api.send_email({realm!r}, 'email-verification', {to!r}, context=json.loads(sys.argv[1])))"
+    )
+    produced = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(context())], env=env, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert produced.returncode == 0, produced.stderr
+    assert api.wait_for_result(produced.stdout.strip())["status"] == "sent"
+    assert len(smtp_server.received_for(to)) == 1

@@ -173,3 +173,21 @@ def test_monitoring_commands_need_no_secret_key(realm: str, smtp_server: SmtpTes
         assert (done.returncode, done.stderr) == (0, ""), argv
         assert json.loads(done.stdout)
     assert json.loads(done.stdout)["status"] == "sent"
+
+
+def test_status_of_a_retrying_job_says_why(realm: str, smtp_server: SmtpTestServer) -> None:
+    import time
+
+    from worker.cli.ops_cmd import job_status
+
+    runtime().store.save(realm, smtp_server.settings_dict())
+    smtp_server.fail_next("451 4.3.0 greylisted, try again later", times=3)
+    job_id = api.send_email(realm, "email-verification", address(),
+                            context={"user": {"username": "u"}, "link": "https://x.example/v"})  # fmt: skip
+    seen: dict[str, Any] = {}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "last_error" not in seen:
+        seen = job_status(job_id)
+        time.sleep(0.01)
+    assert "greylisted" in seen.get("last_error", ""), seen
+    assert api.wait_for_result(job_id)["status"] == "sent"

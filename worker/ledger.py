@@ -49,6 +49,14 @@ class DeliveryLedger:
     def attempts(self, job_id: str) -> int:
         return int(self.redis.get(self.keys.attempts(job_id)) or 0)
 
+    def note_error(self, job_id: str, error: str) -> None:
+        """Keep the latest failed attempt's error, so `mailworker status` can say why a job is retrying."""
+        self.redis.set(self.keys.last_error(job_id), error[:1000], ex=self.marker_ttl)
+
+    def last_error(self, job_id: str) -> str | None:
+        value = self.redis.get(self.keys.last_error(job_id))
+        return str(value) if value is not None else None
+
     def reset_attempts(self, job_id: str) -> None:
         self.redis.delete(self.keys.attempts(job_id))
 

@@ -46,7 +46,7 @@ class Runtime:
     def store(self) -> SettingsStore:
         from config.store import SettingsStore
 
-        return SettingsStore(self.redis, self.keys, self.box)
+        return SettingsStore(self.redis, self.keys, lambda: self.box)
 
     @cached_property
     def renderer(self) -> TemplateRenderer:

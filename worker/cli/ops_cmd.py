@@ -69,9 +69,12 @@ def job_status(task_id: str) -> dict[str, Any]:
                 info[name] = value[name]
         info["attempts"] = max(info["attempts"], int(value.get("attempts") or 0))
     elif isinstance(value, BaseException):
-        # FAILURE: the exception (a bug); RETRY: Celery's Retry ("Retry in 5s"); the SMTP error of a retried
-        # attempt is in the worker's delivery log line (outcome=retry).
+        # FAILURE: the exception (a bug); RETRY: Celery's Retry ("Retry in 5s"); the SMTP error of the
+        # failed attempt is the ledger's last_error (below).
         info["error" if state == "FAILURE" else "retry"] = f"{type(value).__name__}: {value}"
+    last_error = ledger.last_error(task_id)
+    if last_error is not None and state == "RETRY":
+        info["last_error"] = last_error
     try:
         letter = rt.dead_letters.get(task_id)
     except NotFound:
@@ -99,7 +102,7 @@ def show_status(args: argparse.Namespace) -> int:
     if args.json:
         print_json(info)
         return 0
-    order = ("job_id", "state", "status", "task", "realm", "attempts", "reason", "error", "retry", "smtp_code",
+    order = ("job_id", "state", "status", "task", "realm", "attempts", "reason", "error", "retry", "last_error", "smtp_code",
              "message_id", "sent_at", "died_at", "worker", "queue", "date_done")  # fmt: skip
     for name in order:
         if name in info:
