@@ -26,7 +26,7 @@ lint: install
 demo: install
 	$(BIN)/python -m worker.demo
 
-# Throughput, latency, Test Connection and memory against baselines, in one run (docs/parts/performance.md).
+# Throughput, latency, Test Connection and memory against baselines, in one run (README: Performance).
 # Options through BENCH_ARGS, e.g. `make bench BENCH_ARGS=--quick`.
 bench: install
 	$(BIN)/python bench/run.py $(BENCH_ARGS)

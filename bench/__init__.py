@@ -1,1 +1,1 @@
-"""Benchmarks: `make bench` runs bench/run.py (see docs/parts/performance.md)."""
+"""Benchmarks: `make bench` runs bench/run.py (see the README, Performance)."""

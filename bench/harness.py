@@ -13,21 +13,16 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.support.redis_server import RedisServer
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
@@ -48,67 +43,11 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 # ---- Redis -----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class BenchRedis:
-    """redis-server --daemonize yes --save "" --appendonly no on a free port; SHUTDOWN NOSAVE at the end."""
-
-    port: int = field(default_factory=free_port)
-    directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mw-bench-redis-")))
-
-    def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def start(self) -> BenchRedis:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        subprocess.run(
-            [
-                binary,
-                "--daemonize",
-                "yes",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-                "--pidfile",
-                str(self.directory / "redis.pid"),
-                "--logfile",
-                str(self.directory / "redis.log"),
-            ],
-            check=True,
-        )
-        wait_until(self.answers, 10, f"redis-server on port {self.port}")
-        return self
-
-    def answers(self) -> bool:
-        import redis
-
-        try:
-            return bool(redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=1).ping())
-        except redis.RedisError:
-            return False
-
-    def pid(self) -> int | None:
-        with contextlib.suppress(OSError, ValueError):
-            return int((self.directory / "redis.pid").read_text().strip())
-        return None
+class BenchRedis(RedisServer):
+    """The bench's own redis-server (`--save "" --appendonly no`, a free port); its directory goes with it."""
 
     def stop(self) -> None:
-        import redis
-
-        with contextlib.suppress(redis.RedisError):
-            redis.Redis(port=self.port, socket_timeout=5).shutdown(nosave=True)
-        pid = self.pid()
-        if pid is not None:
-            with contextlib.suppress(RuntimeError):
-                wait_until(lambda: not _alive(pid), 5, "redis-server to exit")
+        super().stop()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 

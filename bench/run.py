@@ -18,7 +18,7 @@ processes (`mailworker worker`, and `celery -A bench.naive worker` for the basel
               (latency and Test Connection measured during that one too, reported separately)
 
 Prints a table (figure, value, target, pass/fail) and writes bench/results.json. See
-docs/parts/performance.md for what each figure means.
+the README (Performance) for what each figure means.
 """
 
 from __future__ import annotations
@@ -135,9 +135,9 @@ def service_env(redis: BenchRedis) -> dict[str, str]:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILWORKER_")}
     env.update(
-        MAILWORKER_BROKER_URL=redis.url(0),
-        MAILWORKER_RESULT_BACKEND=redis.url(0),
-        MAILWORKER_STORE_URL=redis.url(0),
+        MAILWORKER_BROKER_URL=redis.url_for(0),
+        MAILWORKER_RESULT_BACKEND=redis.url_for(0),
+        MAILWORKER_STORE_URL=redis.url_for(0),
         MAILWORKER_SECRET_KEY=Fernet.generate_key().decode(),
         MAILWORKER_KEY_PREFIX="mwbench",
         MAILWORKER_BROKER_KEY_PREFIX="",
@@ -236,13 +236,13 @@ def wait_for_count(
 def phase_naive(
     args: argparse.Namespace, sink: Sink, redis: BenchRedis, env: dict[str, str], log_dir: Path
 ) -> dict[str, Any]:
-    os.environ["BENCH_NAIVE_BROKER"] = redis.url(1)
+    os.environ["BENCH_NAIVE_BROKER"] = redis.url_for(1)
     from bench import naive
 
-    naive.app.conf.broker_url = redis.url(1)
+    naive.app.conf.broker_url = redis.url_for(1)
     worker_env = {
         **env,
-        "BENCH_NAIVE_BROKER": redis.url(1),
+        "BENCH_NAIVE_BROKER": redis.url_for(1),
         "BENCH_SMTP_HOST": sink.host,
         "BENCH_SMTP_PORT": str(sink.port),
     }
@@ -302,7 +302,7 @@ def phase_naive(
         workers.stop()
         import redis as redis_lib
 
-        redis_lib.Redis.from_url(redis.url(1)).flushdb()  # what a stopped naive run left queued
+        redis_lib.Redis.from_url(redis.url_for(1)).flushdb()  # what a stopped naive run left queued
 
 
 class TransactionalLoad(threading.Thread):

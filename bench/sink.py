@@ -25,7 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.harness import ROOT, free_port, port_open, wait_until
+from bench.harness import ROOT, port_open, wait_until
+from tests.support.redis_server import free_port
 
 CACHE = ROOT / ".cache" / "smtp-sink"
 _COUNTER = re.compile(rb"mesg=(\d+)")

@@ -39,6 +39,17 @@ class Keys:
         """String: the error of the job's latest failed attempt (while it waits for its retry)."""
         return f"{self.prefix}:last-error:{job_id}"
 
+    def pending(self) -> str:
+        """Sorted set of transactional jobs not ended yet, scored by when news of them is due."""
+        return f"{self.prefix}:pending"
+
+    def pending_job(self, job_id: str) -> str:
+        """String: what it takes to publish a pending job again (task, args, queue; no secrets)."""
+        return f"{self.prefix}:pending:{job_id}"
+
+    def sweeper_lock(self) -> str:
+        return f"{self.prefix}:sweeper-lock"
+
     def claim(self, job_id: str) -> str:
         """String with the worker that works on the job now; expires by itself."""
         return f"{self.prefix}:claim:{job_id}"

@@ -45,6 +45,11 @@ class ServiceSettings(BaseSettings):
     retry_base_delay: float = Field(default=5.0, gt=0)
     retry_max_delay: float = Field(default=300.0, gt=0)
 
+    # A transactional job without news (no attempt, no end) for this long is published again; 0 = twice
+    # the visibility timeout. Workers sweep every `sweep_interval` seconds.
+    lost_job_grace: int = Field(default=0, ge=0)
+    sweep_interval: int = Field(default=30, ge=1)
+
     # One mail per recipient and template in this window (e-mail bombing guard); 0 turns it off.
     recipient_cooldown: int = Field(default=30, ge=0)
 
@@ -67,6 +72,10 @@ class ServiceSettings(BaseSettings):
                 f"MAILWORKER_VISIBILITY_TIMEOUT ({self.visibility_timeout}s), or retried jobs are delivered twice"
             )
         return self
+
+    @property
+    def lost_job_after(self) -> int:
+        return self.lost_job_grace or 2 * self.visibility_timeout
 
     def secret_keys(self) -> list[str]:
         if self.secret_key is None or not self.secret_key.get_secret_value().strip():

@@ -89,8 +89,20 @@ def send_email(
     _check_template(realm, job.template)
     if job.idempotency_key is not None and runtime().services.ledger.delivered(job.id) is not None:
         return job.id  # this key was delivered already: the same job, nothing new to send
-    app.send_task("mail.send", args=[job.model_dump(mode="json")], task_id=job.id, queue=TRANSACTIONAL)
+    _publish_tracked("mail.send", [job.model_dump(mode="json")], job.id)
     return job.id
+
+
+def _publish_tracked(task: str, args: list[Any], job_id: str) -> None:
+    """Record the job in the pending ledger, then publish it: a job the broker loses is published again
+    by a worker's sweeper (worker/sweeper.py)."""
+    pending = runtime().pending
+    pending.track(job_id, task, args, TRANSACTIONAL)
+    try:
+        app.send_task(task, args=args, task_id=job_id, queue=TRANSACTIONAL)
+    except Exception:
+        pending.done(job_id)  # the caller sees the error and decides; nothing may publish it behind its back
+        raise
 
 
 def publish_event(realm: str, event: dict[str, Any]) -> str | None:
@@ -106,7 +118,7 @@ def publish_event(realm: str, event: dict[str, Any]) -> str | None:
         log.warning("event %s of realm %s notifies but has no template %s: ignored",
                     parsed.type, realm, event_template(parsed.type))  # fmt: skip
         return None
-    app.send_task("mail.event", args=[realm, event], task_id=job.id, queue=TRANSACTIONAL)
+    _publish_tracked("mail.event", [realm, event], job.id)
     return job.id
 
 
@@ -135,7 +147,7 @@ def requeue_dead_letter(job_id: str) -> str:
     )
     rt.services.ledger.reset_attempts(job.id)
     result(job.id).forget()  # the dead result must not answer for the new attempt
-    app.send_task("mail.send", args=[job.model_dump(mode="json")], task_id=job.id, queue=TRANSACTIONAL)
+    _publish_tracked("mail.send", [job.model_dump(mode="json")], job.id)
     rt.dead_letters.remove(job.id)
     return job.id
 

@@ -23,8 +23,10 @@ def handle_event(self: Any, realm: str, event: dict[str, Any]) -> dict[str, Any]
     except (InvalidInput, NotFound) as error:
         # Validated at publish time already; this only happens when the realm changed in between.
         log.warning("event for realm %s not deliverable: %s", realm, error)
+        runtime().pending.done(self.request.id)
         return {"status": "rejected", "job_id": self.request.id, "error": str(error)}
     if job is None:
         log.debug("event %s of realm %s does not notify", parsed.type, realm)
+        runtime().pending.done(self.request.id)
         return {"status": "ignored", "job_id": self.request.id, "event_type": parsed.type}
     return run_job(self, job.model_copy(update={"id": self.request.id}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -41,6 +42,14 @@ def _owner() -> str:
 
 def run_job(task: Task, job: EmailJob) -> dict[str, Any]:
     """Deliver `job` once; retry transient failures; dead-letter the rest. Returns the task result."""
+    result = _run_job(task, job)  # a retry raises: the job stays pending, with news due later
+    # Ended: sent, dead-lettered, dropped or skipped. If Redis blinks here the sweeper finds it ended later.
+    with contextlib.suppress(redis.RedisError):
+        runtime().pending.done(job.id)
+    return result
+
+
+def _run_job(task: Task, job: EmailJob) -> dict[str, Any]:
     services = runtime().services
     try:
         earlier = services.ledger.delivered(job.id)
@@ -67,7 +76,9 @@ def run_job(task: Task, job: EmailJob) -> dict[str, Any]:
         claim_ttl = max(60, services.settings.visibility_timeout // 3)
         if not services.ledger.claim(job.id, owner, claim_ttl):
             # Another worker holds this job right now (a redelivery raced the first holder).
+            runtime().pending.touch(job.id, busy_for=CLAIM_WAIT_S)
             raise task.retry(countdown=CLAIM_WAIT_S, max_retries=CELERY_RETRY_LIMIT)
+        runtime().pending.touch(job.id, busy_for=claim_ttl)
         try:
             return _attempt(task, job, services)
         finally:
@@ -111,21 +122,8 @@ def _attempt(task: Task, job: EmailJob, services: Any) -> dict[str, Any]:
         if gate is not None:
             _report(gate, job, failure)
         elapsed = (time.monotonic() - started) * 1000
-        if failure.transient:
-            delay = services.policy.delay(attempt)
-            decision = services.policy.decide(
-                attempt, now=time.time(), expires_at=job.expires_at, delay=delay
-            )
-            if decision is Decision.RETRY:
-                log_attempt(**_fields(job, attempt, "retry", failure, elapsed))
-                services.ledger.note_error(job.id, failure.error)
-                raise task.retry(countdown=delay, max_retries=CELERY_RETRY_LIMIT) from None
-            failure = DeliveryFailure(
-                decision.value, f"gave up after {attempt} attempt(s): {failure.error}", failure.smtp_code
-            )
-        log_attempt(**_fields(job, attempt, f"dead:{failure.reason}", failure, elapsed))
-        letter = dead_letter(services, job, failure, attempt, task.name)
-        return _dead_result(job, letter.reason, letter.error, attempt, failure.smtp_code)
+        delay = services.policy.delay(attempt) if failure.transient else 0.0
+        return _retry_or_dead_letter(task, job, services, attempt, failure, delay, elapsed, "retry")
     if gate is not None and gate.verdict.tracked:
         gate.breaker.success(job.realm)
     log_attempt(
@@ -169,14 +167,27 @@ def _circuit_open(task: Task, job: EmailJob, services: Any, gate: _Gate) -> dict
     delay = max(
         services.policy.delay(attempt), verdict.wait * random.uniform(1.0, 1.2) + random.uniform(0, 1)
     )
-    decision = services.policy.decide(attempt, now=time.time(), expires_at=job.expires_at, delay=delay)
-    if decision is Decision.RETRY:
-        log_attempt(**_fields(job, attempt, "retry:circuit-open", failure, 0.0))
-        raise task.retry(countdown=delay, max_retries=CELERY_RETRY_LIMIT)
-    failure = DeliveryFailure(decision.value, f"gave up after {attempt} attempt(s): {failure.error}")
-    log_attempt(**_fields(job, attempt, f"dead:{failure.reason}", failure, 0.0))
+    return _retry_or_dead_letter(task, job, services, attempt, failure, delay, 0.0, "retry:circuit-open")
+
+
+def _retry_or_dead_letter(
+    task: Task, job: EmailJob, services: Any, attempt: int, failure: DeliveryFailure, delay: float,
+    elapsed_ms: float, retry_outcome: str,
+) -> dict[str, Any]:  # fmt: skip
+    """A transient failure is retried after `delay` unless attempts or the job's expiry say stop."""
+    if failure.transient:
+        decision = services.policy.decide(attempt, now=time.time(), expires_at=job.expires_at, delay=delay)
+        if decision is Decision.RETRY:
+            log_attempt(**_fields(job, attempt, retry_outcome, failure, elapsed_ms))
+            services.ledger.note_error(job.id, failure.error)
+            runtime().pending.touch(job.id, busy_for=delay)
+            raise task.retry(countdown=delay, max_retries=CELERY_RETRY_LIMIT) from None
+        failure = DeliveryFailure(
+            decision.value, f"gave up after {attempt} attempt(s): {failure.error}", failure.smtp_code
+        )
+    log_attempt(**_fields(job, attempt, f"dead:{failure.reason}", failure, elapsed_ms))
     letter = dead_letter(services, job, failure, attempt, task.name)
-    return _dead_result(job, letter.reason, letter.error, attempt)
+    return _dead_result(job, letter.reason, letter.error, attempt, failure.smtp_code)
 
 
 def _fields(job: EmailJob, attempt: int, outcome: str, failure: DeliveryFailure, ms: float) -> dict[str, Any]:

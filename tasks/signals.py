@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
+import threading
+import time
 from typing import Any
 
-from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
+from celery.signals import setup_logging, worker_process_init, worker_process_shutdown, worker_ready
 
 from worker.logs import configure_logging
 from worker.runtime import reset, runtime
+
+log = logging.getLogger(__name__)
 
 
 @setup_logging.connect
@@ -24,3 +31,38 @@ def _fresh_process(**_: Any) -> None:
 @worker_process_shutdown.connect
 def _close(**_: Any) -> None:
     runtime().close()
+
+
+@worker_ready.connect
+def _start_sweeper(**_: Any) -> None:
+    """In the worker's main process: publish again the jobs the broker lost (worker/sweeper.py)."""
+    threading.Thread(target=_sweep_forever, name="mailworker-sweeper", daemon=True).start()
+
+
+def _sweep_forever() -> None:
+    from worker.app import app
+
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    while True:
+        interval = runtime().settings.sweep_interval
+        time.sleep(interval)
+        try:
+            sweep_once(app, owner, interval)
+        except Exception:  # a Redis outage or a bug: log it, keep sweeping
+            log.exception("sweeping for lost jobs failed")
+
+
+def sweep_once(app: Any, owner: str, interval: float) -> list[str]:
+    rt = runtime()
+    if not rt.pending.claim_sweep(owner, interval):
+        return []  # another worker sweeps this round
+
+    def publish(task: str, args: list[Any], task_id: str, queue: str) -> None:
+        app.send_task(task, args=args, task_id=task_id, queue=queue)
+
+    def ended(job_id: str) -> bool:
+        return rt.services.ledger.delivered(job_id) is not None or bool(
+            rt.redis.exists(rt.keys.dead_letter(job_id))
+        )
+
+    return rt.pending.sweep(publish, ended)

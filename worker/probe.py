@@ -242,7 +242,7 @@ def _hint_auth_not_offered(f: Failure, s: SmtpSettings) -> str:
     )
 
 
-# (why, test, hint): first match wins. docs/parts/test-connection.md mirrors this table.
+# (why, test, hint): first match wins. the README (Test Connection, Hints) mirrors this table.
 HINTS: tuple[
     tuple[str, Callable[[Failure, SmtpSettings], bool], Callable[[Failure, SmtpSettings], str]], ...
 ] = (

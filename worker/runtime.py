@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from worker.delivery import Services
     from worker.oauth import TokenProvider
     from worker.render import TemplateRenderer
+    from worker.sweeper import PendingJobs
 
 
 @dataclass
@@ -103,6 +104,14 @@ class Runtime:
             window=self.settings.breaker_window,
             cooloff=min(self.settings.breaker_cooloff, ceiling),
             max_cooloff=min(self.settings.breaker_max_cooloff, ceiling),
+        )
+
+    @cached_property
+    def pending(self) -> PendingJobs:
+        from worker.sweeper import PendingJobs
+
+        return PendingJobs(
+            self.redis, self.keys, grace=self.settings.lost_job_after, keep=self.settings.delivered_marker_ttl
         )
 
     def close(self) -> None:

@@ -79,7 +79,7 @@ class Outcome(Enum):
     SETTINGS_PROBLEM = "settings"  # the realm's SMTP settings are wrong: dead letter, tell the admin
 
 
-# The decision table, first match wins. Each row: (why, test, outcome). docs/parts/transport.md mirrors it.
+# The decision table, first match wins. Each row: (why, test, outcome). the README (What happens after an SMTP error) mirrors it.
 CLASSIFICATION: tuple[tuple[str, Callable[[SmtpFailure], bool], Outcome], ...] = (
     ("message needs SMTPUTF8, server lacks it", lambda e: e.kind == KIND_SMTPUTF8, Outcome.PERMANENT),
     (

@@ -205,10 +205,10 @@ class Cluster:
         return new_job(realm, template, to, **kwargs)
 
     def enqueue(self, job: EmailJob) -> str:
-        """What tasks.api.send_email does after validation: one message on the transactional queue."""
-        self.app.send_task(
-            "mail.send", args=[job.model_dump(mode="json")], task_id=job.id, queue="transactional"
-        )
+        """What tasks.api.send_email does after validation: recorded as pending, then published."""
+        args = [job.model_dump(mode="json")]
+        self.runtime.pending.track(job.id, "mail.send", args, "transactional")
+        self.app.send_task("mail.send", args=args, task_id=job.id, queue="transactional")
         return job.id
 
     def send_many(self, realm: str, template: str, addresses: Iterable[str], **kwargs: Any) -> list[str]:
@@ -216,7 +216,9 @@ class Cluster:
             ids = []
             for to in addresses:
                 job = self.job(realm, template, to, **kwargs)
-                self.app.send_task("mail.send", args=[job.model_dump(mode="json")], task_id=job.id,
+                args = [job.model_dump(mode="json")]
+                self.runtime.pending.track(job.id, "mail.send", args, "transactional")
+                self.app.send_task("mail.send", args=args, task_id=job.id,
                                    queue="transactional", producer=producer)  # fmt: skip
                 ids.append(job.id)
         return ids

@@ -1,0 +1,79 @@
+"""Jobs the broker lost, found and sent again.
+
+Celery's Redis transport has windows where a message vanishes: a worker pops it (BRPOP) and Redis goes
+away before the worker recorded it as unacknowledged, or an AOF that syncs every second loses the last
+writes of a crash. The producer therefore records every transactional job it enqueues in a ledger of
+its own (a sorted set scored by "news expected by"); workers push the score forward on every attempt and
+remove the job when it ends (sent, dead-lettered, dropped, skipped). A job whose time passed without
+news is published again under the same id: if it was only slow, the copy is skipped by its
+delivered-marker or its claim, so sending it again can cost a duplicate message at worst, never a lost one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from config.keys import Keys
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, list[Any], str, str], None]  # (task name, args, task id, queue)
+
+
+class PendingJobs:
+    def __init__(self, client: redis.Redis, keys: Keys, grace: float, keep: int) -> None:
+        self.redis = client
+        self.keys = keys
+        self.grace = grace  # how long a job may go without news before it counts as lost
+        self.keep = keep  # seconds a job's payload is kept (its longest possible life)
+
+    def track(self, job_id: str, task: str, args: list[Any], queue: str) -> None:
+        """At enqueue: the job and what it takes to publish it again."""
+        payload = json.dumps({"task": task, "args": args, "queue": queue})
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.keys.pending_job(job_id), payload, ex=self.keep)
+        pipe.zadd(self.keys.pending(), {job_id: time.time() + self.grace})
+        pipe.execute()
+
+    def touch(self, job_id: str, busy_for: float = 0.0) -> None:
+        """A worker works on the job (or will retry it after `busy_for` seconds): news expected later."""
+        self.redis.zadd(self.keys.pending(), {job_id: time.time() + busy_for + self.grace}, xx=True)
+
+    def done(self, job_id: str) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(self.keys.pending(), job_id)
+        pipe.delete(self.keys.pending_job(job_id))
+        pipe.execute()
+
+    def overdue(self, now: float, limit: int = 500) -> list[str]:
+        return [
+            str(j) for j in self.redis.zrangebyscore(self.keys.pending(), "-inf", now, start=0, num=limit)
+        ]
+
+    def sweep(self, publish: Publish, ended: Callable[[str], bool], now: float | None = None) -> list[str]:
+        """Publish overdue jobs again; returns their ids. `ended(job_id)`: delivered or dead already."""
+        now = time.time() if now is None else now
+        republished = []
+        for job_id in self.overdue(now):
+            raw = self.redis.get(self.keys.pending_job(job_id))
+            if raw is None or ended(job_id):
+                self.done(job_id)
+                continue
+            entry = json.loads(str(raw))
+            publish(entry["task"], entry["args"], job_id, entry["queue"])
+            self.redis.zadd(self.keys.pending(), {job_id: now + self.grace}, xx=True)
+            republished.append(job_id)
+            log.warning(
+                "job %s had no news for %.0fs: published again (the broker lost it)", job_id, self.grace
+            )
+        return republished
+
+    def claim_sweep(self, owner: str, interval: float) -> bool:
+        """One sweeper per interval across all workers."""
+        return bool(self.redis.set(self.keys.sweeper_lock(), owner, nx=True, ex=max(1, int(interval))))
