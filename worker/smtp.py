@@ -322,16 +322,8 @@ class SmtpSession:
         return failure
 
     def _all_refused(self, refused: dict[str, tuple[int, str]]) -> SmtpFailure:
-        # A temporary refusal wins: retrying makes sense for that recipient.
-        rcpt, (code, text) = next(
-            ((r, reply) for r, reply in refused.items() if 400 <= reply[0] < 500), next(iter(refused.items()))
-        )
-        if len(refused) > 1:
-            text = "all recipients refused: " + "; ".join(f"{r}: {c} {t}" for r, (c, t) in refused.items())
-        else:
-            text = f"{rcpt}: {text}"
         self._rset()
-        return SmtpFailure(code, text, "rcpt", recipient=rcpt if len(refused) == 1 else None)
+        return _all_refused_failure(refused)
 
     def _rset(self) -> None:
         try:
