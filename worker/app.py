@@ -49,6 +49,10 @@ def celery_config(settings: ServiceSettings) -> dict[str, Any]:
         "result_backend": settings.result_backend,
         "broker_transport_options": transport_options,
         "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},
+        # A result written while Redis restarts is retried (backoff up to 10 s, for about two minutes)
+        # instead of dropped: the job was delivered, and `status` and waiting producers must learn so.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 20,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
         # JSON only: no pickle, so a message cannot run code, and producers in any language can read it.
