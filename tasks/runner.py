@@ -17,6 +17,7 @@ from celery import Task
 from celery.exceptions import Reject
 
 from config.errors import NotFound
+from config.smtp import SmtpSettings
 from worker.breaker import PROBING, CircuitBreaker, Verdict, counts_against
 from worker.delivery import DeliveryFailure, dead_letter, deliver
 from worker.jobs import EmailJob
@@ -95,19 +96,20 @@ class _Gate:
     breaker: CircuitBreaker
     endpoint: str
     verdict: Verdict
+    realm_settings: tuple[int, SmtpSettings]  # looked up once per attempt, handed on to deliver()
 
 
 def _gate(job: EmailJob, services: Any) -> _Gate | None:
     """None when the realm has no settings (deliver() dead-letters that) or the breaker is off."""
     try:
-        _version, settings = services.cache.get(job.realm)
+        version, settings = services.cache.get(job.realm)
     except NotFound:
         return None
     breaker = runtime().breaker
     endpoint = f"{settings.host}:{settings.port}"
     # The probe slot outlives one connection attempt; a killed prober's slot frees itself.
     verdict = breaker.check(job.realm, endpoint, probe_ttl=settings.connect_timeout + 5)
-    return _Gate(breaker, endpoint, verdict)
+    return _Gate(breaker, endpoint, verdict, (version, settings))
 
 
 def _attempt(task: Task, job: EmailJob, services: Any) -> dict[str, Any]:
@@ -117,7 +119,7 @@ def _attempt(task: Task, job: EmailJob, services: Any) -> dict[str, Any]:
     attempt = services.ledger.next_attempt(job.id)
     started = time.monotonic()
     try:
-        result = deliver(job, services, attempt=attempt)
+        result = deliver(job, services, attempt=attempt, realm_settings=gate.realm_settings if gate else None)
     except DeliveryFailure as failure:
         if gate is not None:
             _report(gate, job, failure)

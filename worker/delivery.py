@@ -137,11 +137,16 @@ def send_message(
     return services.pool.send(realm, version, settings, message, ca_file=ca_file, oauth_token=token.value)
 
 
-def deliver(job: EmailJob, services: Services, *, attempt: int) -> dict[str, Any]:
-    """One attempt at delivering `job`. Returns the result, or raises DeliveryFailure."""
+def deliver(
+    job: EmailJob, services: Services, *, attempt: int, realm_settings: tuple[int, SmtpSettings] | None = None
+) -> dict[str, Any]:
+    """One attempt at delivering `job`. Returns the result, or raises DeliveryFailure.
+
+    `realm_settings` (version, settings) when the caller looked them up for this attempt already.
+    """
     started = time.monotonic()
     try:
-        version, settings = services.cache.get(job.realm)
+        version, settings = realm_settings or services.cache.get(job.realm)
     except NotFound as error:
         raise DeliveryFailure("settings", str(error)) from None
     message = prepare_message(job, settings, services.renderer)

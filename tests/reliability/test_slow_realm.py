@@ -8,17 +8,14 @@ B's 100 password resets see about the latency they see when A is healthy.
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
 from tests.reliability.harness import Cluster, latencies, outcome_counts, percentile, report
 from tests.reliability.sink import Sink
+from tests.support.smtp_server import holding_listener
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(400)]
 
@@ -27,38 +24,6 @@ MAX_ATTEMPTS = 4
 CONNECT_TIMEOUT = 10.0
 COOLOFF = 5.0
 MAX_COOLOFF = 10.0
-
-
-@contextmanager
-def counting_blackhole() -> Iterator[tuple[int, list[float]]]:
-    """A port that accepts connections, holds them open and never answers; yields (port, accept times)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(256)
-    listener.settimeout(0.2)
-    accepted: list[float] = []
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            accepted.append(time.time())
-            held.append(conn)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1], accepted
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        for conn in held:
-            conn.close()
-        listener.close()
 
 
 def burst(cluster: Cluster, realm: str, tag: str, n: int) -> dict:
@@ -81,7 +46,7 @@ def test_a_black_holed_realm_does_not_slow_down_another_realm(tmp_path):
     with (
         Cluster.start(tmp_path, **env) as cluster,
         Sink() as sink_b,
-        counting_blackhole() as (port_a, accepts_a),
+        holding_listener() as (port_a, accepts_a),
     ):
         cluster.save_realm("realm-b", sink_b.settings_dict())
         cluster.save_realm("realm-a", {"from": "noreply@a.example", "host": "127.0.0.1", "port": port_a,

@@ -544,14 +544,18 @@ def blackhole_listener() -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def silent_after_greeting(greeting: bytes = b"220 mute.test.local ESMTP\r\n") -> Iterator[int]:
-    """A port whose server sends the greeting and then never answers a command (command timeouts)."""
+def holding_listener(greeting: bytes = b"") -> Iterator[tuple[int, list[float]]]:
+    """A port whose server accepts, sends `greeting` (if any) and then holds the connection without a word.
+
+    Yields (port, accept times). With no greeting it is a black hole that also counts connections.
+    """
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind((LOCALHOST, 0))
-    listener.listen(16)
+    listener.listen(256)
     listener.settimeout(0.2)
     stop = threading.Event()
-    accepted: list[socket.socket] = []
+    accepted_at: list[float] = []
+    held: list[socket.socket] = []
 
     def serve() -> None:
         while not stop.is_set():
@@ -559,19 +563,28 @@ def silent_after_greeting(greeting: bytes = b"220 mute.test.local ESMTP\r\n") ->
                 conn, _ = listener.accept()
             except OSError:
                 continue
-            conn.sendall(greeting)
-            accepted.append(conn)
+            accepted_at.append(time.time())
+            if greeting:
+                conn.sendall(greeting)
+            held.append(conn)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        yield int(listener.getsockname()[1])
+        yield int(listener.getsockname()[1]), accepted_at
     finally:
         stop.set()
         thread.join(timeout=5)
-        for conn in accepted:
+        for conn in held:
             conn.close()
         listener.close()
+
+
+@contextlib.contextmanager
+def silent_after_greeting(greeting: bytes = b"220 mute.test.local ESMTP\r\n") -> Iterator[int]:
+    """A port whose server sends the greeting and then never answers a command (command timeouts)."""
+    with holding_listener(greeting) as (port, _accepted_at):
+        yield port
 
 
 _reserved: list[socket.socket] = []
