@@ -7,7 +7,7 @@ from typing import Any
 
 from config.errors import InvalidInput
 
-REALM_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+REALM_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 
 
 def check_realm(realm: Any) -> str:

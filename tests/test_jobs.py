@@ -19,6 +19,9 @@ def field_of(excinfo):
     [
         ({"realm": "../etc"}, "realm"),
         ({"realm": ""}, "realm"),
+        ({"realm": "acme\n"}, "realm"),  # `$` would match before a final newline
+        ({"template": "password-reset\n"}, "template"),
+        ({"locale": "de\n"}, "locale"),
         ({"template": "Password Reset"}, "template"),
         ({"to": "not-an-address"}, "to"),
         ({"to": "alice@example.com\r\nBcc: eve@evil.example"}, "to"),

@@ -10,7 +10,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from config.errors import InvalidInput
 from worker.jobs import EmailJob, new_job
 
-EVENT_TYPE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+EVENT_TYPE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}\Z")
 
 
 class EventUser(BaseModel):

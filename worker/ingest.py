@@ -55,7 +55,7 @@ EMAIL_FIELDS = (
 )
 EVENT_FIELDS = ("type", "realm", "event")
 MAX_BACKOFF_S = 30.0
-CONSUMER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+CONSUMER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 # Failures of the infrastructure, not of the entry: the entry stays in the processing list and is tried
 # again once Redis or the broker answers.

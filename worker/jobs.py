@@ -20,8 +20,8 @@ from config.smtp import check_address, has_line_break
 
 MAX_CONTEXT_BYTES = 64 * 1024
 MAX_EXPIRES_IN = 7 * 86_400
-TEMPLATE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-LOCALE_PATTERN = re.compile(r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$")
+TEMPLATE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
+LOCALE_PATTERN = re.compile(r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*\Z")
 # Templates whose mail carries a link with a lifetime: by default the job expires with the link.
 LINK_TEMPLATES = frozenset(
     {

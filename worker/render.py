@@ -80,10 +80,10 @@ DEFAULT_TEMPLATES_DIR = Path(_templates_package.__file__).resolve().parent
 PARTS = {"text": "txt", "html": "html"}
 
 # A realm name becomes a path component: letters, digits, '.', '_', '-', never '..' (same rule as jobs).
-REALM_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+REALM_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 # Same rule as worker/jobs.py; names starting with '_' (layouts, macros) cannot be rendered directly.
-TEMPLATE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_LOCALE_TAG = re.compile(r"^[a-z]{2,8}(-[a-z0-9]{1,8})*$")
+TEMPLATE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
+_LOCALE_TAG = re.compile(r"^[a-z]{2,8}(-[a-z0-9]{1,8})*\Z")
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _BLANK_RUNS = re.compile(r"\n[ \t]*(?:\n[ \t]*)+\n")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
