@@ -30,6 +30,7 @@ from worker.jobs import (
     TEMPLATE_PATTERN,
     EmailJob,
     check_context,
+    check_line,
     check_links,
     check_realm,
     new_job,
@@ -105,12 +106,18 @@ def _publish_tracked(task: str, args: list[Any], job_id: str) -> None:
         raise
 
 
-def publish_event(realm: str, event: dict[str, Any]) -> str | None:
-    """Enqueue the notice for an IAM event; None when the realm does not notify this event type."""
+def publish_event(realm: str, event: dict[str, Any], *, idempotency_key: str | None = None) -> str | None:
+    """Enqueue the notice for an IAM event; None when the realm does not notify this event type.
+
+    `idempotency_key` (else the event's own `id`) makes publishing the same event twice one job.
+    """
     settings = _realm_settings(realm)
     parsed = parse_event(event)
     check_context(event, field="event")  # it travels as is in the broker message
-    job = event_job(realm, parsed, settings.notify_events, allow_utf8=settings.allow_utf8)
+    if idempotency_key is not None:
+        check_line("idempotency_key", idempotency_key, max_length=200)
+    job = event_job(realm, parsed, settings.notify_events, allow_utf8=settings.allow_utf8,
+                    idempotency_key=idempotency_key)  # fmt: skip
     if job is None:
         log.debug("event %s of realm %s does not notify: ignored", parsed.type, realm)
         return None

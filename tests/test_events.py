@@ -32,6 +32,15 @@ def test_keycloak_event_maps_to_its_notice():
     assert job.id == event_job("acme", parse_event(KEYCLOAK_EVENT), DEFAULT_NOTIFY_EVENTS).id
 
 
+def test_an_idempotency_key_names_the_job_of_an_event_without_an_id():
+    event = parse_event({k: v for k, v in KEYCLOAK_EVENT.items() if k != "id"})
+    first = event_job("acme", event, DEFAULT_NOTIFY_EVENTS, idempotency_key="entry-7")
+    again = event_job("acme", event, DEFAULT_NOTIFY_EVENTS, idempotency_key="entry-7")
+    other = event_job("acme", event, DEFAULT_NOTIFY_EVENTS)
+    assert first is not None and again is not None and other is not None
+    assert first.id == again.id != other.id
+
+
 def test_event_types_the_realm_does_not_notify_are_ignored():
     event = parse_event({**KEYCLOAK_EVENT, "type": "LOGIN"})
     assert event_job("acme", event, DEFAULT_NOTIFY_EVENTS) is None

@@ -88,9 +88,17 @@ def event_context(realm: str, event: IamEvent) -> dict[str, Any]:
 
 
 def event_job(
-    realm: str, event: IamEvent, notify_events: tuple[str, ...], *, allow_utf8: bool = False
+    realm: str,
+    event: IamEvent,
+    notify_events: tuple[str, ...],
+    *,
+    allow_utf8: bool = False,
+    idempotency_key: str | None = None,
 ) -> EmailJob | None:
-    """The notice job for this event, or None when the realm does not notify this event type."""
+    """The notice job for this event, or None when the realm does not notify this event type.
+
+    The job id follows `idempotency_key`, else the event's own id: the same event published twice is one job.
+    """
     if event.type not in notify_events:
         return None
     return new_job(
@@ -99,6 +107,6 @@ def event_job(
         recipient_of(event),
         locale=event.user.locale,
         context=event_context(realm, event),
-        idempotency_key=f"event:{event.id}" if event.id else None,
+        idempotency_key=idempotency_key or (f"event:{event.id}" if event.id else None),
         allow_utf8=allow_utf8,
     )
