@@ -29,3 +29,14 @@ class NotFound(MailWorkerError):
 
 class ConflictError(MailWorkerError):
     """Somebody else saved in between: the edit started from an older version."""
+
+
+class WorkerUnavailable(MailWorkerError):
+    """No live worker consumes the queue a caller waits on: waiting longer would only wait in silence."""
+
+
+class StoreUnavailable(MailWorkerError):
+    """The config store cannot be used right now (unreachable, or wiped and not restored yet).
+
+    Retryable, unlike InvalidInput: a producer should keep the request and try again later.
+    """

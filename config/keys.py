@@ -27,17 +27,9 @@ class Keys:
         return f"{self.prefix}:realms"
 
     # delivery (tasks/)
-    def delivered(self, job_id: str) -> str:
-        """String with the Message-ID, set right after the server accepted the job (idempotency)."""
-        return f"{self.prefix}:delivered:{job_id}"
-
-    def attempts(self, job_id: str) -> str:
-        """Counter of delivery attempts of one job, across redeliveries."""
-        return f"{self.prefix}:attempts:{job_id}"
-
-    def last_error(self, job_id: str) -> str:
-        """String: the error of the job's latest failed attempt (while it waits for its retry)."""
-        return f"{self.prefix}:last-error:{job_id}"
+    def job(self, job_id: str) -> str:
+        """Hash: one job's bookkeeping (attempts, ambiguous, last_error, delivered record, state); expires."""
+        return f"{self.prefix}:job:{job_id}"
 
     def pending(self) -> str:
         """Sorted set of transactional jobs not ended yet, scored by when news of them is due."""
@@ -51,8 +43,29 @@ class Keys:
         return f"{self.prefix}:sweeper-lock"
 
     def claim(self, job_id: str) -> str:
-        """String with the worker that works on the job now; expires by itself."""
+        """String: the worker process (and thread) working on the job now (worker/liveness.py)."""
         return f"{self.prefix}:claim:{job_id}"
+
+    # liveness (worker/liveness.py)
+    def alive(self, process: str) -> str:
+        """String: present while the worker process beats (expires one lease after its last beat)."""
+        return f"{self.prefix}:alive:{process}"
+
+    def alive_prefix(self) -> str:
+        return f"{self.prefix}:alive:"
+
+    def workers(self) -> str:
+        """Hash: consumer node -> JSON {queues, host, pid, beat}: who consumes which queue, and since when."""
+        return f"{self.prefix}:workers"
+
+    # the store's identity (worker/epoch.py)
+    def epoch(self) -> str:
+        """Hash {id, created_at}: written with the first saved settings; gone means Redis lost its data."""
+        return f"{self.prefix}:epoch"
+
+    def wiped(self) -> str:
+        """Hash: what a worker noticed when the store's epoch vanished or changed (for `health`)."""
+        return f"{self.prefix}:wiped"
 
     def dead_letter(self, job_id: str) -> str:
         """Hash: the dead job, its reason and timestamps."""

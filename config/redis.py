@@ -35,6 +35,28 @@ def connect(url: str, *, variable: str = "MAILWORKER_STORE_URL", check: bool = T
     return client
 
 
+def persistence(client: Any) -> tuple[bool | None, str]:
+    """(keeps data on disk?, what) of a Redis server; None when it does not say (CONFIG disabled)."""
+    try:
+        config = client.config_get("appendonly")
+        config.update(client.config_get("save"))
+    except redis.ResponseError:  # managed Redis often renames CONFIG; INFO still tells about AOF
+        info = client.info("persistence")
+        if int(info.get("aof_enabled") or 0):
+            return True, "AOF on"
+        return None, "persistence unknown (CONFIG is not available): make sure it has AOF or snapshots"
+    aof = str(config.get("appendonly", "no")).lower() == "yes"
+    save = str(config.get("save") or "").strip()
+    if aof or save:
+        return True, ", ".join(
+            x for x in ("AOF on" if aof else "", f"snapshots ({save})" if save else "") if x
+        )
+    return False, (
+        "keeps nothing on disk (appendonly no, no save points): a restart loses queued mail, results and "
+        "every realm's settings; turn on AOF (docs/reliability.md)"
+    )
+
+
 def redact_url(url: str) -> str:
     """A Redis URL with its password hidden, for messages and logs."""
     if "@" not in url or "://" not in url:

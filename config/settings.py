@@ -34,20 +34,29 @@ class ServiceSettings(BaseSettings):
     )
     smtp_ca_file: str | None = Field(default=None, description="CA bundle (PEM) for verifying SMTP servers")
 
-    # Broker: a message unacknowledged for this long is handed to another worker. Every retry delay and
-    # every chunk must stay well below it, or a job is delivered twice (see worker/app.py).
-    visibility_timeout: int = Field(default=900, ge=60)
+    # Liveness (worker/liveness.py): every worker process keeps a heartbeat, and a job (or bulk chunk, or
+    # broker message) held by a process whose heartbeat lapsed this long goes to another worker. The
+    # heartbeat beats five times per lease, so a busy process never loses what it holds.
+    worker_lease: int = Field(default=15, ge=3, le=300)
+    # The longest one task may run: a send may wait `data_timeout` (10 minutes by default, RFC 5321) for
+    # the server's reply to the end of the data, so this stays above that.
+    task_time_limit: int = Field(default=900, ge=60)
     result_expires: int = Field(default=86_400, ge=60, description="seconds task results are kept")
+    # How long an idempotency key (and a job's delivered record) keeps a repeat from being sent.
     delivered_marker_ttl: int = Field(default=7 * 86_400, ge=60)
     dead_letter_ttl: int = Field(default=30 * 86_400, ge=60)
 
-    max_attempts: int = Field(default=8, ge=1, le=50)
+    # Retries (worker/retry.py): backoff from `retry_base_delay` doubling up to `retry_max_delay`. A job
+    # retries until its link expires, or for `retry_max_age` seconds when it has no link (MTAs keep mail
+    # for days; identity mail is stale after a day). `max_attempts` 0 means no limit by count.
+    max_attempts: int = Field(default=0, ge=0, le=10_000)
     retry_base_delay: float = Field(default=5.0, gt=0)
-    retry_max_delay: float = Field(default=300.0, gt=0)
+    retry_max_delay: float = Field(default=600.0, gt=0, le=3600)
+    retry_max_age: int = Field(default=86_400, ge=60)
 
-    # A transactional job without news (no attempt, no end) for this long is published again; 0 = twice
-    # the visibility timeout. Workers sweep every `sweep_interval` seconds.
-    lost_job_grace: int = Field(default=0, ge=0)
+    # A job without news (no attempt, no end) for this long is published again (the broker lost it).
+    # Workers sweep every `sweep_interval` seconds.
+    lost_job_grace: int = Field(default=1800, ge=60)
     sweep_interval: int = Field(default=30, ge=1)
 
     # One mail per recipient and template in this window (e-mail bombing guard); 0 turns it off.
@@ -65,17 +74,17 @@ class ServiceSettings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
 
     @model_validator(mode="after")
-    def _retry_delay_below_visibility(self) -> ServiceSettings:
-        if self.retry_max_delay >= self.visibility_timeout / 2:
+    def _retries_fit(self) -> ServiceSettings:
+        if self.retry_base_delay > self.retry_max_delay:
             raise ValueError(
-                f"MAILWORKER_RETRY_MAX_DELAY ({self.retry_max_delay:g}s) must stay below half of "
-                f"MAILWORKER_VISIBILITY_TIMEOUT ({self.visibility_timeout}s), or retried jobs are delivered twice"
+                f"MAILWORKER_RETRY_BASE_DELAY ({self.retry_base_delay:g}s) must not exceed "
+                f"MAILWORKER_RETRY_MAX_DELAY ({self.retry_max_delay:g}s)"
             )
         return self
 
     @property
-    def lost_job_after(self) -> int:
-        return self.lost_job_grace or 2 * self.visibility_timeout
+    def heartbeat_interval(self) -> float:
+        return self.worker_lease / 5
 
     def secret_keys(self) -> list[str]:
         if self.secret_key is None or not self.secret_key.get_secret_value().strip():

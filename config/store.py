@@ -22,6 +22,7 @@ import redis
 from redis.exceptions import WatchError
 
 from config.crypto import MASK, SecretBox
+from config.epoch import Epoch, queue_epoch, read_epoch, read_wipe, record_wipe
 from config.errors import ConflictError, InvalidInput, NotFound
 from config.keys import Keys
 from config.names import check_realm
@@ -266,6 +267,17 @@ class SettingsStore:
     def realms(self) -> list[str]:
         return sorted(str(name) for name in self._redis.smembers(self._keys.realms()))
 
+    def epoch(self) -> Epoch | None:
+        """The store's epoch (config/epoch.py); None: nothing was ever saved, or Redis lost its data."""
+        return read_epoch(self._redis, self._keys)
+
+    def wipe(self) -> dict[str, str] | None:
+        """What a worker noticed when the epoch vanished, if one did."""
+        return read_wipe(self._redis, self._keys)
+
+    def record_wipe(self, lost: Epoch, noticed_by: str) -> None:
+        record_wipe(self._redis, self._keys, lost, noticed_by)
+
     # ---- editing --------------------------------------------------------------------------------------
 
     def set_draft(self, realm: str, changes: Mapping[str, Any]) -> DraftSettings:
@@ -458,6 +470,7 @@ class SettingsStore:
         pipe.lpush(self._keys.history(realm), json.dumps(entry, sort_keys=True, ensure_ascii=False))
         pipe.ltrim(self._keys.history(realm), 0, self.history_size - 1)
         pipe.sadd(self._keys.realms(), realm)
+        queue_epoch(pipe, self._keys)
 
     def _encode_draft(self, draft: DraftSettings) -> str:
         entry = {

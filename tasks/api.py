@@ -19,10 +19,12 @@ from typing import Any
 
 from celery.result import AsyncResult
 
+from config.epoch import store_empty_error
 from config.errors import InvalidInput
 from config.smtp import DEFAULT_NOTIFY_EVENTS
 from tasks.connection import test_connection  # noqa: F401  (re-exported: callers find it with the rest)
-from worker.app import BULK, TRANSACTIONAL, app
+from tasks.waiting import wait_result
+from worker.app import BULK, BULK_START_TASK, EVENT_TASK, SEND_TASK, TRANSACTIONAL, app
 from worker.bulk import DEFAULT_CHUNK_SIZE
 from worker.events import event_job, event_template, parse_event
 from worker.jobs import (
@@ -35,6 +37,7 @@ from worker.jobs import (
     check_realm,
     new_job,
 )
+from worker.lanes import lane_for
 from worker.render import TEMPLATE_NAMES
 from worker.runtime import runtime
 
@@ -51,8 +54,12 @@ class RealmFacts:
 
 def _realm_settings(realm: str) -> RealmFacts:
     check_realm(realm)
-    fields = runtime().store.saved_fields(realm)
+    store = runtime().store
+    fields = store.saved_fields(realm)
     if fields is None:
+        if store.epoch() is None:
+            # Not the caller's mistake: the store is empty (wiped, or never configured). Retryable.
+            raise store_empty_error(store.wipe())
         raise InvalidInput.one(
             "realm", f"{realm} has no saved SMTP settings (mailworker settings save --realm {realm})"
         )
@@ -88,22 +95,33 @@ def send_email(
         expires_in=expires_in, to_name=to_name, allow_utf8=settings.allow_utf8,
     )  # fmt: skip
     _check_template(realm, job.template)
-    if job.idempotency_key is not None and runtime().services.ledger.delivered(job.id) is not None:
+    if job.idempotency_key is not None and not _reopen(job.id):
         return job.id  # this key was delivered already: the same job, nothing new to send
-    _publish_tracked("mail.send", [job.model_dump(mode="json")], job.id)
+    _publish_tracked(SEND_TASK, [job.model_dump(mode="json")], job.id, lane_for(job.expires_at, time.time()))
     return job.id
 
 
-def _publish_tracked(task: str, args: list[Any], job_id: str) -> None:
-    """Record the job in the pending ledger, then publish it: a job the broker loses is published again
-    by a worker's sweeper (worker/sweeper.py)."""
-    pending = runtime().pending
-    pending.track(job_id, task, args, TRANSACTIONAL)
-    try:
-        app.send_task(task, args=args, task_id=job_id, queue=TRANSACTIONAL)
-    except Exception:
-        pending.done(job_id)  # the caller sees the error and decides; nothing may publish it behind its back
-        raise
+def _reopen(job_id: str) -> bool:
+    """An idempotency key sent again: False when its job was delivered; else it may run again (a job
+    dropped by the cooldown or dead-lettered earlier is sent when its producer asks again)."""
+    ledger = runtime().ledger
+    if ledger.delivered(job_id) is not None:
+        return False
+    if ledger.state(job_id) is not None:
+        ledger.reset(job_id)
+    return True
+
+
+def _publish_tracked(task: str, args: list[Any], job_id: str, lane: int) -> None:
+    """Publish the job, then record it in the pending ledger: a job the broker loses is published again
+    by a worker's sweeper (worker/sweeper.py).
+
+    In this order so that a producer killed in between leaves nothing behind that would be sent later
+    behind its back (a job it never returned an id for); a job that ended before it was recorded is
+    recognised as ended by the sweeper.
+    """
+    app.send_task(task, args=args, task_id=job_id, queue=TRANSACTIONAL, priority=lane)
+    runtime().pending.track(job_id, task, args, TRANSACTIONAL, lane)
 
 
 def publish_event(realm: str, event: dict[str, Any], *, idempotency_key: str | None = None) -> str | None:
@@ -125,7 +143,7 @@ def publish_event(realm: str, event: dict[str, Any], *, idempotency_key: str | N
         log.warning("event %s of realm %s notifies but has no template %s: ignored",
                     parsed.type, realm, event_template(parsed.type))  # fmt: skip
         return None
-    _publish_tracked("mail.event", [realm, event], job.id)
+    _publish_tracked(EVENT_TASK, [realm, event], job.id, lane_for(job.expires_at, time.time()))
     return job.id
 
 
@@ -134,8 +152,12 @@ def result(job_id: str) -> AsyncResult:
 
 
 def wait_for_result(job_id: str, timeout: float = 30.0) -> dict[str, Any]:
-    """Block until the job ended (sent, dead-lettered, skipped) and return its result."""
-    value = result(job_id).get(timeout=timeout, propagate=True)
+    """Block until the job ended (sent, dead-lettered, skipped) and return its result.
+
+    Raises WorkerUnavailable at once (and while waiting) when no live worker serves the transactional
+    queue: the job stays queued and is sent once a worker runs. TimeoutError after `timeout` seconds.
+    """
+    value = wait_result(result(job_id), timeout, TRANSACTIONAL)
     if not isinstance(value, dict):
         raise TypeError(f"job {job_id} returned {value!r}")
     return value
@@ -152,9 +174,9 @@ def requeue_dead_letter(job_id: str) -> str:
     job = EmailJob.model_validate(letter.job).model_copy(
         update={"requeued": letter.job.get("requeued", 0) + 1}
     )
-    rt.services.ledger.reset_attempts(job.id)
+    rt.ledger.reset(job.id)
     result(job.id).forget()  # the dead result must not answer for the new attempt
-    _publish_tracked("mail.send", [job.model_dump(mode="json")], job.id)
+    _publish_tracked(SEND_TASK, [job.model_dump(mode="json")], job.id, lane_for(job.expires_at, time.time()))
     rt.dead_letters.remove(job.id)
     return job.id
 
@@ -183,7 +205,7 @@ def send_bulk(
     The recipients go to Redis in chunks; broker messages carry only the job id and a chunk number.
     """
     from worker.bulk import MAX_CHUNK_SIZE, chunked
-    from worker.progress import bulk_jobs
+    from worker.progress import BULK_JOB_PREFIX, bulk_jobs
 
     settings = _realm_settings(realm)
     if not isinstance(template, str) or not TEMPLATE_PATTERN.match(template):
@@ -203,7 +225,7 @@ def send_bulk(
         raise InvalidInput.one(
             "recipients", "must be a list (or any iterable) of addresses or recipient dicts"
         )
-    job_id = f"bulk-{uuid.uuid4().hex}"
+    job_id = f"{BULK_JOB_PREFIX}{uuid.uuid4().hex}"
     jobs = bulk_jobs()
     jobs.create(job_id, realm=realm, template=template, locale=locale, context=context, chunk_size=chunk_size)
     written, total, pending = 0, 0, []
@@ -225,7 +247,8 @@ def send_bulk(
         jobs.discard(job_id, written + len(pending))
         raise
     jobs.open(job_id, total=total, chunks=written)
-    app.send_task("mail.bulk.start", args=[job_id], task_id=job_id, queue=BULK)
+    app.send_task(BULK_START_TASK, args=[job_id], task_id=job_id, queue=BULK)
+    runtime().pending.track(job_id, BULK_START_TASK, [job_id], BULK)  # the fan-out is covered as well
     log.info("bulk job %s: %d recipients in %d chunks for realm %s", job_id, total, written, realm)
     return job_id
 

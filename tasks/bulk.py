@@ -8,9 +8,7 @@ Every countdown stays below the broker's visibility timeout (worker/bulk.py caps
 
 from __future__ import annotations
 
-import os
-import socket
-import threading
+import logging
 from typing import Any
 
 import redis
@@ -18,8 +16,9 @@ from celery.exceptions import Reject
 
 from tasks import signals  # noqa: F401  (per-process setup of workers)
 from tasks.runner import CELERY_RETRY_LIMIT
-from worker.app import BULK, app
-from worker.bulk import TASK_NAME, run_chunk
+from worker.app import BULK, BULK_CHUNK_TASK, BULK_START_TASK, app
+from worker.bulk import abandon_chunk, run_chunk
+from worker.delivery import DeliveryFailure
 from worker.progress import FINISHED_STATES, bulk_jobs
 from worker.ratelimit import RateLimiter
 from worker.runtime import runtime
@@ -30,44 +29,59 @@ LIMITER_TOLERANCE = 0.0
 # Chunk tasks enqueued between two saves of the fan-out position (a redelivered start resumes there).
 FAN_OUT_STEP = 100
 
-
-def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+log = logging.getLogger(__name__)
 
 
-@app.task(name="mail.bulk.start", bind=True, acks_late=True)
+@app.task(name=BULK_START_TASK, bind=True, acks_late=True)
 def start_bulk(self: Any, job_id: str) -> dict[str, Any]:
+    pending = runtime().pending
     try:
         jobs = bulk_jobs()
         job = jobs.job(job_id)
         if job.state in FINISHED_STATES:
+            pending.done(job_id)
             return {"job_id": job_id, "state": job.state, "enqueued": 0}
         first = jobs.fan_out_position(job_id)
-        for chunk in range(first, job.chunks):
-            app.send_task(TASK_NAME, args=[job_id, chunk], queue=BULK)
-            if (chunk + 1) % FAN_OUT_STEP == 0:
-                jobs.set_fan_out_position(job_id, chunk + 1)
-        jobs.set_fan_out_position(job_id, job.chunks)
+        for step in range(first, job.chunks, FAN_OUT_STEP):
+            chunks = range(step, min(step + FAN_OUT_STEP, job.chunks))
+            for chunk in chunks:
+                app.send_task(BULK_CHUNK_TASK, args=[job_id, chunk], queue=BULK)
+            # Each chunk is covered by the pending ledger too: a chunk message the broker loses is
+            # published again by the sweeper instead of staying pending until the job expires.
+            pending.track_many([(f"{job_id}:{c}", BULK_CHUNK_TASK, [job_id, c], BULK, 0) for c in chunks])
+            jobs.set_fan_out_position(job_id, chunks.stop)
+        pending.done(job_id)
         return {"job_id": job_id, "state": job.state, "enqueued": job.chunks - first}
     except redis.RedisError as error:
         raise Reject(f"store unavailable: {error}", requeue=True) from None
 
 
-@app.task(name=TASK_NAME, bind=True, acks_late=True)
+@app.task(name=BULK_CHUNK_TASK, bind=True, acks_late=True)
 def bulk_chunk(self: Any, job_id: str, chunk: int) -> dict[str, Any]:
     rt = runtime()
+    entry = f"{job_id}:{chunk}"
     try:
-        result = run_chunk(
-            rt.services,
-            bulk_jobs(),
-            RateLimiter(rt.redis, rt.keys, tolerance=LIMITER_TOLERANCE),
-            job_id,
-            chunk,
-            owner=_owner(),
-        )
+        limiter = RateLimiter(rt.redis, rt.keys, tolerance=LIMITER_TOLERANCE)
+        result = run_chunk(rt.services, bulk_jobs(), limiter, job_id, chunk, claims=rt.claims)
     except redis.RedisError as error:
         # The store is unreachable (Redis restarting): give the message back instead of losing it.
         raise Reject(f"store unavailable: {error}", requeue=True) from None
+    except Exception as error:  # a bug, or input nothing foresaw: dead letters naming it, not a stuck chunk
+        log.error(
+            "bulk chunk %s failed with an unexpected error: dead-lettered (internal)", entry, exc_info=error
+        )
+        failure = DeliveryFailure("internal", f"{type(error).__name__}: {error}"[:1000])
+        abandoned = abandon_chunk(rt.services, bulk_jobs(), job_id, chunk, failure)
+        rt.pending.done(entry)
+        return {
+            "job_id": job_id,
+            "chunk": chunk,
+            "status": "done",
+            "failed": abandoned,
+            "error": failure.error,
+        }
     if result.status in ("retry", "later", "busy"):
+        rt.pending.touch(entry, busy_for=result.countdown)
         raise self.retry(countdown=result.countdown, max_retries=CELERY_RETRY_LIMIT)
+    rt.pending.done(entry)
     return {"job_id": job_id, "chunk": chunk, **result.summary()}

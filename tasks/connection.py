@@ -17,18 +17,19 @@ from typing import Any
 
 import celery.exceptions
 
-from config.errors import InvalidInput, MailWorkerError
+from config.errors import InvalidInput, MailWorkerError, WorkerUnavailable
 from config.names import check_realm
 from config.smtp import check_address
 from tasks import signals  # noqa: F401  (per-process setup of workers)
-from worker.app import CONTROL, app
+from tasks.waiting import require_worker, wait_result
+from worker.app import CONTROL, TEST_CONNECTION_TASK, app
 from worker.message import OutgoingMessage, build_message
 from worker.probe import ProbeStatus, default_deadline, probe_smtp
 from worker.runtime import runtime
 
 log = logging.getLogger(__name__)
 
-TASK_NAME = "mail.test_connection"
+TASK_NAME = TEST_CONNECTION_TASK
 TEST_TEMPLATE = "email-test"
 # Between the probe's own limit and the caller's wait: queueing, the result's way back through Redis.
 RESULT_MARGIN_S = 3.0
@@ -115,7 +116,8 @@ def test_connection(
     """Run the test on a worker (control queue) and wait up to `timeout` seconds for its status.
 
     Raises NotFound when the realm has no settings (checked here, before anything is enqueued),
-    InvalidInput for a bad `send_to`, NoAnswer when no worker finished in time.
+    InvalidInput for a bad `send_to`, WorkerUnavailable at once when no live worker serves the control
+    queue, NoAnswer when no worker finished in time.
     """
     check_realm(realm)
     if not isinstance(timeout, int | float) or timeout <= RESULT_MARGIN_S + MIN_DEADLINE_S:
@@ -132,10 +134,14 @@ def test_connection(
         "send_to": send_to,
         "deadline_s": timeout - RESULT_MARGIN_S,  # the probe ends before we stop waiting
     }
+    require_worker(CONTROL)  # say so now rather than wait out the timeout in silence
     # expires: a test nobody picked up in time must not run (and send a test message) later.
     result = app.send_task(TASK_NAME, kwargs=kwargs, queue=CONTROL, expires=timeout)
     try:
-        value = result.get(timeout=timeout, propagate=True)
+        value = wait_result(result, timeout, CONTROL)
+    except WorkerUnavailable:
+        result.revoke()
+        raise
     except celery.exceptions.TimeoutError:
         started = result.state == "STARTED"
         result.revoke()

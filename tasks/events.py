@@ -5,28 +5,40 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from config.errors import InvalidInput, NotFound
-from tasks.runner import run_job
-from worker.app import app
+from config.errors import InvalidInput, NotFound, StoreUnavailable
+from tasks.runner import CELERY_RETRY_LIMIT, run_job
+from worker.app import EVENT_TASK, app
 from worker.events import event_job, parse_event
 from worker.runtime import runtime
 
 log = logging.getLogger(__name__)
 
 
-@app.task(name="mail.event", bind=True, acks_late=True)
+@app.task(name=EVENT_TASK, bind=True, acks_late=True)
 def handle_event(self: Any, realm: str, event: dict[str, Any]) -> dict[str, Any]:
+    rt = runtime()
     try:
         parsed = parse_event(event)
-        _, settings = runtime().services.cache.get(realm)
+        _, settings = rt.services.cache.get(realm)
         job = event_job(realm, parsed, settings.notify_events, allow_utf8=settings.allow_utf8)
+    except StoreUnavailable as error:
+        # The store lost its settings (wiped, not restored yet): wait for an admin, as a send job does.
+        log.warning("event for realm %s waits: %s", realm, error)
+        raise self.retry(countdown=rt.settings.retry_max_delay, max_retries=CELERY_RETRY_LIMIT) from None
     except (InvalidInput, NotFound) as error:
         # Validated at publish time already; this only happens when the realm changed in between.
         log.warning("event for realm %s not deliverable: %s", realm, error)
-        runtime().pending.done(self.request.id)
-        return {"status": "rejected", "job_id": self.request.id, "error": str(error)}
+        return _ended(self.request.id, {"status": "rejected", "job_id": self.request.id, "error": str(error)})
     if job is None:
         log.debug("event %s of realm %s does not notify", parsed.type, realm)
-        runtime().pending.done(self.request.id)
-        return {"status": "ignored", "job_id": self.request.id, "event_type": parsed.type}
+        return _ended(
+            self.request.id, {"status": "ignored", "job_id": self.request.id, "event_type": parsed.type}
+        )
     return run_job(self, job.model_copy(update={"id": self.request.id}))
+
+
+def _ended(job_id: str, result: dict[str, Any]) -> dict[str, Any]:
+    rt = runtime()
+    rt.ledger.end(job_id, result["status"])  # a late copy (or the sweeper) finds it ended
+    rt.pending.done(job_id)
+    return result

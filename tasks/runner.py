@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
-import socket
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 from celery import Task
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 
-from config.errors import NotFound
+from config.errors import NotFound, StoreUnavailable
 from config.smtp import SmtpSettings
 from worker.breaker import PROBING, CircuitBreaker, Verdict, counts_against
 from worker.delivery import DeliveryFailure, dead_letter, deliver
 from worker.jobs import EmailJob
+from worker.ledger import DEAD, DROPPED
+from worker.liveness import BUSY, TAKEN_OVER
 from worker.logs import log_attempt
 from worker.retry import Decision
 from worker.runtime import runtime
@@ -28,65 +27,106 @@ from worker.smtp import SmtpFailure
 
 log = logging.getLogger(__name__)
 
-# A claim outlives any single attempt (bounded by the SMTP timeouts) but expires well before the broker
-# redelivers a killed worker's message (visibility timeout), so the redelivered copy can claim it.
-CLAIM_WAIT_S = 15
 # Our attempt count (ledger + RetryPolicy) decides when a job dies. Celery's own retry limit must never cut
 # in first: `retry(max_retries=None)` means "the task's default", which is 3, and the 4th retry would raise
 # MaxRetriesExceededError and end the job as a failed task, neither delivered nor dead-lettered.
 CELERY_RETRY_LIMIT = 1_000_000
 
 
-def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
-
-
 def run_job(task: Task, job: EmailJob) -> dict[str, Any]:
     """Deliver `job` once; retry transient failures; dead-letter the rest. Returns the task result."""
-    result = _run_job(task, job)  # a retry raises: the job stays pending, with news due later
+    try:
+        result = _run_job(task, job)  # a retry raises: the job stays pending, with news due later
+    except (Retry, Reject):
+        raise
+    except Exception as error:  # a bug or an input nothing foresaw: a dead letter, never a bare FAILURE
+        result = _internal_error(task, job, error)
+    result.setdefault("task", task.name)  # `mailworker status` shows it (results are not "extended")
     # Ended: sent, dead-lettered, dropped or skipped. If Redis blinks here the sweeper finds it ended later.
     with contextlib.suppress(redis.RedisError):
         runtime().pending.done(job.id)
     return result
 
 
-def _run_job(task: Task, job: EmailJob) -> dict[str, Any]:
-    services = runtime().services
-    try:
-        earlier = services.ledger.delivered(job.id)
-        if earlier is not None:
-            # Redelivered after a crash, or enqueued twice with one idempotency key: never send twice.
-            return {**earlier, "status": "duplicate-skipped"}
-        if job.expired():
-            failure = DeliveryFailure("expired", "the job expired before it could be delivered")
-            letter = dead_letter(services, job, failure, services.ledger.attempts(job.id), task.name)
-            return _dead_result(job, letter.reason, letter.error, letter.attempts)
-        if not services.ledger.admit(
-            job.realm, job.template, job.to, job.id, services.settings.recipient_cooldown
-        ):
-            # E-mail bombing guard: one mail per recipient and template per cooldown; the rest is dropped
-            # on purpose, counted and logged, not dead-lettered (nobody should re-send them).
-            services.stats.count(job.realm, "dropped_cooldown")
-            log_attempt(
-                **_fields(job, 0, "dropped:cooldown", DeliveryFailure("cooldown", "recipient cooldown"), 0)
-            )
-            return {"status": "dropped", "reason": "cooldown", "job_id": job.id,
-                    "error": f"{job.template} was sent to this recipient less than "
-                             f"{services.settings.recipient_cooldown}s ago"}  # fmt: skip
-        owner = _owner()
-        claim_ttl = max(60, services.settings.visibility_timeout // 3)
-        if not services.ledger.claim(job.id, owner, claim_ttl):
-            # Another worker holds this job right now (a redelivery raced the first holder).
-            runtime().pending.touch(job.id, busy_for=CLAIM_WAIT_S)
-            raise task.retry(countdown=CLAIM_WAIT_S, max_retries=CELERY_RETRY_LIMIT)
-        runtime().pending.touch(job.id, busy_for=claim_ttl)
-        try:
-            return _attempt(task, job, services)
-        finally:
-            services.ledger.release(job.id, owner)
-    except redis.RedisError as error:
+def _internal_error(task: Task, job: EmailJob, error: Exception) -> dict[str, Any]:
+    if isinstance(error, redis.RedisError):
         # The store is unreachable (Redis restarting): give the message back instead of losing it.
         raise Reject(f"store unavailable: {error}", requeue=True) from None
+    what = "the task's time limit was reached" if isinstance(error, SoftTimeLimitExceeded) else str(error)
+    failure = DeliveryFailure("internal", f"{type(error).__name__}: {what}"[:1000])
+    log.error("job %s failed with an unexpected error: dead-lettered (internal)", job.id, exc_info=error)
+    services = runtime().services
+    try:
+        attempts = services.ledger.attempts(job.id)
+        letter = dead_letter(services, job, failure, attempts, task.name)
+    except redis.RedisError as store_error:
+        raise Reject(f"store unavailable: {store_error}", requeue=True) from None
+    return _dead_result(job, letter.reason, letter.error, attempts)
+
+
+def _run_job(task: Task, job: EmailJob) -> dict[str, Any]:
+    services = runtime().services
+    ended = _ended_before(job)
+    if ended is not None:
+        return ended
+    if job.expired():
+        failure = DeliveryFailure("expired", "the job expired before it could be delivered")
+        letter = dead_letter(services, job, failure, services.ledger.attempts(job.id), task.name)
+        return _dead_result(job, letter.reason, letter.error, letter.attempts)
+    if not services.ledger.admit(
+        job.realm, job.template, job.to, job.id, services.settings.recipient_cooldown
+    ):
+        # E-mail bombing guard: one mail per recipient and template per cooldown; the rest is dropped on
+        # purpose, counted and logged, not dead-lettered (nobody should re-send them).
+        services.stats.count(job.realm, "dropped_cooldown")
+        services.ledger.end(job.id, DROPPED)
+        log_attempt(
+            **_fields(job, 0, "dropped:cooldown", DeliveryFailure("cooldown", "recipient cooldown"), 0)
+        )
+        return {"status": "dropped", "reason": "cooldown", "job_id": job.id,
+                "error": f"{job.template} was sent to this recipient less than "
+                         f"{services.settings.recipient_cooldown}s ago"}  # fmt: skip
+    claims = runtime().claims
+    claim_key = runtime().keys.claim(job.id)
+    claimed = claims.claim(claim_key)
+    if claimed == BUSY:
+        # Another live worker holds this job right now (a redelivery raced the first holder): look again
+        # once that holder is done or its heartbeat has lapsed.
+        wait = claims.wait_hint(claim_key)
+        runtime().pending.touch(job.id, busy_for=wait)
+        raise task.retry(countdown=wait, max_retries=CELERY_RETRY_LIMIT)
+    if claimed == TAKEN_OVER:
+        log.warning("job %s: its previous holder died; taken over", job.id)
+        ended = _ended_before(job)  # the dead holder may have finished it just before dying
+        if ended is not None:
+            claims.release(claim_key)
+            return ended
+    runtime().pending.touch(job.id, busy_for=services.settings.task_time_limit)
+    try:
+        return _attempt(task, job, services)
+    finally:
+        claims.release(claim_key)
+
+
+def _ended_before(job: EmailJob) -> dict[str, Any] | None:
+    """The result of a job that ended already (a redelivered copy, or a repeat of an idempotency key)."""
+    services = runtime().services
+    earlier = services.ledger.delivered(job.id)
+    if earlier is not None:
+        # Redelivered after a crash, or enqueued twice with one idempotency key: never send twice.
+        return {**earlier, "status": "duplicate-skipped"}
+    state = services.ledger.state(job.id)
+    if state == DEAD:
+        try:
+            letter = services.dead.get(job.id)
+        except NotFound:  # purged by an operator meanwhile
+            return _dead_result(job, "unknown", "dead-lettered earlier", services.ledger.attempts(job.id))
+        return _dead_result(job, letter.reason, letter.error, letter.attempts, letter.smtp_code)
+    if state == DROPPED:
+        return {"status": "dropped", "reason": "cooldown", "job_id": job.id, "error": "dropped earlier"}
+    if state is not None:  # an event that turned out not to notify, or was rejected
+        return {"status": state, "job_id": job.id}
+    return None
 
 
 @dataclass(frozen=True)
@@ -103,7 +143,7 @@ def _gate(job: EmailJob, services: Any) -> _Gate | None:
     """None when the realm has no settings (deliver() dead-letters that) or the breaker is off."""
     try:
         version, settings = services.cache.get(job.realm)
-    except NotFound:
+    except (NotFound, StoreUnavailable):
         return None
     breaker = runtime().breaker
     endpoint = f"{settings.host}:{settings.port}"
@@ -176,20 +216,29 @@ def _retry_or_dead_letter(
     task: Task, job: EmailJob, services: Any, attempt: int, failure: DeliveryFailure, delay: float,
     elapsed_ms: float, retry_outcome: str,
 ) -> dict[str, Any]:  # fmt: skip
-    """A transient failure is retried after `delay` unless attempts or the job's expiry say stop."""
+    """A transient failure is retried after `delay` unless the policy says stop (expiry, age, ambiguity)."""
+    ambiguous = (
+        services.ledger.note_ambiguous(job.id) if failure.ambiguous else services.ledger.ambiguous(job.id)
+    )
     if failure.transient:
-        decision = services.policy.decide(attempt, now=time.time(), expires_at=job.expires_at, delay=delay)
+        decision, delay = services.policy.decide(
+            attempt, now=time.time(), created_at=job.created_at, expires_at=job.expires_at, delay=delay,
+            ambiguous=ambiguous,
+        )  # fmt: skip
         if decision is Decision.RETRY:
             log_attempt(**_fields(job, attempt, retry_outcome, failure, elapsed_ms))
             services.ledger.note_error(job.id, failure.error)
             runtime().pending.touch(job.id, busy_for=delay)
             raise task.retry(countdown=delay, max_retries=CELERY_RETRY_LIMIT) from None
         failure = DeliveryFailure(
-            decision.value, f"gave up after {attempt} attempt(s): {failure.error}", failure.smtp_code
-        )
+            decision.value, f"gave up after {attempt} attempt(s): {failure.error}", failure.smtp_code,
+            ambiguous=failure.ambiguous,
+        )  # fmt: skip
+    if ambiguous:
+        failure = failure.maybe_delivered(ambiguous)
     log_attempt(**_fields(job, attempt, f"dead:{failure.reason}", failure, elapsed_ms))
     letter = dead_letter(services, job, failure, attempt, task.name)
-    return _dead_result(job, letter.reason, letter.error, attempt, failure.smtp_code)
+    return _dead_result(job, letter.reason, letter.error, attempt, failure.smtp_code, ambiguous)
 
 
 def _fields(job: EmailJob, attempt: int, outcome: str, failure: DeliveryFailure, ms: float) -> dict[str, Any]:
@@ -200,9 +249,9 @@ def _fields(job: EmailJob, attempt: int, outcome: str, failure: DeliveryFailure,
 
 
 def _dead_result(
-    job: EmailJob, reason: str, error: str, attempts: int, smtp_code: int | None = None
+    job: EmailJob, reason: str, error: str, attempts: int, smtp_code: int | None = None, ambiguous: int = 0
 ) -> dict[str, Any]:
-    return {
+    result = {
         "status": "dead-lettered",
         "job_id": job.id,
         "reason": reason,
@@ -210,3 +259,7 @@ def _dead_result(
         "smtp_code": smtp_code,
         "attempts": attempts,
     }
+    if ambiguous:
+        # The server took the data of `ambiguous` attempts without confirming: the user may have the mail.
+        result.update(ambiguous=ambiguous, maybe_delivered=True)
+    return result

@@ -6,10 +6,10 @@ from typing import Any
 
 from tasks import signals  # noqa: F401  (per-process setup of workers)
 from tasks.runner import run_job
-from worker.app import app
+from worker.app import SEND_TASK, app
 from worker.jobs import EmailJob
 
 
-@app.task(name="mail.send", bind=True, acks_late=True)
+@app.task(name=SEND_TASK, bind=True, acks_late=True)
 def send_email(self: Any, job: dict[str, Any]) -> dict[str, Any]:
     return run_job(self, EmailJob.model_validate(job))

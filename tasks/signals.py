@@ -12,6 +12,7 @@ from typing import Any
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown, worker_ready
 
 from worker.logs import configure_logging
+from worker.progress import BULK_JOB_PREFIX, bulk_jobs
 from worker.runtime import reset, runtime
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,20 @@ def _fresh_process(**_: Any) -> None:
 @worker_process_shutdown.connect
 def _close(**_: Any) -> None:
     runtime().close()
+
+
+@worker_ready.connect
+def _warn_if_redis_keeps_nothing(**_: Any) -> None:
+    """A Redis without persistence loses every queued job and realm setting on restart: say so at start."""
+    from config.redis import persistence
+
+    try:
+        keeps, what = persistence(runtime().redis)
+    except Exception as error:  # a check that fails must not stop the worker
+        log.warning("could not read the store's persistence settings: %s", error)
+        return
+    if keeps is False:
+        log.warning("the store's Redis %s", what)
 
 
 @worker_ready.connect
@@ -57,12 +72,12 @@ def sweep_once(app: Any, owner: str, interval: float) -> list[str]:
     if not rt.pending.claim_sweep(owner, interval):
         return []  # another worker sweeps this round
 
-    def publish(task: str, args: list[Any], task_id: str, queue: str) -> None:
-        app.send_task(task, args=args, task_id=task_id, queue=queue)
+    def publish(task: str, args: list[Any], task_id: str | None, queue: str, lane: int) -> None:
+        app.send_task(task, args=args, task_id=task_id, queue=queue, priority=lane)
 
-    def ended(job_id: str) -> bool:
-        return rt.services.ledger.delivered(job_id) is not None or bool(
-            rt.redis.exists(rt.keys.dead_letter(job_id))
-        )
+    def ended(entry_id: str) -> bool:
+        if entry_id.startswith(BULK_JOB_PREFIX):
+            return bulk_jobs().entry_ended(entry_id)
+        return rt.ledger.state(entry_id) is not None or bool(rt.redis.exists(rt.keys.dead_letter(entry_id)))
 
     return rt.pending.sweep(publish, ended)

@@ -159,13 +159,6 @@ def test_a_job_keeps_a_fixed_number_of_keys_with_an_expiry(jobs, fake_redis):
     assert all(0 < fake_redis.ttl(key) <= 3600 for key in keys)
 
 
-def test_a_chunk_claim_keeps_a_second_worker_out_until_released(jobs):
-    assert jobs.claim("j", 0, "w1", ttl=60) and jobs.claim("j", 0, "w1", ttl=60)
-    assert not jobs.claim("j", 0, "w2", ttl=60)
-    jobs.release("j", 0, "w1")
-    assert jobs.claim("j", 0, "w2", ttl=60)
-
-
 def test_discard_leaves_nothing_of_a_rejected_job(jobs, fake_redis):
     jobs.create("j", realm="acme", template="email-test", locale=None, context={}, chunk_size=2)
     jobs.write_chunks("j", 0, [[{"to": "a@example.com"}], [{"to": "b@example.com"}]])

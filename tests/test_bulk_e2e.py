@@ -132,8 +132,8 @@ def test_a_chunk_run_again_after_partial_delivery_sends_only_the_rest(realm, smt
     jobs.commit(job_id, sent=range(0, 60))  # accepted by the server before the "crash"
     rt = runtime()
 
-    first = run_chunk(rt.services, jobs, RateLimiter(rt.redis, rt.keys), job_id, 0, owner="test-1")
-    again = run_chunk(rt.services, jobs, RateLimiter(rt.redis, rt.keys), job_id, 0, owner="test-2")
+    first = run_chunk(rt.services, jobs, RateLimiter(rt.redis, rt.keys), job_id, 0, claims=rt.claims)
+    again = run_chunk(rt.services, jobs, RateLimiter(rt.redis, rt.keys), job_id, 0, claims=rt.claims)
 
     assert (first.status, first.sent, again.status, again.sent) == ("done", 40, "done", 0)
     assert arrivals_by_recipient(smtp_server) == Counter(addresses(100)[60:])

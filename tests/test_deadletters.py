@@ -49,23 +49,32 @@ def test_expired_records_leave_the_index(store, fake_redis):
     assert store.list() == [] and store.count() == 0
 
 
-def test_ledger_marks_counts_and_claims(fake_redis):
-    ledger = DeliveryLedger(fake_redis, Keys("t"), marker_ttl=60)
-    assert ledger.delivered("j") is None
+def test_ledger_keeps_one_expiring_hash_per_job(fake_redis):
+    ledger = DeliveryLedger(fake_redis, Keys("t"), ttl=60, idempotent_ttl=600)
+    assert ledger.delivered("j") is None and ledger.state("j") is None
     assert [ledger.next_attempt("j") for _ in range(3)] == [1, 2, 3]
+    ledger.note_error("j", "rcpt: 451 try again")
+    assert [ledger.note_ambiguous("j"), ledger.note_ambiguous("j")] == [1, 2]
     ledger.mark_delivered("j", {"message_id": "<m@x>"})
-    assert ledger.delivered("j") == {"message_id": "<m@x>"}
-    assert 0 < fake_redis.ttl(Keys("t").delivered("j")) <= 60  # markers expire: bounded memory
-    assert ledger.claim("j", "worker-1", ttl=30)
-    assert not ledger.claim("j", "worker-2", ttl=30)
-    ledger.release("j", "worker-2")  # not the holder: no effect
-    assert not ledger.claim("j", "worker-2", ttl=30)
-    ledger.release("j", "worker-1")
-    assert ledger.claim("j", "worker-2", ttl=30)
+    assert ledger.delivered("j") == {"message_id": "<m@x>"} and ledger.state("j") == "sent"
+    assert ledger.fields("j")["attempts"] == "3" and ledger.ambiguous("j") == 2
+    assert fake_redis.keys("t:*") == ["t:job:j"]  # one key per job, whatever it went through
+    assert 0 < fake_redis.ttl("t:job:j") <= 60  # and it expires: bounded memory
+    ledger.mark_delivered("k", {"message_id": "<k@x>"}, idempotent=True)
+    assert 60 < fake_redis.ttl("t:job:k") <= 600  # an idempotency key is remembered longer
+
+
+def test_an_ended_job_is_reopened_by_a_reset(fake_redis):
+    ledger = DeliveryLedger(fake_redis, Keys("t"), ttl=60)
+    ledger.next_attempt("j")
+    ledger.end("j", "dead")
+    assert ledger.state("j") == "dead"
+    ledger.reset("j")
+    assert (ledger.state("j"), ledger.attempts("j")) == (None, 0)
 
 
 def test_cooldown_admits_one_job_per_recipient_and_template(fake_redis):
-    ledger = DeliveryLedger(fake_redis, Keys("t"), marker_ttl=60)
+    ledger = DeliveryLedger(fake_redis, Keys("t"), ttl=60)
     assert ledger.admit("acme", "password-reset", "A@example.com", "job-1", cooldown=30)
     assert ledger.admit("acme", "password-reset", "a@example.com", "job-1", cooldown=30)  # its own retry
     assert not ledger.admit("acme", "password-reset", "a@example.com", "job-2", cooldown=30)

@@ -18,9 +18,9 @@ def pending(fake_redis: Any) -> PendingJobs:
 
 def sweep(
     pending: PendingJobs, *, after: float, ended: frozenset[str] = frozenset()
-) -> list[tuple[str, str]]:
-    published: list[tuple[str, str]] = []
-    pending.sweep(lambda task, args, job_id, queue: published.append((task, job_id)),
+) -> list[tuple[str, str | None]]:
+    published: list[tuple[str, str | None]] = []
+    pending.sweep(lambda task, args, task_id, queue, lane: published.append((task, task_id)),
                   lambda job_id: job_id in ended, now=time.time() + after)  # fmt: skip
     return published
 
@@ -30,6 +30,22 @@ def test_a_job_without_news_is_published_again_under_its_own_id(pending: Pending
     assert sweep(pending, after=30) == []  # within its grace
     assert sweep(pending, after=61) == [("mail.send", "j1")]
     assert sweep(pending, after=61) == []  # published again once per grace, not in a loop
+
+
+def test_a_republished_job_keeps_its_priority_lane(pending: PendingJobs) -> None:
+    pending.track("j1", "mail.send", [], "transactional", lane=0)
+    lanes: list[int] = []
+    pending.sweep(lambda task, args, task_id, queue, lane: lanes.append(lane), lambda job_id: False,
+                  now=time.time() + 61)  # fmt: skip
+    assert lanes == [0]
+
+
+def test_lost_bulk_chunks_are_published_again_with_a_task_id_of_their_own(pending: PendingJobs) -> None:
+    pending.track_many([(f"bulk-1:{n}", "mail.bulk.chunk", ["bulk-1", n], "bulk", 0) for n in range(3)])
+    assert sweep(pending, after=61, ended=frozenset({"bulk-1:1"})) == [
+        ("mail.bulk.chunk", None),
+        ("mail.bulk.chunk", None),
+    ]
 
 
 def test_news_pushes_the_deadline_and_the_end_forgets_the_job(pending: PendingJobs) -> None:
@@ -63,13 +79,13 @@ def test_a_job_the_broker_lost_is_delivered_by_the_sweep(
     # Recorded by the producer, but the broker message never arrives (the loss the sweeper exists for).
     runtime().pending.track(job.id, "mail.send", [job.model_dump(mode="json")], "transactional")
 
-    def publish(task: str, args: list[Any], task_id: str, queue: str) -> None:
-        app.send_task(task, args=args, task_id=task_id, queue=queue)
+    def publish(task: str, args: list[Any], task_id: str | None, queue: str, lane: int) -> None:
+        app.send_task(task, args=args, task_id=task_id, queue=queue, priority=lane)
 
     def ended(job_id: str) -> bool:
-        return runtime().services.ledger.delivered(job_id) is not None
+        return runtime().ledger.state(job_id) is not None
 
-    later = time.time() + runtime().settings.lost_job_after + 1
+    later = time.time() + runtime().settings.lost_job_grace + 1
     assert runtime().pending.sweep(publish, ended, now=later) == [job.id]
     assert api.wait_for_result(job.id)["status"] == "sent"
     assert len(smtp_server.received_for("lost@example.com")) == 1

@@ -7,36 +7,39 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from config.names import (
+    BULK,
+    BULK_CHUNK_TASK,
+    BULK_START_TASK,
+    CONTROL,
+    EVENT_TASK,
+    QUEUES,
+    SEND_TASK,
+    TEST_CONNECTION_TASK,
+    TRANSACTIONAL,
+)
 from config.settings import ServiceSettings, get_settings
-
-TRANSACTIONAL = "transactional"
-BULK = "bulk"
-CONTROL = "control"
-QUEUES = (TRANSACTIONAL, BULK, CONTROL)
 
 TASK_MODULES = ["tasks.send", "tasks.events", "tasks.connection", "tasks.bulk"]
 
 ROUTES = {
-    "mail.send": {"queue": TRANSACTIONAL},
-    "mail.event": {"queue": TRANSACTIONAL},
-    "mail.test_connection": {"queue": CONTROL},
-    "mail.bulk.start": {"queue": BULK},
-    "mail.bulk.chunk": {"queue": BULK},
+    SEND_TASK: {"queue": TRANSACTIONAL},
+    EVENT_TASK: {"queue": TRANSACTIONAL},
+    TEST_CONNECTION_TASK: {"queue": CONTROL},
+    BULK_START_TASK: {"queue": BULK},
+    BULK_CHUNK_TASK: {"queue": BULK},
 }
 
 
 def celery_config(settings: ServiceSettings) -> dict[str, Any]:
     transport_options: dict[str, Any] = {
-        # A message a worker took but did not acknowledge comes back to the queue after this many
-        # seconds: that is how a job held by a killed worker is recovered (acks_late). Too short and a
-        # slow chunk or a retry countdown outlives it and runs twice; too long and a crashed worker's
-        # password resets wait that long. 15 minutes: every retry delay is capped below half of it
-        # (ServiceSettings checks), a transactional send is bounded by its SMTP timeouts, and a bulk
-        # chunk by its size and the rate limit (tasks/bulk.py sizes chunks to finish well inside it).
-        "visibility_timeout": settings.visibility_timeout,
-        # How often a worker looks for such abandoned messages: kombu's default sweep is every 100 s
-        # (10 s x throttle 10), which adds up to 100 s to the recovery; a tenth of the timeout, 5-60 s.
-        "unacked_restore_interval": min(60, max(5, settings.visibility_timeout // 10)),
+        # A message a worker took but did not acknowledge goes back to the queue when its lease lapses:
+        # a live worker renews the lease of everything it holds on every heartbeat (worker/leases.py), so
+        # this is how long a dead worker's messages wait, not a bound on how long a task or a retry's
+        # countdown may take.
+        "visibility_timeout": settings.worker_lease,
+        # How often a consumer looks for lapsed leases (kombu's default is every 100 s).
+        "unacked_restore_interval": max(1, settings.worker_lease // 5),
         "unacked_restore_throttle": 1,
         "socket_keepalive": True,
         "health_check_interval": 10,
@@ -66,7 +69,9 @@ def celery_config(settings: ServiceSettings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
         "result_expires": settings.result_expires,
-        "result_extended": True,
+        # Not extended: an extended result repeats the task's arguments (the job's context: reset links and
+        # personal data) for a day. Results carry what `status` needs themselves.
+        "result_extended": False,
         "task_track_started": True,
         # Task events on: Flower and `celery events` see every task.
         "worker_send_task_events": True,
@@ -74,11 +79,14 @@ def celery_config(settings: ServiceSettings) -> dict[str, Any]:
         # One message at a time per process: a password reset must not sit in a prefetch buffer
         # behind a hundred others.
         "worker_prefetch_multiplier": 1,
+        # ... and none taken before a process is free to run it: a reset that arrives later in a higher
+        # priority lane (tasks/lanes.py) is the next one taken, not the one after a prefetched batch.
+        "worker_disable_prefetch": True,
         "task_queues": [Queue(name, routing_key=name) for name in QUEUES],
         "task_default_queue": TRANSACTIONAL,
         "task_routes": ROUTES,
-        "task_time_limit": settings.visibility_timeout // 2,
-        "task_soft_time_limit": settings.visibility_timeout // 2 - 30,
+        "task_time_limit": settings.task_time_limit,
+        "task_soft_time_limit": settings.task_time_limit - 30,
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "timezone": "UTC",
@@ -113,8 +121,14 @@ def _reconnect_instead_of_crashing() -> None:
 
 def create_app(settings: ServiceSettings | None = None) -> Celery:
     _reconnect_instead_of_crashing()
+    settings = settings or get_settings()
     celery = Celery("iam-mail-worker", include=TASK_MODULES)
-    celery.conf.update(celery_config(settings or get_settings()))
+    celery.conf.update(celery_config(settings))
+    celery.mailworker_settings = settings
+    if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        from worker.leases import Leases
+
+        celery.steps["consumer"].add(Leases)
     return celery
 
 

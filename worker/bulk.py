@@ -25,15 +25,18 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from config.errors import InvalidInput, NotFound
+from config.errors import InvalidInput, NotFound, StoreUnavailable
+from config.names import BULK_CHUNK_TASK
 from config.smtp import SmtpSettings, check_address
 from worker.deadletters import DeadLetter
 from worker.delivery import DeliveryFailure, Services, failure_from_smtp
 from worker.jobs import LOCALE_PATTERN, EmailJob, check_line
+from worker.liveness import BUSY, Claims
 from worker.message import OutgoingMessage, build_message
 from worker.progress import CANCELLED, FAILED, BulkJob, BulkJobs
 from worker.ratelimit import RateLimiter
 from worker.render import RenderedEmail, RenderError, TemplateRenderer
+from worker.retry import Decision
 from worker.smtp import Outcome, SendResult, SmtpFailure, SmtpSession, classify_smtp_error
 
 log = logging.getLogger(__name__)
@@ -47,7 +50,7 @@ MAX_GROUP = 20
 # A reserved group leaves in a burst; at most this share of a second's rate per group keeps any window
 # within the limit plus a few messages (at 200/s: groups of 4, where 5% of a 2-second window is 20).
 GROUP_SHARE_OF_RATE = 0.02
-TASK_NAME = "mail.bulk.chunk"
+TASK_NAME = BULK_CHUNK_TASK
 
 # A plain dot-atom local part (what almost every real address is). Anything else, and every new domain,
 # goes through email-validator; this only spares its ~30 µs on the 100,000th address at the same domain.
@@ -250,8 +253,9 @@ class ChunkRun:
             reservation = self.limiter.reserve(self.job.realm, len(group), per_second, per_hour)
             if not reservation.reserved or reservation.wait > deadline - self.clock():
                 # An hourly quota spent, or a wait longer than this run may take: the broker holds the
-                # task meanwhile (a countdown below its visibility timeout), not a sleeping worker.
-                return self._later(min(reservation.wait, self.services.settings.visibility_timeout / 3))
+                # task meanwhile (a countdown, looked at again after at most the longest retry delay),
+                # not a sleeping worker.
+                return self._later(min(reservation.wait, self.services.settings.retry_max_delay))
             if reservation.wait > 0:
                 self.sleep(reservation.wait)
             outcome = self._send_group(factory, group)
@@ -395,30 +399,32 @@ class ChunkRun:
     def _deferred(self, remaining: list[Recipient], error: str | None = None) -> ChunkResult:
         attempt = self.jobs.next_attempt(self.job.id, self.chunk)
         policy = self.services.policy
-        if attempt >= policy.max_attempts:
+        decision, delay = policy.decide(attempt, now=time.time(), created_at=self.job.created_at,
+                                        expires_at=None, delay=policy.delay(attempt))  # fmt: skip
+        if decision is not Decision.RETRY:
             reason = f"gave up after {attempt} attempt(s)" + (
                 f": {error}" if error else ": temporary refusals"
             )
-            self._give_up(remaining, DeliveryFailure("exhausted", reason), attempts=attempt)
+            self._give_up(remaining, DeliveryFailure(decision.value, reason), attempts=attempt)
             self.result.error = reason
             return self._finish()
-        self.result.status, self.result.countdown = "retry", policy.delay(attempt)
+        self.result.status, self.result.countdown = "retry", delay
         self.result.deferred, self.result.error = len(remaining), error
         return self.result
 
 
 def run_chunk(services: Services, jobs: BulkJobs, limiter: RateLimiter, job_id: str, chunk: int, *,
-              owner: str, budget: float | None = None) -> ChunkResult:  # fmt: skip
+              claims: Claims, budget: float | None = None) -> ChunkResult:  # fmt: skip
     """Deliver what is left of one chunk. Never sends a recipient whose done bit is set."""
     try:
         job = jobs.job(job_id)
     except NotFound:
         return ChunkResult("gone", error=f"bulk job {job_id} no longer exists")
-    visibility = services.settings.visibility_timeout
-    # The claim outlives a run (bounded by `budget`) and expires well before the broker hands a killed
-    # worker's message to another one, so that copy can claim the chunk.
-    if not jobs.claim(job_id, chunk, owner, ttl=visibility // 3):
-        return ChunkResult("busy", countdown=15.0)
+    # One worker per chunk at a time: a redelivered copy must not send alongside the first holder, and a
+    # holder whose process died (its heartbeat lapsed) is taken over at once.
+    claim_key = jobs.keys.bulk_chunk_claim(job_id, chunk)
+    if claims.claim(claim_key) == BUSY:
+        return ChunkResult("busy", countdown=claims.wait_hint(claim_key))
     try:
         stored = jobs.recipients(job_id, chunk)
         if stored is None:  # the chunk finished before (a duplicate task): count it, nothing to send
@@ -429,18 +435,25 @@ def run_chunk(services: Services, jobs: BulkJobs, limiter: RateLimiter, job_id: 
         pending = [r for r, flag in zip(recipients, done, strict=True) if not flag]
         state = jobs.start(job_id)
         missing: DeliveryFailure | None = None
+        unavailable: str | None = None
+        version, settings = 0, None
         try:
             version, settings = services.cache.get(job.realm)
         except NotFound as error:
             missing = DeliveryFailure("settings", str(error))
             jobs.fail(job_id, missing.error)
-            state, version, settings = FAILED, 0, None
+            state = FAILED
+        except StoreUnavailable as error:  # wiped, not restored yet: wait (with backoff) for an admin
+            unavailable = str(error)
+        # A run gives the worker back after a while (the rest of the chunk is taken up again at once).
         run = ChunkRun(services, jobs, limiter, job, chunk, version, settings,
-                       budget=budget if budget is not None else visibility / 4)  # fmt: skip
+                       budget=budget if budget is not None else services.settings.task_time_limit / 4)  # fmt: skip
         if state == CANCELLED:
             result = run._cancel(pending)
         elif state == FAILED:
             result = run._settings_failed(pending, missing)
+        elif unavailable is not None:
+            result = run._deferred(pending, unavailable)
         else:
             result = run.deliver(pending)
         if result.sent:
@@ -449,4 +462,28 @@ def run_chunk(services: Services, jobs: BulkJobs, limiter: RateLimiter, job_id: 
             services.stats.count(job.realm, "dead", result.failed)
         return result
     finally:
-        jobs.release(job_id, chunk, owner)
+        claims.release(claim_key)
+
+
+def abandon_chunk(
+    services: Services, jobs: BulkJobs, job_id: str, chunk: int, failure: DeliveryFailure
+) -> int:
+    """Dead-letter what is left of a chunk that failed with an unexpected error, and close the chunk.
+
+    A bug (or an input nothing foresaw) must end as dead letters naming it, not as a chunk that stays
+    pending until the job expires. Returns how many recipients were dead-lettered.
+    """
+    try:
+        job = jobs.job(job_id)
+    except NotFound:
+        return 0
+    stored = jobs.recipients(job_id, chunk) or []
+    recipients = chunk_recipients(job.first_index(chunk), stored)
+    done = jobs.done_flags(job_id, job.first_index(chunk), len(recipients))
+    pending = [r for r, flag in zip(recipients, done, strict=True) if not flag]
+    run = ChunkRun(services, jobs, RateLimiter(jobs.redis, jobs.keys), job, chunk, 0, None, budget=0)
+    run._give_up(pending, failure, attempts=jobs.next_attempt(job_id, chunk))
+    run._finish()
+    if pending:
+        services.stats.count(job.realm, "dead", len(pending))
+    return len(pending)

@@ -11,9 +11,20 @@ import redis
 
 from config.errors import NotFound
 from config.keys import Keys
+from config.names import SEND_TASK
 
 # Why a job died. Each is a word ops can filter on.
-REASONS = ("permanent", "settings", "template", "expired", "exhausted", "invalid", "cancelled")
+REASONS = (
+    "permanent",  # the server refused this message or recipient for good (5xx)
+    "settings",  # the realm's SMTP settings are wrong (auth, TLS) or missing
+    "template",  # the template failed to render (a missing variable, a realm template's bomb)
+    "expired",  # the link would be dead before another attempt could deliver it
+    "exhausted",  # retried for MAILWORKER_RETRY_MAX_AGE (or MAILWORKER_MAX_ATTEMPTS) without success
+    "ambiguous",  # the server took the data twice without confirming: it may have delivered it
+    "invalid",  # input that could not become a job (an ingest entry, a bad address in bulk)
+    "internal",  # an unexpected error (the exception type is in the error): a bug to report
+    "cancelled",
+)
 
 
 @dataclass
@@ -25,7 +36,7 @@ class DeadLetter:
     reason: str
     error: str
     attempts: int
-    task: str = "mail.send"
+    task: str = SEND_TASK
     smtp_code: int | None = None
     job: dict[str, Any] = field(default_factory=dict)
     first_attempt_at: float | None = None

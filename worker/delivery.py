@@ -10,12 +10,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from config.errors import InvalidInput, NotFound
+from config.errors import InvalidInput, NotFound, StoreUnavailable
 from config.settings import ServiceSettings
 from config.smtp import SmtpSettings
 from worker.deadletters import DeadLetter, DeadLetterStore
 from worker.jobs import EmailJob
-from worker.ledger import DeliveryLedger
+from worker.ledger import DEAD, DeliveryLedger
 from worker.message import OutgoingMessage, build_message
 from worker.oauth import AccessToken, TokenError, TokenProvider, uses_xoauth2
 from worker.render import RenderError, TemplateRenderer
@@ -72,17 +72,31 @@ class Services:
 
 
 class DeliveryFailure(Exception):
-    """A failed attempt. `reason` is 'retry' for transient failures, else the dead-letter reason."""
+    """A failed attempt. `reason` is 'retry' for transient failures, else the dead-letter reason.
 
-    def __init__(self, reason: str, error: str, smtp_code: int | None = None) -> None:
+    `ambiguous`: the message's data went out and the server's reply never came, so it may have arrived.
+    """
+
+    def __init__(
+        self, reason: str, error: str, smtp_code: int | None = None, *, ambiguous: bool = False
+    ) -> None:
         super().__init__(error)
         self.reason = reason
         self.error = error
         self.smtp_code = smtp_code
+        self.ambiguous = ambiguous
 
     @property
     def transient(self) -> bool:
         return self.reason == "retry"
+
+    def maybe_delivered(self, ambiguous: int) -> DeliveryFailure:
+        """The same failure, saying that earlier attempts may have delivered the mail."""
+        note = (
+            f" (the mail may have been delivered: {ambiguous} attempt(s) sent the whole message and "
+            "got no reply from the server)"
+        )
+        return DeliveryFailure(self.reason, self.error + note, self.smtp_code, ambiguous=self.ambiguous)
 
 
 _REASON_OF_OUTCOME = {
@@ -93,9 +107,12 @@ _REASON_OF_OUTCOME = {
 
 
 def failure_from_smtp(error: SmtpFailure) -> DeliveryFailure:
-    reason = _REASON_OF_OUTCOME[classify_smtp_error(error)]
+    ambiguous = getattr(error, "ambiguous", False)
+    # An ambiguous attempt is retried whatever else it looks like: nothing proves the mail did not arrive,
+    # and the retry carries the same Message-ID so the server and the user's client can tell.
+    reason = "retry" if ambiguous else _REASON_OF_OUTCOME[classify_smtp_error(error)]
     text = f"{error.stage}: {error.code} {error.text}" if error.code else f"{error.stage}: {error.text}"
-    return DeliveryFailure(reason, text, error.code)
+    return DeliveryFailure(reason, text, error.code, ambiguous=ambiguous)
 
 
 def prepare_message(job: EmailJob, settings: SmtpSettings, renderer: TemplateRenderer) -> OutgoingMessage:
@@ -149,6 +166,8 @@ def deliver(
         version, settings = realm_settings or services.cache.get(job.realm)
     except NotFound as error:
         raise DeliveryFailure("settings", str(error)) from None
+    except StoreUnavailable as error:  # wiped or not configured yet: wait for an admin to restore it
+        raise DeliveryFailure("retry", str(error)) from None
     message = prepare_message(job, settings, services.renderer)
     try:
         result = send_message(job.realm, version, settings, message, services)
@@ -163,11 +182,14 @@ def deliver(
         "smtp_code": result.code,
         "smtp_reply": result.reply,
         "attempts": attempt,
+        "queue": "transactional",
         "settings_version": version,
         "duration_ms": round((time.monotonic() - started) * 1000, 1),
         "sent_at": time.time(),
     }
-    services.ledger.mark_delivered(job.id, record)
+    if attempt > 1 and (ambiguous := services.ledger.ambiguous(job.id)):
+        record["ambiguous"] = ambiguous  # earlier attempts may have delivered copies (same Message-ID)
+    services.ledger.mark_delivered(job.id, record, idempotent=job.idempotency_key is not None)
     services.stats.count(job.realm, "sent")
     return record
 
@@ -189,5 +211,6 @@ def dead_letter(
         first_attempt_at=job.created_at,
     )
     services.dead.add(letter)
+    services.ledger.end(job.id, DEAD)
     services.stats.count(job.realm, "dead")
     return letter

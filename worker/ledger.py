@@ -1,64 +1,117 @@
-"""Per-job bookkeeping in Redis that makes redelivery safe: delivered markers, attempt counts, claims."""
+"""Per-job bookkeeping in Redis that makes redelivery safe: one small hash per job, and the cooldown.
+
+`job:<id>` holds, as fields, everything the workers need to know about a job across retries, redeliveries
+and restarts, and expires with the job's result (a day; an idempotency key's job keeps it for
+`MAILWORKER_DELIVERED_MARKER_TTL`, so a repeat is recognised that long):
+
+    attempts    delivery attempts so far (Celery's own counter starts again on a redelivery)
+    ambiguous   attempts whose data went out without the server's reply (the mail may have arrived)
+    last_error  the error of the latest failed attempt, for `mailworker status`
+    delivered   JSON record written right after the server accepted: a redelivered copy is skipped
+    state       how the job ended (sent, dead, dropped): a late copy of an ended job does nothing
+
+One key instead of one per fact keeps a flood of 50,000 jobs at one key each (plus its result).
+"""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import redis
 
 from config.keys import Keys
 
+SENT, DEAD, DROPPED = "sent", "dead", "dropped"
+
 
 class DeliveryLedger:
-    def __init__(self, client: redis.Redis, keys: Keys, marker_ttl: int) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, ttl: int, idempotent_ttl: int | None = None) -> None:
         self.redis = client
         self.keys = keys
-        self.marker_ttl = marker_ttl
+        self.ttl = (
+            ttl  # a job's bookkeeping outlives any copy of its message (leases: seconds; sweeper: 30 min)
+        )
+        self.idempotent_ttl = max(ttl, idempotent_ttl or ttl)
+
+    def ttl_for(self, idempotent: bool) -> int:
+        return self.idempotent_ttl if idempotent else self.ttl
+
+    def _write(self, job_id: str, mapping: Mapping[Any, Any], ttl: int | None = None) -> None:
+        key = self.keys.job(job_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(key, mapping=mapping)
+        pipe.expire(key, ttl or self.ttl)
+        pipe.execute()
+
+    def fields(self, job_id: str) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self.redis.hgetall(self.keys.job(job_id)).items()}
 
     def delivered(self, job_id: str) -> dict[str, Any] | None:
         """The record of an earlier delivery of this job, if any (redelivery after a crash, or a repeat)."""
-        raw = self.redis.get(self.keys.delivered(job_id))
+        raw = self.redis.hget(self.keys.job(job_id), "delivered")
         return json.loads(str(raw)) if raw is not None else None
 
-    def mark_delivered(self, job_id: str, record: dict[str, Any], *, patience: float = 10.0) -> None:
+    def mark_delivered(
+        self, job_id: str, record: dict[str, Any], *, idempotent: bool = False, patience: float = 10.0
+    ) -> None:
         """Right after the server accepted: a redelivered copy of the job is skipped from now on.
 
         The mail is already out, so a Redis blip here (a restart, a failover) is waited out for a few
-        seconds rather than raised: without the marker a redelivery would send the mail a second time.
+        seconds rather than raised: without the record a redelivery would send the mail a second time.
         """
         deadline = time.monotonic() + patience
         while True:
             try:
-                self.redis.set(self.keys.delivered(job_id), json.dumps(record), ex=self.marker_ttl)
+                self._write(
+                    job_id, {"delivered": json.dumps(record), "state": SENT}, self.ttl_for(idempotent)
+                )
                 return
             except redis.ConnectionError:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.5)
 
+    def end(self, job_id: str, state: str) -> None:
+        """The job ended without a delivery (dead-lettered, dropped): a late copy must not try again."""
+        self._write(job_id, {"state": state})
+
+    def state(self, job_id: str) -> str | None:
+        value = self.redis.hget(self.keys.job(job_id), "state")
+        return str(value) if value is not None else None
+
     def next_attempt(self, job_id: str) -> int:
         """Counts attempts across retries and redeliveries (Celery's own counter resets on redelivery)."""
-        pipe = self.redis.pipeline()
-        pipe.incr(self.keys.attempts(job_id))
-        pipe.expire(self.keys.attempts(job_id), self.marker_ttl)
+        key = self.keys.job(job_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(key, "attempts", 1)
+        pipe.expire(key, self.ttl)
         attempt, _ = pipe.execute()
         return int(attempt)
 
     def attempts(self, job_id: str) -> int:
-        return int(self.redis.get(self.keys.attempts(job_id)) or 0)
+        return int(self.redis.hget(self.keys.job(job_id), "attempts") or 0)
+
+    def note_ambiguous(self, job_id: str) -> int:
+        """An attempt whose data went out and whose reply never came; returns how many so far."""
+        return int(self.redis.hincrby(self.keys.job(job_id), "ambiguous", 1))
+
+    def ambiguous(self, job_id: str) -> int:
+        return int(self.redis.hget(self.keys.job(job_id), "ambiguous") or 0)
 
     def note_error(self, job_id: str, error: str) -> None:
         """Keep the latest failed attempt's error, so `mailworker status` can say why a job is retrying."""
-        self.redis.set(self.keys.last_error(job_id), error[:1000], ex=self.marker_ttl)
+        self._write(job_id, {"last_error": error[:1000]})
 
     def last_error(self, job_id: str) -> str | None:
-        value = self.redis.get(self.keys.last_error(job_id))
+        value = self.redis.hget(self.keys.job(job_id), "last_error")
         return str(value) if value is not None else None
 
-    def reset_attempts(self, job_id: str) -> None:
-        self.redis.delete(self.keys.attempts(job_id))
+    def reset(self, job_id: str) -> None:
+        """A dead job sent again on purpose (`dead requeue`): it starts from zero."""
+        self.redis.hdel(self.keys.job(job_id), "attempts", "ambiguous", "last_error", "state")
 
     def admit(self, realm: str, template: str, recipient: str, job_id: str, cooldown: int) -> bool:
         """At most one mail per recipient and template per `cooldown` seconds (e-mail bombing guard).
@@ -71,18 +124,3 @@ class DeliveryLedger:
         if self.redis.set(key, job_id, nx=True, ex=cooldown):
             return True
         return self.redis.get(key) == job_id
-
-    def claim(self, job_id: str, owner: str, ttl: int) -> bool:
-        """Only one worker works on a job at a time (a redelivery while the first holder still runs).
-
-        The claim expires by itself, so a killed worker's job can be claimed again after `ttl` seconds.
-        """
-        key = self.keys.claim(job_id)
-        if self.redis.set(key, owner, nx=True, ex=ttl):
-            return True
-        return self.redis.get(key) == owner
-
-    def release(self, job_id: str, owner: str) -> None:
-        key = self.keys.claim(job_id)
-        if self.redis.get(key) == owner:
-            self.redis.delete(key)

@@ -7,7 +7,7 @@ Keys of one job (config/keys.py), a fixed handful however many recipients it has
     bulk:{job}:chunk:{n}       string: JSON array of the chunk's recipients, deleted when the chunk is over
     bulk:{job}:done            bitmap, one bit per recipient: settled (sent, failed or cancelled)
     bulk:{job}:chunks-done     bitmap, one bit per chunk
-    bulk:{job}:chunk:{n}:claim the worker running that chunk now (expires by itself)
+    bulk:{job}:chunk:{n}:claim the worker process running that chunk now (worker/liveness.py)
 
 Counting is exactly-once by construction: a recipient is counted in the same Lua script that sets its bit,
 and only when the bit was not set yet, so a chunk redelivered after a crash (or run twice) neither sends
@@ -36,6 +36,7 @@ LOADING, QUEUED, RUNNING, DONE, CANCELLED, FAILED = (
     "failed",
 )
 FINISHED_STATES = frozenset({DONE, CANCELLED, FAILED})
+BULK_JOB_PREFIX = "bulk-"  # bulk job ids; a chunk's pending-ledger entry is "<job id>:<chunk>"
 
 # KEYS: job hash, done bitmap. ARGV: comma-separated indices sent, failed, cancelled.
 # Returns the job's state ("gone" when the job expired or was deleted).
@@ -253,6 +254,16 @@ class BulkJobs:
         ]
         return str(self._finish(keys=keys, args=[chunk, repr(time.time())]))
 
+    def entry_ended(self, entry_id: str) -> bool:
+        """For the pending-job sweeper: has the job's fan-out ("<job>") or the chunk ("<job>:<n>") ended?"""
+        job_id, _, chunk = entry_id.partition(":")
+        raw = self.redis.hmget(self.keys.bulk_job(job_id), "state", "chunks", "enqueued")
+        if raw[0] is None:
+            return True  # the job expired or was discarded: nothing left to publish
+        if chunk:
+            return bool(self.redis.getbit(self.keys.bulk_chunks_done(job_id), int(chunk)))
+        return str(raw[0]) in FINISHED_STATES or int(raw[2] or 0) >= int(raw[1] or 0)
+
     def fan_out_position(self, job_id: str) -> int:
         """Chunk tasks already enqueued by mail.bulk.start (a redelivered start resumes there)."""
         return int(self.redis.hget(self.keys.bulk_job(job_id), "enqueued") or 0)
@@ -263,18 +274,6 @@ class BulkJobs:
     def next_attempt(self, job_id: str, chunk: int) -> int:
         """Attempts of one chunk across retries and redeliveries (a field of the job hash, not a key)."""
         return int(self.redis.hincrby(self.keys.bulk_job(job_id), f"attempts:{chunk}", 1))
-
-    def claim(self, job_id: str, chunk: int, owner: str, ttl: int) -> bool:
-        """One worker per chunk at a time: a redelivered copy must not send alongside the first holder."""
-        key = self.keys.bulk_chunk_claim(job_id, chunk)
-        if self.redis.set(key, owner, nx=True, ex=ttl):
-            return True
-        return self.redis.get(key) == owner
-
-    def release(self, job_id: str, chunk: int, owner: str) -> None:
-        key = self.keys.bulk_chunk_claim(job_id, chunk)
-        if self.redis.get(key) == owner:
-            self.redis.delete(key)
 
     def fail(self, job_id: str, error: str) -> str:
         """The realm's settings are wrong: the job stops; later chunks dead-letter without connecting."""

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from worker.breaker import CircuitBreaker
     from worker.deadletters import DeadLetterStore
     from worker.delivery import Services
+    from worker.ledger import DeliveryLedger
+    from worker.liveness import Claims, Heartbeat, LiveWorkers
     from worker.oauth import TokenProvider
     from worker.render import TemplateRenderer
     from worker.sweeper import PendingJobs
@@ -68,9 +70,35 @@ class Runtime:
         return TokenProvider(self.redis, self.keys, self.box)
 
     @cached_property
+    def ledger(self) -> DeliveryLedger:
+        """Per-job bookkeeping; needs no secret key (producers and `status` read it too)."""
+        from worker.ledger import DeliveryLedger
+
+        return DeliveryLedger(self.redis, self.keys, self.settings.result_expires,
+                              self.settings.delivered_marker_ttl)  # fmt: skip
+
+    @cached_property
+    def heartbeat(self) -> Heartbeat:
+        from worker.liveness import Heartbeat
+
+        return Heartbeat(self.redis, self.keys, self.settings.worker_lease)
+
+    @cached_property
+    def claims(self) -> Claims:
+        from worker.liveness import Claims
+
+        # The claim's own expiry only backs up the heartbeat: a task never runs longer than its time limit.
+        return Claims(self.redis, self.keys, self.heartbeat, ttl=self.settings.task_time_limit + 60)
+
+    @cached_property
+    def live_workers(self) -> LiveWorkers:
+        from worker.liveness import LiveWorkers
+
+        return LiveWorkers(self.redis, self.keys, self.settings.worker_lease)
+
+    @cached_property
     def services(self) -> Services:
         from worker.delivery import Services, ThreadPools
-        from worker.ledger import DeliveryLedger
         from worker.retry import RetryPolicy
         from worker.settings_cache import SettingsCache
         from worker.stats import Stats
@@ -80,7 +108,7 @@ class Runtime:
             cache=SettingsCache(self.store),
             renderer=self.renderer,
             pools=ThreadPools(),
-            ledger=DeliveryLedger(self.redis, self.keys, self.settings.delivered_marker_ttl),
+            ledger=self.ledger,
             dead=self.dead_letters,
             stats=Stats(self.redis, self.keys),
             oauth=self.oauth,
@@ -88,6 +116,7 @@ class Runtime:
                 max_attempts=self.settings.max_attempts,
                 base_delay=self.settings.retry_base_delay,
                 max_delay=self.settings.retry_max_delay,
+                max_age=self.settings.retry_max_age,
             ),
         )
 
@@ -95,15 +124,13 @@ class Runtime:
     def breaker(self) -> CircuitBreaker:
         from worker.breaker import CircuitBreaker
 
-        # A cool-off is a retry countdown: it must stay below the broker's visibility timeout (see app.py).
-        ceiling = self.settings.visibility_timeout / 3
         return CircuitBreaker(
             self.redis,
             self.keys,
             threshold=self.settings.breaker_threshold,
             window=self.settings.breaker_window,
-            cooloff=min(self.settings.breaker_cooloff, ceiling),
-            max_cooloff=min(self.settings.breaker_max_cooloff, ceiling),
+            cooloff=self.settings.breaker_cooloff,
+            max_cooloff=self.settings.breaker_max_cooloff,
         )
 
     @cached_property
@@ -111,10 +138,12 @@ class Runtime:
         from worker.sweeper import PendingJobs
 
         return PendingJobs(
-            self.redis, self.keys, grace=self.settings.lost_job_after, keep=self.settings.delivered_marker_ttl
+            self.redis, self.keys, grace=self.settings.lost_job_grace, keep=self.settings.delivered_marker_ttl
         )
 
     def close(self) -> None:
+        if "heartbeat" in self.__dict__:
+            self.heartbeat.stop()
         if "services" in self.__dict__:
             self.services.pools.close_all()
         if "redis" in self.__dict__:

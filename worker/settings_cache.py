@@ -2,25 +2,55 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
+from config.epoch import Epoch, store_empty_error
 from config.errors import NotFound
 from config.smtp import SmtpSettings
 from config.store import SettingsStore
+from worker.liveness import process_name
+
+log = logging.getLogger(__name__)
 
 
 class SettingsCache:
     def __init__(self, store: SettingsStore) -> None:
         self.store = store
         self._entries: dict[str, tuple[int, SmtpSettings]] = {}
+        self._epoch: Epoch | None = None  # the store's epoch (config/epoch.py) as this process last saw it
 
     def get(self, realm: str) -> tuple[int, SmtpSettings]:
-        """The realm's saved settings and their version; a save is seen by the very next message."""
+        """The realm's saved settings and their version; a save is seen by the very next message.
+
+        NotFound when the realm has none; StoreUnavailable (retryable) when the store holds no settings
+        at all (wiped, or never configured): the job waits for an admin instead of dying.
+        """
         version = self.store.version(realm)
         cached = self._entries.get(realm)
         if cached is not None and cached[0] == version:
             return cached
+        self._check_epoch()
         saved = self.store.saved(realm)
         if saved is None:
             self._entries.pop(realm, None)
+            if self._epoch is None:
+                raise store_empty_error(self.store.wipe())
             raise NotFound(f"realm {realm} has no saved SMTP settings")
         self._entries[realm] = (saved.version, saved.settings)
         return saved.version, saved.settings
+
+    def _check_epoch(self) -> None:
+        """On every refresh: a vanished or replaced epoch means Redis lost what was saved into it."""
+        current = self.store.epoch()
+        seen = self._epoch
+        if seen is not None and (current is None or current.id != seen.id):
+            created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seen.created_at))
+            log.error(
+                "the config store was wiped: its epoch %s (created %s) is %s. Every realm's settings, queued "
+                "job, result and dead letter stored before are lost; save the realms' settings again",
+                seen.id, created, "gone" if current is None else f"replaced by {current.id}",
+            )  # fmt: skip
+            self.store.record_wipe(seen, process_name())
+            self._entries.clear()
+        self._epoch = current

@@ -3,8 +3,8 @@
 Celery's Redis transport has windows where a message vanishes: a worker pops it (BRPOP) and Redis goes
 away before the worker recorded it as unacknowledged, or an AOF that syncs every second loses the last
 writes of a crash. The producer therefore records every transactional job it enqueues in a ledger of
-its own (a sorted set scored by "news expected by"); workers push the score forward on every attempt and
-remove the job when it ends (sent, dead-lettered, dropped, skipped). A job whose time passed without
+its own right after publishing (a sorted set scored by "news expected by"); workers push the score
+forward on every attempt and remove the job when it ends (sent, dead-lettered, dropped, skipped). A job whose time passed without
 news is published again under the same id: if it was only slow, the copy is skipped by its
 delivered-marker or its claim, so sending it again can cost a duplicate message at worst, never a lost one.
 """
@@ -23,7 +23,7 @@ from config.keys import Keys
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[str, list[Any], str, str], None]  # (task name, args, task id, queue)
+Publish = Callable[[str, list[Any], str | None, str, int], None]  # (task name, args, task id, queue, lane)
 
 
 class PendingJobs:
@@ -33,12 +33,26 @@ class PendingJobs:
         self.grace = grace  # how long a job may go without news before it counts as lost
         self.keep = keep  # seconds a job's payload is kept (its longest possible life)
 
-    def track(self, job_id: str, task: str, args: list[Any], queue: str) -> None:
-        """At enqueue: the job and what it takes to publish it again."""
-        payload = json.dumps({"task": task, "args": args, "queue": queue})
+    def track(self, job_id: str, task: str, args: list[Any], queue: str, lane: int = 0) -> None:
+        """Right after publishing: the job and what it takes to publish it again (its lane too)."""
+        payload = json.dumps({"task": task, "args": args, "queue": queue, "lane": lane})
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(self.keys.pending_job(job_id), payload, ex=self.keep)
         pipe.zadd(self.keys.pending(), {job_id: time.time() + self.grace})
+        pipe.execute()
+
+    def track_many(self, entries: list[tuple[str, str, list[Any], str, int]]) -> None:
+        """A bulk job's chunks at once, (id, task, args, queue, lane) each, in one round trip."""
+        if not entries:
+            return
+        due = time.time() + self.grace
+        pipe = self.redis.pipeline(transaction=False)
+        for entry_id, task, args, queue, lane in entries:
+            payload = json.dumps(
+                {"task": task, "args": args, "queue": queue, "lane": lane, "same_task_id": False}
+            )
+            pipe.set(self.keys.pending_job(entry_id), payload, ex=self.keep)
+        pipe.zadd(self.keys.pending(), {entry[0]: due for entry in entries})
         pipe.execute()
 
     def touch(self, job_id: str, busy_for: float = 0.0) -> None:
@@ -66,7 +80,9 @@ class PendingJobs:
                 self.done(job_id)
                 continue
             entry = json.loads(str(raw))
-            publish(entry["task"], entry["args"], job_id, entry["queue"])
+            # A bulk chunk's entry id names the chunk, not a task: its copy gets a task id of its own.
+            task_id = job_id if entry.get("same_task_id", True) else None
+            publish(entry["task"], entry["args"], task_id, entry["queue"], int(entry.get("lane") or 0))
             self.redis.zadd(self.keys.pending(), {job_id: now + self.grace}, xx=True)
             republished.append(job_id)
             log.warning(

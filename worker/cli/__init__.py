@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "worker.cli.dead_cmd",
     "worker.cli.job_cmd",
     "worker.cli.ops_cmd",
+    "worker.cli.health_cmd",
     "worker.cli.ingest_cmd",
 ]
 

@@ -1,4 +1,4 @@
-"""`mailworker status|stats|health`: what an operator (or a container probe) asks a running deployment.
+"""`mailworker status|stats`: what an operator asks a running deployment (health: health_cmd.py).
 
 Read-only. Nothing here prints a task's arguments (the job's context holds personal data) or a secret.
 """
@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from worker.cli.common import print_json, table
@@ -30,19 +28,6 @@ def register(subparsers: Any) -> None:
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(handler=show_stats)
 
-    health = subparsers.add_parser(
-        "health", help="probe: exit 0 when Redis (store, broker) and a worker answer, else 1"
-    )
-    health.add_argument("--timeout", type=float, default=2.0, help="seconds per check (default 2)")
-    health.add_argument(
-        "--node",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="only these workers count, e.g. transactional@$HOSTNAME (repeatable; default: any worker)",
-    )
-    health.set_defaults(handler=run_health)
-
 
 # ---- status -------------------------------------------------------------------------------------------
 
@@ -53,18 +38,21 @@ def job_status(task_id: str) -> dict[str, Any]:
 
     from config.errors import NotFound
     from worker.app import app
-    from worker.ledger import DeliveryLedger
     from worker.runtime import runtime
 
     rt = runtime()
-    # Read-only bookkeeping, built without `rt.services`: status must not need MAILWORKER_SECRET_KEY.
-    ledger = DeliveryLedger(rt.redis, rt.keys, rt.settings.delivered_marker_ttl)
+    # Read-only bookkeeping, without `rt.services`: status must not need MAILWORKER_SECRET_KEY.
+    ledger = rt.ledger
     result = AsyncResult(task_id, app=app)
     state = result.state
     value = result.result
-    info: dict[str, Any] = {"job_id": task_id, "state": state, "attempts": ledger.attempts(task_id)}
+    facts = ledger.fields(task_id)
+    info: dict[str, Any] = {"job_id": task_id, "state": state, "attempts": int(facts.get("attempts") or 0)}
+    if facts.get("ambiguous"):
+        info["ambiguous"] = int(facts["ambiguous"])
     if isinstance(value, dict):
-        for name in ("status", "reason", "smtp_code", "message_id", "error", "sent_at"):
+        for name in ("status", "reason", "smtp_code", "message_id", "error", "sent_at", "ambiguous",
+                     "maybe_delivered", "queue", "task"):  # fmt: skip
             if value.get(name) is not None:
                 info[name] = value[name]
         info["attempts"] = max(info["attempts"], int(value.get("attempts") or 0))
@@ -72,7 +60,7 @@ def job_status(task_id: str) -> dict[str, Any]:
         # FAILURE: the exception (a bug); RETRY: Celery's Retry ("Retry in 5s"); the SMTP error of the
         # failed attempt is the ledger's last_error (below).
         info["error" if state == "FAILURE" else "retry"] = f"{type(value).__name__}: {value}"
-    last_error = ledger.last_error(task_id)
+    last_error = facts.get("last_error")
     if last_error is not None and state == "RETRY":
         info["last_error"] = last_error
     try:
@@ -88,7 +76,12 @@ def job_status(task_id: str) -> dict[str, Any]:
     if delivered is not None and "status" not in info:
         info.update(status="sent", message_id=delivered.get("message_id"), sent_at=delivered.get("sent_at"))
     if state == "PENDING" and "status" not in info:
-        info["status"] = "pending (waiting in a queue, or no such job)"
+        wipe = rt.store.wipe()
+        info["status"] = (
+            "pending (waiting in a queue, or no such job)"
+            if wipe is None
+            else "pending (waiting in a queue, or no such job, or lost when the store was wiped)"
+        )
     for name in ("name", "worker", "queue", "date_done"):
         extended = getattr(result, name, None)
         if extended is not None:
@@ -102,8 +95,9 @@ def show_status(args: argparse.Namespace) -> int:
     if args.json:
         print_json(info)
         return 0
-    order = ("job_id", "state", "status", "task", "realm", "attempts", "reason", "error", "retry", "last_error", "smtp_code",
-             "message_id", "sent_at", "died_at", "worker", "queue", "date_done")  # fmt: skip
+    order = ("job_id", "state", "status", "task", "realm", "attempts", "ambiguous", "maybe_delivered", "reason",
+             "error", "retry", "last_error", "smtp_code", "message_id", "sent_at", "died_at", "worker", "queue",
+             "date_done")  # fmt: skip
     for name in order:
         if name in info:
             print(f"{name:11} {_shown(name, info[name])}")
@@ -182,71 +176,3 @@ def show_stats(args: argparse.Namespace) -> int:
     print("last hour:")
     print(table(rows, ["REALM", *(c.upper() for c in columns)]))
     return 0
-
-
-# ---- health -------------------------------------------------------------------------------------------
-
-
-def check_health(timeout: float, nodes: Sequence[str] = ()) -> list[tuple[bool, str]]:
-    """(ok, line) for the store's Redis, the broker and the workers; the worker check needs the broker."""
-    import redis
-
-    from config.redis import connect, redact_url
-    from worker.runtime import runtime
-
-    settings = runtime().settings
-    checks: list[tuple[bool, str]] = []
-    started = time.monotonic()
-    try:
-        client = connect(settings.store_url, check=False)
-        client.connection_pool.connection_kwargs.update(
-            socket_timeout=timeout, socket_connect_timeout=timeout
-        )
-        client.ping()
-        checks.append((True, f"store   {redact_url(settings.store_url)} answers ({_ms(started)})"))
-    except (redis.RedisError, OSError) as error:
-        checks.append(
-            (False, f"store   {redact_url(settings.store_url)}: {error} (check MAILWORKER_STORE_URL)")
-        )
-
-    started = time.monotonic()
-    try:
-        with broker_connection(settings, timeout) as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
-            conn.default_channel.client.ping()
-        checks.append((True, f"broker  {redact_url(settings.broker_url)} answers ({_ms(started)})"))
-    except Exception as error:  # kombu wraps every transport error differently
-        checks.append(
-            (False, f"broker  {redact_url(settings.broker_url)}: {error} (check MAILWORKER_BROKER_URL)")
-        )
-        checks.append((False, "workers not asked: the broker does not answer"))
-        return checks
-
-    from worker.app import app
-
-    started = time.monotonic()
-    # Named nodes: done as soon as they all answered. Any worker: collect replies for the whole timeout.
-    replies = app.control.ping(timeout=timeout, destination=list(nodes) or None, limit=len(nodes) or None)
-    names = sorted(name for reply in replies for name in reply)
-    if names:
-        checks.append((True, f"workers {', '.join(names)} answered ({_ms(started)})"))
-    else:
-        wanted = ", ".join(nodes) if nodes else "any worker"
-        checks.append(
-            (
-                False,
-                f"workers: {wanted} did not answer a ping within {timeout:g}s (is `mailworker worker` running?)",
-            )
-        )
-    return checks
-
-
-def _ms(started: float) -> str:
-    return f"{(time.monotonic() - started) * 1000:.0f} ms"
-
-
-def run_health(args: argparse.Namespace) -> int:
-    checks = check_health(args.timeout, args.node)
-    for ok, line in checks:
-        print(f"{'ok  ' if ok else 'FAIL'}  {line}")
-    return 0 if all(ok for ok, _ in checks) else 1

@@ -1,0 +1,135 @@
+"""`mailworker health`: exit 0 when the deployment can send, 1 with a line saying what is wrong.
+
+What it checks, in order, one line each (`ok`, `warn` or `FAIL`):
+
+- store:       the config store's Redis answers;
+- settings:    the store holds its epoch (config/epoch.py): without it every realm's settings are gone
+               (Redis lost its data, or nothing was saved yet); a wipe a worker noticed is named;
+- persistence: whether that Redis keeps anything on disk (warn only: a restart would lose queued mail);
+- broker:      the broker's Redis answers;
+- workers:     every queue has a live consumer (heartbeat within one lease, worker/liveness.py), or
+               with --node, each named worker is alive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from typing import Any
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+Check = tuple[str, str]  # (OK | WARN | FAIL, line)
+
+
+def register(subparsers: Any) -> None:
+    health = subparsers.add_parser(
+        "health",
+        help="probe: exit 0 when Redis (store, broker), the settings and the workers are fine, else 1",
+    )
+    health.add_argument("--timeout", type=float, default=2.0, help="seconds per check (default 2)")
+    health.add_argument(
+        "--node",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only these workers count, e.g. transactional@$HOSTNAME (repeatable; default: every queue served)",
+    )
+    health.set_defaults(handler=run_health)
+
+
+def settings_check(store: Any) -> Check:
+    epoch = store.epoch()
+    wipe = store.wipe()
+    if epoch is None:
+        from config.epoch import store_empty_error
+
+        return FAIL, f"settings {store_empty_error(wipe)}"
+    created = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch.created_at))
+    if wipe is not None:
+        noticed = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(float(wipe.get("noticed_at") or 0)))
+        return WARN, (
+            f"settings stored since {created}; the store was wiped before ({noticed}, noticed by "
+            f"{wipe.get('noticed_by')}): mail queued then was lost"
+        )
+    return OK, f"settings stored since {created} ({len(store.realms())} realm(s))"
+
+
+def workers_check(registry: Any, nodes: Sequence[str]) -> list[Check]:
+    from worker.app import QUEUES
+
+    live, lapsed = registry.all()
+    if nodes:
+        found = {w.name for w in live}
+        missing = [n for n in nodes if n not in found]
+        if missing:
+            return [(FAIL, f"workers: {', '.join(missing)} not alive (no heartbeat within the lease; "
+                           "is `mailworker worker` running?)")]  # fmt: skip
+        return [(OK, f"workers {', '.join(nodes)} alive")]
+    checks: list[Check] = []
+    for queue in QUEUES:
+        serving = sorted({w.name for w in live if queue in w.queues})
+        if serving:
+            checks.append((OK, f"queue   {queue}: {', '.join(serving)}"))
+        else:
+            from worker.liveness import no_worker_message
+
+            checks.append((FAIL, f"queue   {no_worker_message(queue, lapsed)}"))
+    return checks
+
+
+def check_health(timeout: float, nodes: Sequence[str] = ()) -> list[Check]:
+    import redis
+
+    from config.redis import connect, persistence, redact_url
+    from worker.runtime import runtime
+
+    rt = runtime()
+    settings = rt.settings
+    checks: list[Check] = []
+    started = time.monotonic()
+    try:
+        client = connect(settings.store_url, check=False)
+        client.connection_pool.connection_kwargs.update(
+            socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        client.ping()
+        checks.append((OK, f"store   {redact_url(settings.store_url)} answers ({_ms(started)})"))
+        checks.append(settings_check(rt.store))
+        keeps, what = persistence(client)  # config/redis.py
+        checks.append((OK if keeps else WARN, f"persistence {what}"))
+        store_ok = True
+    except (redis.RedisError, OSError) as error:
+        checks.append(
+            (FAIL, f"store   {redact_url(settings.store_url)}: {error} (check MAILWORKER_STORE_URL)")
+        )
+        store_ok = False
+
+    started = time.monotonic()
+    try:
+        from worker.cli.ops_cmd import broker_connection
+
+        with broker_connection(settings, timeout) as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+            conn.default_channel.client.ping()
+        checks.append((OK, f"broker  {redact_url(settings.broker_url)} answers ({_ms(started)})"))
+    except Exception as error:  # kombu wraps every transport error differently
+        checks.append(
+            (FAIL, f"broker  {redact_url(settings.broker_url)}: {error} (check MAILWORKER_BROKER_URL)")
+        )
+    if store_ok:
+        checks += workers_check(rt.live_workers, nodes)
+    else:
+        checks.append((FAIL, "workers not checked: their heartbeats are in the store, which does not answer"))
+    return checks
+
+
+def _ms(started: float) -> str:
+    return f"{(time.monotonic() - started) * 1000:.0f} ms"
+
+
+def run_health(args: argparse.Namespace) -> int:
+    checks = check_health(args.timeout, args.node)
+    for status, line in checks:
+        print(f"{status:4}  {line}")
+    return 1 if any(status == FAIL for status, _ in checks) else 0

@@ -1,0 +1,121 @@
+"""The consumer's side of liveness (worker/liveness.py), as a Celery consumer bootstep.
+
+kombu's Redis transport keeps every message a consumer took in an "unacked" hash, indexed by the time it
+was taken, and hands a message back to the queue once that time is older than its visibility timeout. This
+step turns the timeout into a lease: while the worker lives, a thread renews the index entry of every
+message its consumer holds (running, waiting for a pool process, or waiting for a retry's countdown), so
+the timeout can be short (`MAILWORKER_WORKER_LEASE`, 15 s) without a long task or a long countdown ever
+being handed to a second worker. When the worker dies, its renewals stop and every other worker's
+consumer hands its messages back within one lease plus one restore interval.
+
+The same thread registers the consumer and its queues in the registry, so `health`, `wait_for_result` and
+`settings test` can tell at once when nobody serves a queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+from celery import bootsteps
+
+from config.keys import Keys
+from config.redis import connect
+from config.settings import ServiceSettings
+from worker.liveness import LiveWorkers, process_name
+
+log = logging.getLogger(__name__)
+
+
+def held_delivery_tags(consumer: Any) -> list[str]:
+    """Delivery tags of the messages this consumer took and has not acknowledged yet."""
+    task_consumer = getattr(consumer, "task_consumer", None)
+    channel = getattr(task_consumer, "channel", None)
+    qos = getattr(channel, "qos", None)
+    delivered = getattr(qos, "_delivered", None)
+    if not delivered:
+        return []
+    for _ in range(3):
+        try:
+            return [str(tag) for tag in list(delivered)]
+        except RuntimeError:  # changed size while copying (the event loop acked one): copy again
+            continue
+    return []
+
+
+class LeaseRenewer:
+    """Renews the leases of held messages and the consumer's registry entry, every beat."""
+
+    def __init__(self, settings: ServiceSettings, consumer: Any) -> None:
+        self.settings = settings
+        self.consumer = consumer
+        self.node = f"{getattr(consumer, 'hostname', 'worker')}:{process_name()}"
+        self.started = time.time()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        keys = Keys(settings.key_prefix)
+        self._store = connect(settings.store_url, check=False)
+        self.registry = LiveWorkers(self._store, keys, settings.worker_lease)
+        self._broker = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=3)
+        # kombu prefixes its own keys with the global key prefix (tests, shared Redis servers).
+        self.unacked_index = f"{settings.broker_key_prefix}unacked_index"
+
+    def queues(self) -> list[str]:
+        try:
+            return sorted(q.name for q in self.consumer.app.amqp.queues.consume_from.values())
+        except AttributeError:
+            return []
+
+    def renew(self, now: float | None = None) -> int:
+        """One beat: the registry entry, then the leases; returns how many leases were renewed."""
+        now = time.time() if now is None else now
+        self.registry.register(self.node, self.queues(), self.started, now)
+        tags = held_delivery_tags(self.consumer)
+        if tags:
+            # XX: only messages still unacknowledged; one acked meanwhile must not come back.
+            self._broker.zadd(self.unacked_index, dict.fromkeys(tags, now), xx=True)
+        return len(tags)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="mailworker-leases", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(redis.RedisError):
+            self.registry.unregister(self.node)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.renew()
+            except redis.RedisError as error:
+                log.warning("renewing leases failed (Redis unavailable?): %s", error)
+            except Exception:  # a bug here must not end the renewals: log it, beat again
+                log.exception("renewing leases failed")
+            self._stop.wait(self.settings.heartbeat_interval)
+
+
+class Leases(bootsteps.StartStopStep):
+    """Consumer bootstep: starts the LeaseRenewer with the consumer, stops it at shutdown."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        self.renewer: LeaseRenewer | None = None
+
+    def start(self, c: Any) -> None:
+        if self.renewer is None:
+            self.renewer = LeaseRenewer(c.app.mailworker_settings, c)
+            self.renewer.start()
+
+    def shutdown(self, c: Any) -> None:
+        if self.renewer is not None:
+            self.renewer.stop()
+            self.renewer = None
