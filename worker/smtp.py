@@ -80,7 +80,8 @@ class SmtpFailure(MailWorkerError):
 
     @property
     def reconnect(self) -> bool:
-        """True when the session is unusable (dropped, timed out, 421): discard it; retry on a new one."""
+        """True when the session is unusable (dropped, timed out, 421): discard it; retry on a new one, at
+        once only when not `ambiguous` (else later: the server may have the message)."""
         return self.code == 421 or self.kind in (KIND_DISCONNECTED, KIND_TIMEOUT, KIND_NETWORK, KIND_REFUSED)
 
 
