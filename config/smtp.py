@@ -44,6 +44,10 @@ ADDRESS_FIELDS = ("from", "reply_to", "envelope_from")
 CREDENTIAL_BOUND_FIELDS = ("host", "port", "username", "ssl", "starttls", "auth_type", "oauth_token_url")
 SECRET_FIELDS = ("password", "oauth_client_secret")
 
+# How long the reply to the end of DATA may take: RFC 5321 4.5.3.2.6 gives the server 10 minutes, since it
+# may scan or queue the message before answering. The worker's task time limit must exceed it.
+DEFAULT_DATA_TIMEOUT = 600.0
+
 DEFAULT_NOTIFY_EVENTS = (
     "LOGIN_ERROR",
     "UPDATE_PASSWORD",
@@ -93,6 +97,9 @@ class SmtpSettings(BaseModel):
     password: SecretStr | None = Field(default=None, max_length=1024)
     connect_timeout: float = Field(default=10.0, gt=0, le=300)
     timeout: float = Field(default=10.0, gt=0, le=300)
+    # Only for the reply to the final "." of DATA: giving up there leaves it unknown whether the server
+    # took the message, so it gets the RFC's long deadline rather than `timeout`.
+    data_timeout: float = Field(default=DEFAULT_DATA_TIMEOUT, gt=0, le=3600)
     allow_utf8: bool = False
     # Certificates and host names are verified unless an admin turns it off on purpose (logged on use).
     verify_tls: bool = True

@@ -11,9 +11,11 @@ import pytest
 from config.keys import Keys
 from worker.breaker import CLOSED, OPEN, PROBE, PROBING, CircuitBreaker, counts_against
 from worker.smtp import (
+    KIND_AUTH_UNAVAILABLE,
     KIND_DISCONNECTED,
     KIND_NETWORK,
     KIND_REFUSED,
+    KIND_SMTPUTF8,
     KIND_TIMEOUT,
     KIND_TLS,
     SmtpFailure,
@@ -119,21 +121,41 @@ def test_the_state_expires_by_itself(breaker, fake_redis):
     assert breaker.key_ttl >= breaker.window + breaker.max_cooloff
 
 
+def _silent(stage: str, kind: str, *, ambiguous: bool = False) -> SmtpFailure:
+    return SmtpFailure(None, f"{kind} at {stage}", stage, kind=kind, ambiguous=ambiguous)
+
+
 @pytest.mark.parametrize(
     "failure, counted",
     [
-        (SmtpFailure(None, "timed out", "connect", kind=KIND_TIMEOUT), True),
-        (SmtpFailure(None, "refused", "connect", kind=KIND_REFUSED), True),
-        (SmtpFailure(None, "cannot resolve", "connect", kind=KIND_NETWORK), True),
-        (SmtpFailure(None, "timed out", "data", kind=KIND_TIMEOUT), True),
-        (SmtpFailure(None, "closed", "mail", kind=KIND_DISCONNECTED), False),  # it answered, then hung up
+        # setting up a session and nobody answers: counted (each may have held a worker for a timeout)
+        *[(_silent(stage, kind), True) for stage in ("connect", "tls", "ehlo", "auth", "noop")
+          for kind in (KIND_TIMEOUT, KIND_REFUSED, KIND_NETWORK)],
+        # within a transaction: the server answered the set-up, so it is there (slow, or it hung up)
+        *[(_silent(stage, kind), False) for stage in ("mail", "rcpt", "data")
+          for kind in (KIND_TIMEOUT, KIND_REFUSED, KIND_NETWORK, KIND_DISCONNECTED)],
+        # the reply to the end of DATA never came: the message may be delivered, whatever the stage says
+        (_silent("data", KIND_TIMEOUT, ambiguous=True), False),
+        (_silent("data", KIND_DISCONNECTED, ambiguous=True), False),
+        (_silent("connect", KIND_TIMEOUT, ambiguous=True), False),
+        # it answered, then hung up; or it answered with something we refuse: alive
+        (_silent("connect", KIND_DISCONNECTED), False),
+        (_silent("ehlo", KIND_DISCONNECTED), False),
         (SmtpFailure(None, "certificate", "tls", kind=KIND_TLS), False),
+        (SmtpFailure(None, "no AUTH offered", "auth", kind=KIND_AUTH_UNAVAILABLE), False),
+        (SmtpFailure(None, "needs SMTPUTF8", "mail", kind=KIND_SMTPUTF8), False),
+        # any reply code proves the server alive
         (SmtpFailure(421, "closing", "connect"), False),
+        (SmtpFailure(421, "closing", "noop"), False),
+        (SmtpFailure(535, "bad credentials", "auth"), False),
         (SmtpFailure(451, "try again", "rcpt"), False),
         (SmtpFailure(550, "no such user", "rcpt"), False),
+        (SmtpFailure(451, "try again", "data"), False),
     ],
-)
-def test_only_silence_counts_against_a_realm(failure, counted):
+    ids=lambda value: (f"{value.stage}-{value.code or value.kind}{'-ambiguous' if value.ambiguous else ''}"
+                       if isinstance(value, SmtpFailure) else str(value)),
+)  # fmt: skip
+def test_only_silence_while_setting_up_counts_against_a_realm(failure: SmtpFailure, counted: bool) -> None:
     assert counts_against(failure) is counted
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import email.utils
+import hashlib
 import time
 from email.header import decode_header, make_header
 from email.message import EmailMessage
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from config.errors import InvalidInput
 from config.smtp import SmtpSettings, parse_smtp_settings
-from worker.message import OutgoingMessage, build_message
+from worker.message import OutgoingMessage, build_message, message_id_for
 from worker.render import RenderedEmail
 
 RENDERED = RenderedEmail(
@@ -122,6 +123,94 @@ def test_message_id_is_on_the_from_domain_and_unique() -> None:
     assert first.message_id.startswith("<") and first.message_id.endswith("@example.com>")
     assert parse(first)["Message-ID"] == first.message_id
     assert first.message_id != second.message_id
+
+
+@pytest.mark.parametrize(
+    "message_id",
+    [
+        "<job-1@example.com>",
+        "<0f3c9a.18c2b@mail.example.com>",
+        "<a@[127.0.0.1]>",
+        "<!#$%&'*+-/=?^_`{|}~.x@example.com>",
+        "<" + "k" * 236 + "@example.com>",  # 250 characters, the limit
+    ],
+)
+def test_a_given_message_id_is_used_as_is(message_id: str) -> None:
+    msg = build_message(smtp_settings(), RENDERED, "alice@example.org", message_id=message_id)
+    assert msg.message_id == message_id
+    parsed = parse(msg)
+    assert parsed["Message-ID"] == message_id
+    assert msg.data.count(b"Message-ID:") == 1
+
+
+@pytest.mark.parametrize(
+    ("message_id", "words"),
+    [
+        ("", "<local@domain>"),
+        ("job-1@example.com", "<local@domain>"),  # no angle brackets
+        ("<job-1example.com>", "<local@domain>"),  # no @
+        ("<@example.com>", "<local@domain>"),
+        ("<job-1@>", "<local@domain>"),
+        ("<a@b@example.com>", "<local@domain>"),
+        ("<a<b@example.com>", "<local@domain>"),
+        ("<job 1@example.com>", "<local@domain>"),  # space
+        ("<job\t1@example.com>", "<local@domain>"),
+        ("<jöb@example.com>", "<local@domain>"),  # not ASCII
+        ("<job-1@example.com> ", "<local@domain>"),
+        ("<job-1@example.com>\r\nBcc: victim@example.net", "CR, LF or NUL"),
+        ("<job-1@example.com>\n", "CR, LF or NUL"),
+        ("<job\x00@example.com>", "CR, LF or NUL"),
+        ("<" + "k" * 237 + "@example.com>", "at most 250"),
+    ],
+)
+def test_a_bad_message_id_is_refused_naming_the_field(message_id: str, words: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        build_message(smtp_settings(), RENDERED, "alice@example.org", message_id=message_id)
+    ((field, rule),) = caught.value.problems
+    assert field == "message_id" and words in rule
+
+
+@pytest.mark.parametrize(
+    ("key", "domain", "expected"),
+    [
+        ("job-1", "example.com", "<job-1@example.com>"),
+        ("01HF3Z.a_b-c", "example.com", "<01HF3Z.a_b-c@example.com>"),
+        ("job-1", "Example.COM", "<job-1@example.com>"),
+        ("job-1", "bücher.example", "<job-1@xn--bcher-kva.example>"),
+    ],
+)
+def test_message_id_for_is_plain_when_it_can_be(key: str, domain: str, expected: str) -> None:
+    assert message_id_for(key, domain) == expected
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["job 1", "a@b", "<x>", "x\r\nBcc: y", ".lead", "trail.", "a..b", "jöb", "a" * 240, "ok\n"],
+)
+def test_message_id_for_hashes_other_keys_stably_and_the_result_builds(key: str) -> None:
+    first, again = message_id_for(key, "example.com"), message_id_for(key, "example.com")
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    assert first == again == f"<h={digest}@example.com>"
+    assert len(first) <= 250
+    assert message_id_for(key + "x", "example.com") != first
+    msg = build_message(smtp_settings(), RENDERED, "alice@example.org", message_id=first)
+    assert parse(msg)["Message-ID"] == first
+
+
+def test_message_id_for_distinct_keys_give_distinct_ids() -> None:
+    keys = ["a", "A", "a.b", "a-b", "a_b", "h=" + "0" * 64, "a b", "a\tb"]
+    assert len({message_id_for(key, "example.com") for key in keys}) == len(keys)
+
+
+@pytest.mark.parametrize(
+    ("key", "domain", "field"),
+    [("", "example.com", "key"), ("job-1", "", "domain"), ("job-1", "exa mple.com", "domain"),
+     ("job-1", "example.com>", "domain"), ("job-1", "a@b", "domain")],
+)  # fmt: skip
+def test_message_id_for_refuses_what_cannot_make_an_id(key: str, domain: str, field: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        message_id_for(key, domain)
+    assert caught.value.problems[0][0] == field
 
 
 def test_envelope_sender_is_envelope_from_when_set_else_from() -> None:

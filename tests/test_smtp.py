@@ -18,14 +18,18 @@ from tests.support.smtp_server import (
     silent_after_greeting,
     smtp_server_fixture,
 )
+from worker.breaker import counts_against
 from worker.message import OutgoingMessage, build_message
 from worker.render import RenderedEmail
 from worker.smtp import (
+    KIND_DISCONNECTED,
     KIND_SMTPUTF8,
     KIND_TIMEOUT,
     Outcome,
+    SendResult,
     SessionPool,
     SmtpFailure,
+    _dot_stuffed,
     classify_smtp_error,
     open_session,
 )
@@ -409,3 +413,191 @@ def test_pool_discard_closes_and_forgets(server: SmtpTestServer, realm: str) -> 
     pool.discard(realm)  # twice is fine
     assert pool.session(realm, 1, server.settings()) is not session
     pool.close_all()
+
+
+# ---- the reply to the end of DATA: lost, slow ----------------------------------------------------------
+# Short deadlines keep these fast: `timeout` 0.5 s for commands, `data_timeout` 2 s for the final reply.
+
+
+def quick(server: SmtpTestServer, **overrides: Any) -> SmtpSettings:
+    return server.settings(**{"timeout": 0.5, "data_timeout": 2, **overrides})
+
+
+def test_a_lost_reply_to_the_end_of_data_is_ambiguous(server: SmtpTestServer) -> None:
+    server.lose_reply_next()
+    settings = quick(server)
+    msg = message(settings)
+    with open_session(settings) as session, pytest.raises(SmtpFailure) as caught:
+        session.send(msg)
+    error = caught.value
+    assert error.ambiguous and (error.stage, error.code, error.kind) == ("data", None, KIND_DISCONNECTED)
+    assert error.text == (
+        f"{server.host}:{server.port} closed the connection instead of replying to the end of data: "
+        "the server may have accepted the message"
+    )
+    assert session.closed
+    assert classify_smtp_error(error) is Outcome.RETRY and not counts_against(error)
+    (received,) = server.wait_for(1)
+    assert received.message["Message-ID"] == msg.message_id
+
+
+def test_the_pool_raises_an_ambiguous_failure_instead_of_sending_again(
+    server: SmtpTestServer, realm: str
+) -> None:
+    pool = SessionPool()
+    settings = quick(server)
+    pool.send(realm, 1, settings, message(settings, "first@example.com"))
+    server.lose_reply_next()
+    msg = message(settings, "second@example.com")
+    with pytest.raises(SmtpFailure) as caught:
+        pool.send(realm, 1, settings, msg)  # on the reused session: a drop there used to mean "send again"
+    assert caught.value.ambiguous and caught.value.stage == "data"
+    assert len(server.received_for("second@example.com")) == 1 and len(server.messages) == 2
+    assert server.connections == 1 and realm not in pool
+    # The caller's later retry sends the same message: one Message-ID, so receivers can tell a repeat.
+    pool.send(realm, 1, settings, msg)
+    assert {m.message["Message-ID"] for m in server.received_for("second@example.com")} == {msg.message_id}
+    pool.close_all()
+
+
+@pytest.mark.parametrize("at", ["mail", "rcpt", "data"])
+def test_a_drop_before_the_body_is_not_ambiguous_and_gets_one_fresh_try(
+    server: SmtpTestServer, realm: str, at: str
+) -> None:
+    settings = quick(server)
+    server.drop_next(at=at)
+    with open_session(settings) as session, pytest.raises(SmtpFailure) as caught:
+        session.send(message(settings, "lone@example.com"))
+    assert not caught.value.ambiguous and caught.value.stage == at and caught.value.reconnect
+    assert server.messages == []
+
+    pool = SessionPool()
+    pool.send(realm, 1, settings, message(settings, "first@example.com"))
+    server.drop_next(at=at)
+    result = pool.send(realm, 1, settings, message(settings, "second@example.com"))
+    assert result.code == 250
+    assert len(server.received_for("second@example.com")) == 1 and server.connections == 3
+    pool.close_all()
+
+
+def test_a_final_reply_slower_than_timeout_but_within_data_timeout_is_delivered_once(
+    server: SmtpTestServer, realm: str
+) -> None:
+    settings = quick(server, timeout=0.5, data_timeout=3)
+    server.delay_data_reply(1.2)
+    pool = SessionPool()
+    started = time.monotonic()
+    result = pool.send(realm, 1, settings, message(settings, "slow@example.com"))
+    assert result.code == 250 and time.monotonic() - started >= 1.2
+    assert len(server.received_for("slow@example.com")) == 1 and server.connections == 1
+    session = pool.session(realm, 1, settings)
+    assert session._smtp.sock is not None and session._smtp.sock.gettimeout() == 0.5  # back to `timeout`
+    pool.send(realm, 1, settings, message(settings, "next@example.com"))
+    assert len(server.messages) == 2 and server.connections == 1
+    pool.close_all()
+
+
+def test_a_final_reply_later_than_data_timeout_is_an_ambiguous_timeout(
+    server: SmtpTestServer, realm: str
+) -> None:
+    settings = quick(server, timeout=5, data_timeout=0.5)  # data_timeout, not timeout, bounds the wait
+    pool = SessionPool()
+    pool.send(realm, 1, settings, message(settings, "first@example.com"))
+    server.delay_data_reply(1.5)
+    started = time.monotonic()
+    with pytest.raises(SmtpFailure) as caught:
+        pool.send(realm, 1, settings, message(settings, "late@example.com"))
+    assert time.monotonic() - started < 1.4
+    error = caught.value
+    assert error.ambiguous and (error.stage, error.code, error.kind) == ("data", None, KIND_TIMEOUT)
+    assert error.text == (
+        f"no reply to the end of data from {server.host}:{server.port} after 0.5s: "
+        "the server may have accepted the message"
+    )
+    assert not counts_against(error)
+    assert len(server.received_for("late@example.com")) == 1 and server.connections == 1
+    pool.close_all()
+
+
+def _batch(settings: SmtpSettings, count: int) -> list[OutgoingMessage]:
+    return [message(settings, f"user{i}@example.com") for i in range(count)]
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+@pytest.mark.parametrize("lost", [0, 2, 4])
+def test_send_many_a_lost_reply_makes_only_that_message_ambiguous(pipelining: bool, lost: int) -> None:
+    with SmtpTestServer(pipelining=pipelining) as server:
+        settings = quick(server)
+        server.lose_reply_next(after=lost)
+        with open_session(settings) as session:
+            outcomes = session.send_many(_batch(settings, 5))
+            assert session.closed
+        assert [isinstance(o, SendResult) for o in outcomes] == [i < lost for i in range(5)]
+        ambiguous = outcomes[lost]
+        assert isinstance(ambiguous, SmtpFailure) and ambiguous.ambiguous and ambiguous.stage == "data"
+        for later in outcomes[lost + 1 :]:
+            assert isinstance(later, SmtpFailure) and not later.ambiguous and later.reconnect
+        assert sorted(r for m in server.messages for r in m.recipients) == [
+            f"user{i}@example.com" for i in range(lost + 1)
+        ]
+
+
+@pytest.mark.parametrize("dropped", [0, 2])
+def test_send_many_pipelined_a_drop_at_mail_is_never_ambiguous(dropped: int) -> None:
+    # Message `dropped`'s MAIL goes out with the body of the one before, which is answered first.
+    with SmtpTestServer(pipelining=True) as server:
+        settings = quick(server)
+        server.drop_next(at="mail", after=dropped)
+        with open_session(settings) as session:
+            outcomes = session.send_many(_batch(settings, 4))
+        assert [isinstance(o, SendResult) for o in outcomes] == [i < dropped for i in range(4)]
+        for failed in outcomes[dropped:]:
+            assert isinstance(failed, SmtpFailure) and not failed.ambiguous and failed.reconnect
+        assert len(server.messages) == dropped
+
+
+@pytest.mark.parametrize(("delay", "data_timeout", "delivered"), [(1.0, 3, 3), (1.0, 0.4, 1)])
+def test_send_many_pipelined_the_body_reply_waits_for_data_timeout(
+    delay: float, data_timeout: float, delivered: int
+) -> None:
+    with SmtpTestServer(pipelining=True) as server:
+        settings = quick(server, timeout=0.5, data_timeout=data_timeout)
+        server.delay_data_reply(delay, after=1)
+        with open_session(settings) as session:
+            outcomes = session.send_many(_batch(settings, 3))
+        if delivered == 3:
+            assert all(isinstance(o, SendResult) for o in outcomes)
+        else:
+            slow = outcomes[1]
+            assert isinstance(slow, SmtpFailure) and slow.ambiguous and slow.kind == KIND_TIMEOUT
+            assert f"after {data_timeout:g}s" in slow.text
+            assert isinstance(outcomes[2], SmtpFailure) and not outcomes[2].ambiguous
+        # The slow one reached the server either way; nothing reached it twice.
+        assert sorted(r for m in server.messages for r in m.recipients) == [
+            f"user{i}@example.com" for i in range(2 if delivered == 1 else 3)
+        ]
+
+
+@pytest.mark.parametrize(
+    ("data", "wire"),
+    [
+        (b"a\r\nb\r\n", b"a\r\nb\r\n.\r\n"),
+        (b"a\r\nb", b"a\r\nb\r\n.\r\n"),  # the last line break is added
+        (b".hidden\r\n", b"..hidden\r\n.\r\n"),
+        (b"a\r\n.\r\nb\r\n", b"a\r\n..\r\nb\r\n.\r\n"),  # a lone dot would end the message early
+        (b"a\r\n..b\r\n", b"a\r\n...b\r\n.\r\n"),
+        (b"a\n.b\r\n", b"a\n..b\r\n.\r\n"),  # after a bare LF too, as smtplib does
+        (b"a.b\r\n", b"a.b\r\n.\r\n"),
+    ],
+)
+def test_dot_stuffing_follows_smtplib(data: bytes, wire: bytes) -> None:
+    assert _dot_stuffed(data) == wire
+
+
+def test_a_body_with_leading_dots_arrives_intact(server: SmtpTestServer) -> None:
+    settings = server.settings()
+    rendered = RenderedEmail("dots", ".\n.. two\n.three\n", "<p>.</p>")
+    with open_session(settings) as session:
+        session.send(build_message(settings, rendered, "alice@example.com"))
+    (received,) = server.wait_for(1)
+    assert received.message.get_body(("plain",)).get_content().replace("\r\n", "\n") == ".\n.. two\n.three\n"

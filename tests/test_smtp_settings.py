@@ -8,7 +8,13 @@ import pytest
 
 from config.crypto import MASK
 from config.errors import InvalidInput
-from config.smtp import LINE_SAFE_FIELDS, SECRET_FIELDS, SmtpSettings, parse_smtp_settings
+from config.smtp import (
+    DEFAULT_DATA_TIMEOUT,
+    LINE_SAFE_FIELDS,
+    SECRET_FIELDS,
+    SmtpSettings,
+    parse_smtp_settings,
+)
 
 MINIMAL = {"from": "noreply@acme.example", "host": "smtp.acme.example"}
 XOAUTH2 = {
@@ -90,6 +96,10 @@ def test_minimal_settings_get_the_defaults() -> None:
         (settings(host="h" * 254), "host", "at most 253"),
         (settings(connect_timeout=0), "connect_timeout", "greater than 0"),
         (settings(timeout=301), "timeout", "less than or equal to 300"),
+        (settings(data_timeout=0), "data_timeout", "greater than 0"),
+        (settings(data_timeout=-1), "data_timeout", "greater than 0"),
+        (settings(data_timeout=3601), "data_timeout", "less than or equal to 3600"),
+        (settings(data_timeout="ten minutes"), "data_timeout", "valid number"),
         (settings(rate_limit_per_second=0), "rate_limit_per_second", "greater than 0"),
         (settings(rate_limit_per_hour=-5), "rate_limit_per_hour", "greater than 0"),
         # unknown fields are refused, not ignored
@@ -121,10 +131,21 @@ def test_broken_rule_names_its_field(data: dict[str, Any], field: str, words: st
         {"auth": True, "username": "bot", "password": "pw"},
         {"verify_tls": False},
         {"rate_limit_per_second": 14, "rate_limit_per_hour": 50000},
+        {"data_timeout": 0.5},
+        {"data_timeout": 3600},
+        {"data_timeout": "120"},
     ],
 )
 def test_valid_settings(changes: dict[str, Any]) -> None:
     parse_smtp_settings(settings(**changes))
+
+
+def test_data_timeout_defaults_to_the_rfcs_ten_minutes_and_is_shown() -> None:
+    parsed = parse_smtp_settings(MINIMAL)
+    assert parsed.data_timeout == DEFAULT_DATA_TIMEOUT == 600
+    assert parsed.timeout == 10  # the other commands keep their own, shorter deadline
+    assert parsed.to_public()["data_timeout"] == 600
+    assert parse_smtp_settings(settings(data_timeout=90)).to_public()["data_timeout"] == 90
 
 
 @pytest.mark.parametrize("field", LINE_SAFE_FIELDS)

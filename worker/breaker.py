@@ -6,8 +6,11 @@ every process in turn and every other realm's password resets wait behind it.
 
 How (state in Redis, shared by every worker; one hash per realm, see `Keys.breaker`):
 
-- closed: jobs connect as usual. A connection failure where the server never answered (timeout, refused,
-  network error) is counted; a reply of any kind (even 4xx/5xx) proves the server alive and resets the count.
+- closed: jobs connect as usual. A failure to set up a session where the server never answered (timeout,
+  refused, network error while connecting, in TLS, EHLO, AUTH or the NOOP of a pooled session) is counted;
+  a reply of any kind (even 4xx/5xx) proves the server alive and resets the count. A failure during a
+  transaction (MAIL, RCPT, DATA) never counts: the server answered the set-up, and a slow or lost reply to
+  the end of DATA (RFC 5321 allows 10 minutes) often comes with the message delivered.
 - open: `threshold` such failures within `window` seconds open the circuit for `cooloff` seconds. A job of
   that realm does not connect: the runner counts it as a failed attempt and re-schedules it after the
   cool-off (so it still dead-letters on schedule, by max attempts or expiry, and never in a tight loop).
@@ -36,6 +39,8 @@ PROBING = "probing"  # half-open, another worker's probe is in flight: wait for 
 
 # Failures that say "nobody answers there": each may have held a worker process for a full timeout.
 COUNTED_KINDS = frozenset({KIND_TIMEOUT, KIND_REFUSED, KIND_NETWORK})
+# Setting up a session. Later stages follow answers from the same server: it is there, just slow or fussy.
+COUNTED_STAGES = frozenset({"connect", "tls", "ehlo", "auth", "noop"})
 
 # KEYS[1] the realm's hash. ARGV: now, endpoint, probe_ttl, key_ttl.
 # Returns {state, failures, wait (string, seconds), last error}.
@@ -116,8 +121,14 @@ class Verdict:
 
 
 def counts_against(error: SmtpFailure) -> bool:
-    """A failure where the server never answered (it may have held a worker for a full timeout)."""
-    return error.code is None and error.kind in COUNTED_KINDS
+    """A session could not be set up because the server never answered (it may have held a worker for a
+    full timeout). Never a failure within a transaction, never an ambiguous one."""
+    return (
+        error.code is None
+        and error.kind in COUNTED_KINDS
+        and error.stage in COUNTED_STAGES
+        and not error.ambiguous
+    )
 
 
 class CircuitBreaker:

@@ -17,7 +17,9 @@ Tests parse the bytes back with `email.policy.default`, which is the judge of co
 from __future__ import annotations
 
 import binascii
+import hashlib
 import os
+import re
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -56,6 +58,12 @@ _WORD_BYTES = 45
 # An unfolded header value longer than this is written as folded encoded words instead.
 _MAX_PLAIN_HEADER = 900
 _INJECTION_RULE = "must not contain CR, LF or NUL (header injection)"
+# RFC 5322 msg-id as the builder accepts it from a caller: <left@right>, printable ASCII without space,
+# and no second "@", "<" or ">" that would make receivers split it differently.
+_MESSAGE_ID = re.compile(r"<[\x21-\x3b\x3d\x3f\x41-\x7e]+@[\x21-\x3b\x3d\x3f\x41-\x7e]+>\Z")
+MAX_MESSAGE_ID = 250
+# A key used as is in message_id_for: a dot-atom of these characters (no leading, trailing or double dot).
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +240,41 @@ def _extra_header_lines(extra_headers: dict[str, str]) -> str:
     return "".join(lines)
 
 
+def check_message_id(message_id: str) -> str:
+    """`message_id` if it is a usable Message-ID (see _MESSAGE_ID); InvalidInput naming `message_id` if not."""
+    if _has_line_break(message_id):
+        raise InvalidInput.one("message_id", _INJECTION_RULE)
+    if len(message_id) > MAX_MESSAGE_ID:
+        raise InvalidInput.one("message_id", f"must be at most {MAX_MESSAGE_ID} characters")
+    if not _MESSAGE_ID.match(message_id):
+        raise InvalidInput.one(
+            "message_id", "must be <local@domain> in printable ASCII, without spaces or a second @, < or >"
+        )
+    return message_id
+
+
+def message_id_for(key: str, domain: str) -> str:
+    """The same Message-ID for every attempt at one job: `<key@domain>`, the key hashed unless it is plain.
+
+    Receivers and the sender's own logs recognise a retried message by its Message-ID, so a job sent twice
+    (its first reply was lost) shows up as one message, not two. `domain` is the sender's domain (IDN
+    domains are written as `xn--`). A key outside [A-Za-z0-9._-] (as a dot-atom), or too long to fit,
+    becomes `h=<sha256>`; the "=" keeps hashed ids apart from any plain key.
+    """
+    if not key:
+        raise InvalidInput.one("key", "must not be empty (every job needs its own Message-ID)")
+    try:
+        ascii_domain = _ascii_domain(domain)
+    except ValueError as error:
+        raise InvalidInput.one("domain", str(error)) from None
+    if not _PLAIN_KEY.match(key) or len(key) + len(ascii_domain) + 3 > MAX_MESSAGE_ID:
+        key = "h=" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    try:
+        return check_message_id(f"<{key}@{ascii_domain}>")
+    except InvalidInput:
+        raise InvalidInput.one("domain", f"{domain!r} cannot be the right side of a Message-ID") from None
+
+
 def build_message(
     settings: SmtpSettings,
     rendered: RenderedEmail,
@@ -239,14 +282,21 @@ def build_message(
     *,
     to_name: str | None = None,
     extra_headers: dict[str, str] | None = None,
+    message_id: str | None = None,
 ) -> OutgoingMessage:
-    """The message for one recipient. Raises InvalidInput naming the field for unusable input."""
+    """The message for one recipient. Raises InvalidInput naming the field for unusable input.
+
+    `message_id` (e.g. from message_id_for) keeps one Message-ID across attempts; None makes a new one.
+    """
     for field, value in (("to", to), ("to_name", to_name), ("subject", rendered.subject)):
         if value is not None and _has_line_break(value):
             raise InvalidInput.one(field, _INJECTION_RULE)
+    if message_id is not None:
+        check_message_id(message_id)
     sender = _sender(settings)
     rcpt, rcpt_utf8 = _wire_address(to.strip(), "to", allow_utf8=settings.allow_utf8)
-    message_id = f"<{os.urandom(12).hex()}.{time.time_ns() // 1_000_000:x}@{sender.domain}>"
+    if message_id is None:
+        message_id = f"<{os.urandom(12).hex()}.{time.time_ns() // 1_000_000:x}@{sender.domain}>"
     boundary = f"=_{os.urandom(12).hex()}"
     head = (
         f"Date: {formatdate(localtime=False, usegmt=True)}\r\n"

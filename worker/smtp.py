@@ -10,6 +10,10 @@ realm's settings). Rules that matter for safety:
   is logged as a WARNING on every connection.
 - Every connect, handshake and command has a deadline (smtplib waits forever by default).
 - The password and OAuth token never reach an exception text or a log line (smtplib debug output is off).
+- A failure after the whole message and its final "." were written, before the server's reply to them,
+  is `ambiguous`: the server may have accepted the message. It is never resent on the spot (a second copy
+  is worse than a later retry), and its deadline is the realm's `data_timeout` (RFC 5321 allows the
+  server 10 minutes there), not the per-command `timeout`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
+import re
 import smtplib
 import socket
 import ssl
@@ -49,7 +54,11 @@ KIND_SMTPUTF8 = "smtputf8"  # the message needs SMTPUTF8, the server lacks it
 
 
 class SmtpFailure(MailWorkerError):
-    """A failed SMTP step. `code` is the server's reply code, None when the server never answered."""
+    """A failed SMTP step. `code` is the server's reply code, None when the server never answered.
+
+    `ambiguous`: the message and its final "." were written but the reply to them never came (timeout,
+    disconnect, reset): the server may have accepted it. Retry later, never at once on a new session.
+    """
 
     def __init__(
         self,
@@ -59,17 +68,20 @@ class SmtpFailure(MailWorkerError):
         *,
         recipient: str | None = None,
         kind: str | None = None,
+        ambiguous: bool = False,
     ) -> None:
         self.code = code
         self.text = text
         self.stage = stage
         self.recipient = recipient
         self.kind = kind or (KIND_REPLY if code is not None else KIND_NETWORK)
+        self.ambiguous = ambiguous
         super().__init__(f"{stage}: {code} {text}" if code is not None else f"{stage}: {text}")
 
     @property
     def reconnect(self) -> bool:
-        """True when the session is unusable (dropped, timed out, 421): discard it; retry on a new one."""
+        """True when the session is unusable (dropped, timed out, 421): discard it; retry on a new one, at
+        once only when not `ambiguous` (else later: the server may have the message)."""
         return self.code == 421 or self.kind in (KIND_DISCONNECTED, KIND_TIMEOUT, KIND_NETWORK, KIND_REFUSED)
 
 
@@ -188,12 +200,19 @@ def _local_name() -> str:
 
 
 class SmtpSession:
-    """One open, greeted (and, as configured, encrypted and authenticated) SMTP connection."""
+    """One open, greeted (and, as configured, encrypted and authenticated) SMTP connection.
 
-    def __init__(self, smtp: smtplib.SMTP, settings: SmtpSettings, where: str) -> None:
+    `data_timeout`: the deadline for the reply to the end of DATA (open_session passes the realm's). None
+    keeps the socket's current timeout there too, for a caller that runs its own deadline (Test Connection).
+    """
+
+    def __init__(
+        self, smtp: smtplib.SMTP, settings: SmtpSettings, where: str, *, data_timeout: float | None = None
+    ) -> None:
         self._smtp = smtp
         self._settings = settings
         self.where = where
+        self.data_timeout = data_timeout
         self.messages_sent = 0
         self.closed = False
         self.tls = isinstance(smtp, smtplib.SMTP_SSL) or settings.starttls
@@ -208,6 +227,36 @@ class SmtpSession:
         if failure.reconnect:
             self._drop()
         return failure
+
+    def _end_of_data_reply(self) -> tuple[int, bytes]:
+        """The reply to the final ".", read under `data_timeout`; the socket's timeout is restored after."""
+        sock = self._smtp.sock
+        if sock is None:
+            raise smtplib.SMTPServerDisconnected("please run connect() first")
+        previous = sock.gettimeout()
+        if self.data_timeout is not None:
+            sock.settimeout(self.data_timeout)
+        try:
+            return self._smtp.getreply()
+        finally:
+            if self._smtp.sock is not None:  # getreply closes it on a failed read
+                self._smtp.sock.settimeout(previous)
+
+    def _no_end_of_data_reply(self, error: BaseException) -> SmtpFailure:
+        """The ambiguous failure for a message whose body and final "." went out and got no reply."""
+        waited = self.data_timeout if self.data_timeout is not None else self._settings.timeout
+        failure = _convert(error, "data", self.where, waited)
+        self._drop()  # the reply may still arrive: nothing else can be read on this connection
+        if failure.code is not None:  # e.g. smtplib's 500 for an overlong line: a reply, if a broken one
+            return failure
+        if failure.kind == KIND_TIMEOUT:
+            what = f"no reply to the end of data from {self.where} after {waited:g}s"
+        elif failure.kind == KIND_DISCONNECTED:
+            what = f"{self.where} closed the connection instead of replying to the end of data"
+        else:
+            what = f"no reply to the end of data from {self.where} ({failure.text})"
+        text = f"{what}: the server may have accepted the message"
+        return SmtpFailure(None, text, "data", kind=failure.kind, ambiguous=True)
 
     def send(self, msg: OutgoingMessage) -> SendResult:
         """MAIL, RCPT per recipient, DATA. Some recipients refused: listed in `refused`; all: SmtpFailure."""
@@ -250,7 +299,15 @@ class SmtpSession:
             if not accepted:
                 raise self._all_refused(refused)
             stage = "data"
-            code, reply = smtp.data(msg.data)
+            # smtplib's data() in steps, so a failure after the body is told from one before it.
+            code, reply = smtp.docmd("DATA")
+            if code != 354:
+                raise self._transaction_failed(code, reply, "data")
+            smtp.send(_dot_stuffed(msg.data))
+            try:
+                code, reply = self._end_of_data_reply()
+            except (smtplib.SMTPException, OSError) as error:
+                raise self._no_end_of_data_reply(error) from None
             if code != 250:
                 raise self._transaction_failed(code, reply, "data")
         except SmtpFailure:
@@ -271,7 +328,8 @@ class SmtpSession:
         With PIPELINING (RFC 2920) a message costs one round trip instead of four: the previous message's
         body, MAIL, RCPT and DATA go out in one write and their replies are read together. Without it, each
         message goes through `send`. Once the session ends (dropped, 421) every later message gets that
-        failure unattempted; `closed` is then True and the caller reconnects for them.
+        failure unattempted; `closed` is then True and the caller reconnects for them. Only a message whose
+        body was written and got no reply is `ambiguous`; those after it were never sent and are not.
         """
         if not self._smtp.has_extn("pipelining"):
             return self._send_each(messages)
@@ -288,8 +346,16 @@ class SmtpSession:
                     break
         if len(outcomes) < len(messages):
             ended = outcomes[-1]
+            assert isinstance(ended, SmtpFailure)
+            if ended.ambiguous:
+                ended = self._not_sent(ended)
             outcomes += [ended] * (len(messages) - len(outcomes))
         return outcomes
+
+    def _not_sent(self, ended: SmtpFailure) -> SmtpFailure:
+        """What the messages after an ambiguous one get: the session ended before they were sent."""
+        text = f"not sent: the session with {self.where} ended while an earlier message awaited its reply"
+        return SmtpFailure(None, text, "mail", kind=ended.kind)
 
     def _mail_options(self, msg: OutgoingMessage) -> list[str]:
         options = []
@@ -374,11 +440,13 @@ class SmtpSession:
         self.close()
 
 
+_LINE_START_DOT = re.compile(rb"(?m)^\.")
+
+
 def _dot_stuffed(data: bytes) -> bytes:
-    """The DATA payload: CRLF line ends assumed (build_message writes them), leading dots doubled, the end mark."""
-    if data.startswith(b"."):
-        data = b"." + data
-    data = data.replace(b"\r\n.", b"\r\n..")
+    """The DATA payload by smtplib's rules (SMTP.data): a dot opening a line (after CRLF or a bare LF, which
+    some servers take for a line end) doubled, a last CRLF ensured, then the end mark CRLF.CRLF."""
+    data = _LINE_START_DOT.sub(b"..", data)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     return data + b".\r\n"
@@ -386,7 +454,11 @@ def _dot_stuffed(data: bytes) -> bytes:
 
 class _Pipeline:
     """RFC 2920 on one session: per message one write (previous body, [RSET], MAIL, RCPT..., DATA), then
-    the replies in order. The body waits for the 354 of its DATA, so it travels with the next message."""
+    the replies in order. The body waits for the 354 of its DATA, so it travels with the next message.
+
+    The reply to a body is read under the session's `data_timeout`, every other reply under `timeout`.
+    A body written in full whose reply never came makes its message ambiguous; nothing else is.
+    """
 
     def __init__(self, session: SmtpSession, smtp: smtplib.SMTP) -> None:
         self.session = session
@@ -397,49 +469,67 @@ class _Pipeline:
         self.body_accepted: tuple[str, ...] = ()
         self.body_refused: dict[str, tuple[int, str]] = {}
         self.needs_rset = False
+        self.stage = "mail"  # the step of the message being set up, for a failure that ends the session
+        self.unanswered: int | None = None  # the message whose body went out in full, reply not yet read
 
     def run(self, messages: Sequence[OutgoingMessage]) -> list[SendResult | SmtpFailure]:
         self.outcomes = [None] * len(messages)
-        stage = "mail"
-        index = -1
         try:
             for index, msg in enumerate(messages):
-                stage = "mail"
+                self.stage = "mail"
                 if msg.smtputf8 and not self.smtp.has_extn("smtputf8"):
                     self.outcomes[index] = self.session._missing_smtputf8(msg)
                     continue
-                stage = self._transaction(index, msg)
+                self._transaction(index, msg)
             if self.body is not None:
-                stage = "data"
-                self.smtp.send(self.body)
+                self.stage = "data"
+                self._write(self.body, len(self.body))
                 self._body_reply()
         except SmtpFailure as failure:  # a 421: the server ends the session
             self._end(failure)
         except (smtplib.SMTPException, OSError) as error:
-            self._end(self.session._fail(error, stage))
+            if self.unanswered is not None:
+                self.outcomes[self.unanswered] = self.session._no_end_of_data_reply(error)
+            self._end(self.session._fail(error, self.stage))
         return [outcome for outcome in self.outcomes if outcome is not None]
 
-    def _transaction(self, index: int, msg: OutgoingMessage) -> str:
+    def _write(self, data: bytes, body_size: int) -> None:
+        """Send `data`, whose first `body_size` bytes are the body in flight (0: none).
+
+        sendall would not tell how far it got: counting the bytes tells a body that went out in full
+        (its final "." is its last byte), and so may have been accepted, from one cut short.
+        """
+        sock = self.smtp.sock
+        if sock is None:
+            raise smtplib.SMTPServerDisconnected("please run connect() first")
+        view = memoryview(data)
+        sent = 0
+        try:
+            while sent < len(data):
+                sent += sock.send(view[sent:])
+        finally:
+            if body_size and sent >= body_size:
+                self.unanswered = self.body_index
+
+    def _transaction(self, index: int, msg: OutgoingMessage) -> None:
         options = self.session._mail_options(msg)
         encoding = "utf-8" if msg.smtputf8 else "ascii"
         command = f"MAIL FROM:<{msg.envelope_from}>{''.join(' ' + o for o in options)}\r\n"
         command += "".join(f"RCPT TO:<{rcpt}>\r\n" for rcpt in msg.recipients) + "DATA\r\n"
-        parts = [self.body] if self.body is not None else []
+        body = self.body or b""
+        parts = [body]
         if self.needs_rset:
             parts.append(b"RSET\r\n")
         parts.append(command.encode(encoding))
-        self.smtp.send(b"".join(parts))
-        stage = "data"
+        self._write(b"".join(parts), len(body))
         if self.body is not None:
             self._body_reply()
         if self.needs_rset:
-            stage = "mail"
             self._reply("mail")
             self.needs_rset = False
-        stage = "mail"
         code, reply = self._reply("mail")
         failure = SmtpFailure(code, _reply_text(reply), "mail") if code != 250 else None
-        stage = "rcpt"
+        self.stage = "rcpt"
         accepted: list[str] = []
         refused: dict[str, tuple[int, str]] = {}
         for rcpt in msg.recipients:
@@ -450,22 +540,25 @@ class _Pipeline:
                 refused[rcpt] = (code, _reply_text(reply))
         if failure is None and not accepted:
             failure = _all_refused_failure(refused)
-        stage = "data"
+        self.stage = "data"
         code, reply = self._reply("data")
         if code == 354 and failure is None:
             self.body = _dot_stuffed(msg.data)
             self.body_index, self.body_accepted, self.body_refused = index, tuple(accepted), refused
-            return stage
+            return
         if code == 354:  # DATA accepted without a valid transaction (a confused server): end it empty
             self.smtp.send(b".\r\n")
             self._reply("data")
         self.outcomes[index] = failure or SmtpFailure(code, _reply_text(reply), "data")
         self.needs_rset = True
-        return stage
 
     def _body_reply(self) -> None:
         index, self.body = self.body_index, None
-        code, reply = self._reply("data")
+        code, reply = self.session._end_of_data_reply()
+        self.unanswered = None  # answered, whatever the answer: the server has told us
+        if code == 421:  # the server is closing the session: nothing after this gets an answer
+            self.session._drop()
+            raise SmtpFailure(code, _reply_text(reply), "data")
         if code == 250:
             self.session.messages_sent += 1
             self.outcomes[index] = SendResult(self.body_accepted, self.body_refused, code, _reply_text(reply))
@@ -528,7 +621,14 @@ def _scrub(failure: SmtpFailure, secrets: tuple[str | None, ...]) -> SmtpFailure
             text = text.replace(secret, "**********")
     if text == failure.text:
         return failure
-    return SmtpFailure(failure.code, text, failure.stage, recipient=failure.recipient, kind=failure.kind)
+    return SmtpFailure(
+        failure.code,
+        text,
+        failure.stage,
+        recipient=failure.recipient,
+        kind=failure.kind,
+        ambiguous=failure.ambiguous,
+    )
 
 
 def open_session(
@@ -596,7 +696,7 @@ def open_session(
                 raise
             failure = _convert(error, stage, where, deadline)
         raise _scrub(failure, (password, oauth_token)) from None
-    return SmtpSession(smtp, settings, where)
+    return SmtpSession(smtp, settings, where, data_timeout=settings.data_timeout)
 
 
 def _authenticate(
@@ -732,7 +832,11 @@ class SessionPool:
         ca_file: str | None = None,
         oauth_token: str | None = None,
     ) -> SendResult:
-        """Send on the pooled session; one fresh session when a reused one turns out dropped (421, EOF)."""
+        """Send on the pooled session; one fresh session when a reused one turns out dropped (421, EOF).
+
+        An ambiguous failure is raised, never resent here: the server may hold the message, so the caller
+        retries it later (with back-off and the same Message-ID) rather than making a second copy now.
+        """
         for last_try in (False, True):
             session = self.session(realm, version, settings, ca_file=ca_file, oauth_token=oauth_token)
             reused = session.messages_sent > 0
@@ -741,7 +845,7 @@ class SessionPool:
             except SmtpFailure as error:
                 if error.reconnect or session.closed:
                     self.discard(realm)
-                if error.reconnect and reused and not last_try:
+                if error.reconnect and reused and not last_try and not error.ambiguous:
                     continue
                 raise
         raise AssertionError("unreachable")

@@ -1,10 +1,18 @@
 """A counting SMTP sink on loopback (aiosmtpd) for the fault scenarios: cheap enough for 100,000 messages.
 
 Unlike tests/support/smtp_server.py it does not parse or keep messages: it counts, per envelope recipient,
-the messages it ACCEPTED (answered 250 to the end of DATA), and the Message-IDs. It can:
+the messages it ACCEPTED, and the Message-IDs. Accepted means the server took the message: the end of DATA
+arrived and was neither refused nor dropped by a fault, whether or not the client then got the 250. It can:
 
 - flap: answer a share of the commands (and of the ends of DATA) with 421 (then close), 451, or drop the
-  connection without a word; a message whose DATA was not answered 250 is not counted as accepted;
+  connection without a word; a message whose DATA was refused or dropped that way is not accepted;
+- lose replies (`lose_reply`, a share 0..1 of the messages): the message is accepted, then the connection
+  is dropped before the 250, so the client cannot know it arrived (counter "lost reply");
+- answer the end of DATA late: `data_reply_delay` seconds for a share `slow_share` of the messages (all by
+  default; counter "slow reply"), and `per_message_delay` seconds for every message, the time a slow
+  server spends on each (scanning, queueing). The two add up. The message counts as accepted before the
+  wait, so a client that gives up meanwhile leaves it accepted, as a real server would. Waits are the
+  event loop's (other connections go on) and the idle timeout grows to cover them;
 - go down and come back on the same port (`stop()` then `start()`): connections are refused meanwhile;
 - reject recipients with a 5xx (`reject`).
 """
@@ -51,6 +59,13 @@ class _Handler:
         raw = envelope.original_content or b""
         found = _MESSAGE_ID.search(raw)
         self.sink._accepted(list(envelope.rcpt_tos), found.group(1).decode() if found else "", raw)
+        if self.sink.slow:
+            delay = self.sink._reply_delay()
+            if delay:
+                await asyncio.sleep(delay)
+        if self.sink.lose_reply and self.sink._lose():
+            assert isinstance(server, _FlakySMTP)
+            server._close()  # taken, but the client never learns it: the 250 below goes nowhere
         return "250 2.0.0 OK"
 
 
@@ -88,8 +103,10 @@ class _Controller(Controller):
     def __init__(self, sink: Sink, port: int) -> None:
         self.sink = sink
         self.wanted_port = port
+        # aiosmtpd's idle timeout also runs while a reply is held back: it must outlast the longest wait.
+        idle = max(60, int(sink.data_reply_delay + sink.per_message_delay) + 60)
         super().__init__(_Handler(sink), hostname=LOCALHOST, port=port, server_hostname="sink.test.local",
-                         decode_data=False, ready_timeout=10.0, timeout=60)  # fmt: skip
+                         decode_data=False, ready_timeout=10.0, timeout=idle)  # fmt: skip
 
     def factory(self) -> SMTP:
         return _FlakySMTP(self.sink, self.handler, **self.SMTP_kwargs)
@@ -113,8 +130,28 @@ class _Controller(Controller):
 class Sink:
     """Counts what it accepted; see the module docstring."""
 
-    def __init__(self, *, flap: float = 0.0, seed: int = 1, keep: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        flap: float = 0.0,
+        seed: int = 1,
+        keep: bool = False,
+        lose_reply: float = 0.0,
+        data_reply_delay: float = 0.0,
+        slow_share: float = 1.0,
+        per_message_delay: float = 0.0,
+    ) -> None:
+        for name, share in (("flap", flap), ("lose_reply", lose_reply), ("slow_share", slow_share)):
+            if not 0 <= share <= 1:
+                raise ValueError(f"{name} is a share of the messages, from 0 to 1")
+        if data_reply_delay < 0 or per_message_delay < 0:
+            raise ValueError("data_reply_delay and per_message_delay are seconds, 0 or more")
         self.flap = flap
+        self.lose_reply = lose_reply
+        self.data_reply_delay = data_reply_delay
+        self.slow_share = slow_share
+        self.per_message_delay = per_message_delay
+        self.slow = bool(data_reply_delay or per_message_delay)
         self.random = random.Random(seed)
         self.keep = keep  # keep the raw messages (a few hundred at most)
         self.port = 0
@@ -186,6 +223,23 @@ class Sink:
             )
             self.counters[f"fault {fault[:3] if fault != 'drop' else 'drop'}"] += 1
             return fault
+
+    def _lose(self) -> bool:
+        with self._lock:
+            if self.random.random() >= self.lose_reply:
+                return False
+            self.counters["lost reply"] += 1
+            return True
+
+    def _reply_delay(self) -> float:
+        delay = self.per_message_delay
+        if self.data_reply_delay:
+            with self._lock:
+                # No draw when every message is slow: the flap and lose_reply sequences stay as they were.
+                if self.slow_share >= 1 or self.random.random() < self.slow_share:
+                    self.counters["slow reply"] += 1
+                    delay += self.data_reply_delay
+        return delay
 
     def _accepted(self, recipients: list[str], message_id: str, raw: bytes) -> None:
         with self._lock:

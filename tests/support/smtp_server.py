@@ -38,6 +38,18 @@ Behaviour injection (thread-safe, may be called while clients are connected):
 - ``drop_after(n_messages, reply=None)``: each connection is closed after its n-th accepted message (with
   `reply`, e.g. "421 4.7.0 too many messages", answered to the next command before closing). None resets.
 - ``drop_next_connection(times=1)``: the next connections are closed before the greeting.
+- ``drop_next(at="mail", times=1, after=0)``: after `after` such commands went through as usual, the next
+  `times` MAIL / RCPT / DATA commands (``at="mail" | "rcpt" | "data"``) get no reply: the connection is
+  closed instead. At "data" that is before the 354, so the server never has the body.
+- ``lose_reply_next(times=1, after=0)``: after `after` messages answered as usual, the next `times` messages
+  are accepted and recorded, then the connection is closed without a reply to their final "." (the
+  client cannot know that the message arrived).
+- ``delay_data_reply(seconds, times=1, after=0)``: after `after` messages answered as usual, the next `times`
+  messages are recorded at once and their 250 to the final "." comes `seconds` later (a server scanning
+  or queueing; RFC 5321 allows 10 minutes). `seconds` stays under the server's idle timeout (60 s). A
+  client that gives up meanwhile leaves the message recorded, as a real server would have it.
+
+The three count across connections, in the order the server sees commands and messages.
 - ``reset()``: clears injected behaviour and recordings.
 
 Recording:
@@ -162,6 +174,10 @@ class _Behaviour:
     drop_after: int | None = None
     drop_reply: str | None = None
     drop_connections: int = 0
+    # One entry per coming command / message, consumed in order: drop it? lose its reply? delay it by?
+    drop_at: dict[str, list[bool]] = field(default_factory=lambda: {"mail": [], "rcpt": [], "data": []})
+    lose_replies: list[bool] = field(default_factory=list)
+    reply_delays: list[float] = field(default_factory=list)
 
 
 # ---- the aiosmtpd side -----------------------------------------------------------------------------------
@@ -218,7 +234,13 @@ class _Handler:
         )
         smtp.delivered += 1
         self.server._record(received)
-        return f"250 2.0.0 OK queued as {len(self.server.messages)}"
+        reply = f"250 2.0.0 OK queued as {len(self.server.messages)}"
+        delay = self.server._take_reply_delay()
+        if delay:
+            await asyncio.sleep(delay)
+        if self.server._take_lost_reply():
+            smtp._close()  # aiosmtpd's push of the reply below then goes nowhere
+        return reply
 
     async def auth_XOAUTH2(self, smtp: SMTP, args: list[str]) -> AuthResult:
         if len(args) < 2:
@@ -272,6 +294,9 @@ class _RecordingSMTP(SMTP):
     def _wrap(self, name: str, method: Any) -> Any:
         async def recorded(arg: str | None) -> None:
             self.test_server._record_command(self.connection_number, name)
+            if self.test_server._take_drop_at(name):
+                self._close()
+                return
             if self._drop_pending:
                 await self.push(self.test_server._behaviour.drop_reply or "421 4.7.0 closing")
                 self._close()
@@ -450,6 +475,22 @@ class SmtpTestServer:
         with self._lock:
             self._behaviour.drop_connections += times
 
+    def drop_next(self, at: str = "mail", times: int = 1, after: int = 0) -> None:
+        if at not in ("mail", "rcpt", "data"):
+            raise ValueError("at must be mail, rcpt or data")
+        with self._lock:
+            self._behaviour.drop_at[at] = [False] * after + [True] * times
+
+    def lose_reply_next(self, times: int = 1, after: int = 0) -> None:
+        with self._lock:
+            self._behaviour.lose_replies = [False] * after + [True] * times
+
+    def delay_data_reply(self, seconds: float, times: int = 1, after: int = 0) -> None:
+        if not 0 < seconds < 60:
+            raise ValueError("seconds must be above 0 and below the server's idle timeout (60 s)")
+        with self._lock:
+            self._behaviour.reply_delays = [0.0] * after + [seconds] * times
+
     def reset(self) -> None:
         with self._lock:
             self._behaviour = _Behaviour()
@@ -488,6 +529,21 @@ class SmtpTestServer:
         with self._lock:
             queue = self._behaviour.fail[at]
             return queue.pop(0) if queue else None
+
+    def _take_drop_at(self, verb: str) -> bool:
+        with self._lock:
+            queue = self._behaviour.drop_at.get(verb.lower())
+            return queue.pop(0) if queue else False
+
+    def _take_lost_reply(self) -> bool:
+        with self._lock:
+            queue = self._behaviour.lose_replies
+            return queue.pop(0) if queue else False
+
+    def _take_reply_delay(self) -> float:
+        with self._lock:
+            delays = self._behaviour.reply_delays
+            return delays.pop(0) if delays else 0.0
 
     def _take_drop(self) -> bool:
         with self._lock:

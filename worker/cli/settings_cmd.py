@@ -39,6 +39,7 @@ VALUE_OPTIONS = [
     ("username", "--username", "login name"),
     ("connect_timeout", "--connect-timeout", "seconds to connect"),
     ("timeout", "--timeout", "seconds per SMTP command"),
+    ("data_timeout", "--data-timeout", "seconds to wait for the reply to the end of a message (default 600)"),
     ("rate_limit_per_second", "--rate-limit-per-second", "provider limit, across all workers"),
     ("rate_limit_per_hour", "--rate-limit-per-hour", "provider limit, across all workers"),
     ("notify_events", "--notify-events", "comma-separated IAM event types that send a notice"),
