@@ -13,7 +13,16 @@ from config.errors import NotFound
 from config.keys import Keys
 
 # Why a job died. Each is a word ops can filter on.
-REASONS = ("permanent", "settings", "template", "expired", "exhausted", "invalid", "cancelled")
+REASONS = (
+    "permanent",
+    "settings",
+    "template",
+    "expired",
+    "exhausted",
+    "invalid",
+    "cancelled",
+    "internal",  # an ingest entry the consumer failed on (a bug of ours, or of a library), not a rule
+)
 
 
 @dataclass
