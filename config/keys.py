@@ -112,6 +112,10 @@ class Keys:
         """List of ingest entries one consumer took and has not finished (re-processed when it restarts)."""
         return f"{self.prefix}:ingest:processing:{consumer}"
 
+    def ingest_in_hand(self, consumer: str) -> str:
+        """Hash: the entry one consumer handles now (digest, tries, token); one per consumer, not per entry."""
+        return f"{self.prefix}:ingest:in-hand:{consumer}"
+
     # bulk jobs (worker/progress.py); bulk_job and bulk_chunk above are part of the same family
     def bulk_done(self, job_id: str) -> str:
         """Bitmap, one bit per recipient index: set once the recipient is settled (sent, failed or cancelled)."""

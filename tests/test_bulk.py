@@ -23,9 +23,17 @@ from worker.bulk import (
 from worker.cli import build_parser
 from worker.cli.job_cmd import render_progress
 from worker.cli.worker_cmd import BULK_NICENESS, child_commands
+from worker.jobs import MAX_JSON_DEPTH
 from worker.progress import BulkJob, BulkJobs
 from worker.render import TemplateRenderer
 from worker.smtp import _dot_stuffed
+
+
+def nested(levels: int) -> dict:
+    value: dict | int = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value  # type: ignore[return-value]
 
 
 @pytest.fixture
@@ -55,8 +63,14 @@ def new_job(jobs: BulkJobs, total: int, chunk_size: int, job_id: str = "j1") -> 
             {"email": "c@example.com", "name": "Carol", "context": {"user": {"first_name": "C"}}},
             {"to": "c@example.com", "name": "Carol", "context": {"user": {"first_name": "C"}}},
         ),
+        (
+            {"email": "d@example.com", "context": {"link": "https://x.example/r", "link_expiration": 5}},
+            {"to": "d@example.com", "context": {"link": "https://x.example/r", "link_expiration": 5}},
+        ),
+        ({"email": "e@example.com", "context": nested(MAX_JSON_DEPTH)},
+         {"to": "e@example.com", "context": nested(MAX_JSON_DEPTH)}),
     ],
-)
+)  # fmt: skip
 def test_a_recipient_is_stored_in_a_compact_normal_form(raw, stored):
     assert parse_recipient(0, raw, allow_utf8=False) == stored
 
@@ -71,8 +85,18 @@ def test_a_recipient_is_stored_in_a_compact_normal_form(raw, stored):
         ({"email": "a@example.com", "context": {"big": "x" * 9000}}, "recipients[4].context"),
         ({"mail": "a@example.com"}, "recipients[4].mail"),
         (42, "recipients[4]"),
+        # The job's rules, one implementation (worker/jobs.py), named by the recipient's index:
+        ({"email": "a@example.com", "locale": "en-" + "-".join(["abcdefgh"] * 4)}, "recipients[4].locale"),
+        ({"email": "a@example.com", "locale": "en-" + "-".join(["abcdefgh"] * 28_000)}, "recipients[4].locale"),
+        ({"email": "a@example.com", "context": {"link": "javascript:alert(1)"}}, "recipients[4].context.link"),
+        ({"email": "a@example.com", "context": {"notice": {"link": "data:text/html,x"}}},
+         "recipients[4].context.notice.link"),
+        ({"email": "a@example.com", "context": {"link_expiration": 10**400}},
+         "recipients[4].context.link_expiration"),
+        ({"email": "a@example.com", "context": nested(MAX_JSON_DEPTH + 1)}, "recipients[4].context"),
+        ({"email": "a@example.com", "context": nested(5000)}, "recipients[4].context"),
     ],
-)
+)  # fmt: skip
 def test_a_bad_recipient_is_named_by_its_index_and_field(raw, field):
     with pytest.raises(InvalidInput) as error:
         parse_recipient(4, raw, allow_utf8=False)

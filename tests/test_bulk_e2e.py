@@ -208,10 +208,14 @@ def test_a_wrong_password_fails_the_job_without_a_login_per_chunk(realm):
         ("a@example.com", {}, "recipients"),
         (["a@example.com"], {"template": "no-such-template"}, "template"),
         (["a@example.com"], {"locale": "x"}, "locale"),
+        (["a@example.com"], {"locale": "en-" + "-".join(["abcdefgh"] * 28_000)}, "locale"),  # 250 KB
+        (["a@example.com"], {"context": {"a": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}}, "context"),
+        (["a@example.com", "b@example.com", {"email": "c@example.com", "context": {"link": "javascript:alert(1)"}}],
+         {}, "recipients[2].context.link"),
         (["a@example.com"], {"template": "password-reset"}, "context"),  # needs user and link
         (["a@example.com"], {"chunk_size": 0}, "chunk_size"),
     ],
-)
+)  # fmt: skip
 def test_bad_input_rejects_the_whole_call_and_leaves_nothing_in_redis(
     realm, smtp_server, recipients, kwargs, field
 ):

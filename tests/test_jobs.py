@@ -1,7 +1,36 @@
+import json
+
 import pytest
 
 from config.errors import InvalidInput
-from worker.jobs import MAX_CONTEXT_BYTES, job_id_for, new_job
+from worker.events import event_job, parse_event
+from worker.jobs import (
+    MAX_CONTEXT_BYTES,
+    MAX_JSON_DEPTH,
+    check_locale,
+    job_id_for,
+    json_depth,
+    new_job,
+)
+
+
+def nested(levels, leaf=1):
+    """A dict `levels` deep: nested(1) is {"a": 1}."""
+    value = leaf
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+def cyclic():
+    value = {"a": 1}
+    value["self"] = value
+    return value
+
+
+# A language tag of the right shape, only longer than the 35 characters of RFC 5646.
+LONG_LOCALE = "en-" + "-".join(["abcdefgh"] * 28_000)  # about 250 KB
+LOCALE_35 = "en-" + "-".join(["abcdefgh"] * 3) + "-abcde"
 
 
 def make(**overrides):
@@ -39,12 +68,122 @@ def field_of(excinfo):
         ({"expires_in": 0}, "expires_in"),
         ({"expires_in": True}, "expires_in"),
         ({"expires_in": 10 * 86_400}, "expires_in"),
+        ({"expires_in": 10**400}, "expires_in"),
+        ({"expires_in": 1e308}, "expires_in"),
+        ({"expires_in": float("inf")}, "expires_in"),
+        ({"expires_in": float("nan")}, "expires_in"),
+        ({"expires_in": "60"}, "expires_in"),
+        ({"locale": LOCALE_35 + "x"}, "locale"),
+        ({"locale": LONG_LOCALE}, "locale"),
+        ({"context": nested(MAX_JSON_DEPTH + 1)}, "context"),
+        ({"context": {"link": "https://x", "deep": nested(299)}}, "context"),  # pydantic gives up at ~300
+        ({"context": nested(5000)}, "context"),  # past Python's recursion limit
+        (
+            {"context": {"a": json.loads("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH)}},
+            "context",
+        ),  # arrays count
+        ({"context": cyclic()}, "context"),
+        ({"context": {"link_expiration": 10**400}}, "context.link_expiration"),  # float() overflows
+        ({"context": {"link_expiration": 1e400}}, "context"),  # inf (JSON reads 1e400 so): not JSON
+        ({"context": {"link_expiration": float("nan")}}, "context"),
+        ({"context": {"link_expiration": 0}}, "context.link_expiration"),
+        ({"context": {"link_expiration": -5}}, "context.link_expiration"),
+        ({"context": {"link_expiration": 7 * 24 * 60 + 1}}, "context.link_expiration"),
+        ({"context": {"link_expiration": True}}, "context.link_expiration"),
+        ({"context": {"link_expiration": "5"}}, "context.link_expiration"),
+        ({"context": {"notice": {"link": "data:text/html,x"}}}, "context.notice.link"),
     ],
 )
 def test_bad_input_names_the_field(overrides, field):
     with pytest.raises(InvalidInput) as excinfo:
         make(**overrides)
     assert field_of(excinfo) == field
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"locale": LOCALE_35},
+        {"locale": "zh-Hant-TW"},
+        {"context": nested(MAX_JSON_DEPTH)},
+        {"context": {"link_expiration": 1}},
+        {"context": {"link_expiration": 7 * 24 * 60}},
+        {"context": {"link_expiration": 2.5}},
+        {"context": {"link_expiration": None}},
+        {"expires_in": 0.5},
+    ],
+    ids=str,
+)
+def test_input_at_the_limits_is_accepted(overrides):
+    assert make(**overrides).realm == "acme"
+
+
+def test_errors_are_one_line_naming_the_field_and_the_rule():
+    rules = {}
+    for overrides in ({"locale": LONG_LOCALE}, {"context": nested(5000)},
+                      {"context": {"link_expiration": 10**400}}):  # fmt: skip
+        with pytest.raises(InvalidInput) as excinfo:
+            make(**overrides)
+        rules[field_of(excinfo)] = str(excinfo.value)
+    assert rules == {
+        "locale": "locale: must be a language tag like 'en', 'de' or 'pt-BR' (at most 35 characters)",
+        "context": "context: is nested deeper than 32 levels of objects and arrays",
+        "context.link_expiration": "context.link_expiration: must be a number of minutes from 1 to 10080",
+    }
+
+
+@pytest.mark.parametrize(
+    "value, depth",
+    [
+        (1, 0),
+        ("x", 0),
+        (None, 0),
+        ({}, 1),
+        ([], 1),
+        ({"a": 1, "b": "x"}, 1),
+        ({"a": [1]}, 2),
+        ({"a": {"b": {}}, "c": [[[]]]}, 4),
+        ((1, (2,)), 2),
+        (nested(MAX_JSON_DEPTH), MAX_JSON_DEPTH),
+        (nested(100_000), MAX_JSON_DEPTH + 1),  # the walk stops one level past the limit
+        (cyclic(), MAX_JSON_DEPTH + 1),
+    ],
+)
+def test_json_depth_counts_levels_of_objects_and_arrays(value, depth):
+    assert json_depth(value) == depth
+
+
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        (None, True),
+        ("en", True),
+        ("pt-BR", True),
+        ("pt_BR", True),
+        (LOCALE_35, True),
+        (LOCALE_35 + "x", False),
+        (LONG_LOCALE, False),
+        ("de\n", False),
+        ("x", False),
+        (42, False),
+    ],
+    ids=lambda v: repr(v)[:20],
+)
+def test_check_locale(value, ok):
+    if ok:
+        assert check_locale("recipients[3].locale", value) == value
+    else:
+        with pytest.raises(InvalidInput) as excinfo:
+            check_locale("recipients[3].locale", value)
+        assert field_of(excinfo) == "recipients[3].locale"
+
+
+def test_an_event_at_the_depth_limit_gives_a_valid_notice():
+    """details sit one level deeper in the notice's context than in the event."""
+    event = {"type": "LOGIN_ERROR", "user": {"email": "a@example.com"}, "details": nested(MAX_JSON_DEPTH - 1)}
+    assert json_depth(event) == MAX_JSON_DEPTH
+    job = event_job("acme", parse_event(event), ("LOGIN_ERROR",))
+    assert job is not None and json_depth(job.context) == MAX_JSON_DEPTH + 1
 
 
 def test_utf8_local_part_only_when_the_realm_allows_it():

@@ -30,7 +30,7 @@ from config.names import BULK_CHUNK_TASK
 from config.smtp import SmtpSettings, check_address
 from worker.deadletters import DeadLetter
 from worker.delivery import DeliveryFailure, Services, failure_from_smtp
-from worker.jobs import LOCALE_PATTERN, EmailJob, check_line
+from worker.jobs import EmailJob, check_depth, check_line, check_links, check_locale
 from worker.liveness import BUSY, Claims
 from worker.message import OutgoingMessage, build_message
 from worker.progress import CANCELLED, FAILED, BulkJob, BulkJobs
@@ -98,10 +98,8 @@ def parse_recipient(index: int, raw: Any, *, allow_utf8: bool) -> dict[str, Any]
         raise InvalidInput.one(f"{where}.email", f"not a valid address: {error}") from None
     if raw.get("name") is not None:
         stored["name"] = check_line(f"{where}.name", raw["name"], max_length=200)
-    locale = raw.get("locale")
+    locale = check_locale(f"{where}.locale", raw.get("locale"))
     if locale is not None:
-        if not isinstance(locale, str) or not LOCALE_PATTERN.match(locale):
-            raise InvalidInput.one(f"{where}.locale", "must be a language tag like 'en', 'de' or 'pt-BR'")
         stored["locale"] = locale
     context = raw.get("context")
     if context:
@@ -110,8 +108,10 @@ def parse_recipient(index: int, raw: Any, *, allow_utf8: bool) -> dict[str, Any]
 
 
 def check_recipient_context(field_name: str, context: Any) -> dict[str, Any]:
+    """The job context's rules (depth, links) with a smaller size limit: it is merged over the job's."""
     if not isinstance(context, dict):
         raise InvalidInput.one(field_name, "must be a JSON object (a dict)")
+    check_depth(field_name, context)  # first: json.dumps recurses
     try:
         size = len(json.dumps(context, ensure_ascii=False, allow_nan=False).encode("utf-8"))
     except (TypeError, ValueError) as error:
@@ -124,6 +124,7 @@ def check_recipient_context(field_name: str, context: Any) -> dict[str, Any]:
         # Stored in Redis for every recipient: 100,000 recipients at this limit are already 800 MB.
         raise InvalidInput.one(field_name, f"is {size} bytes as JSON; the limit per recipient is "
                                            f"{MAX_RECIPIENT_CONTEXT_BYTES} (shared values go in the job's context)")  # fmt: skip
+    check_links(context, field=field_name)
     return context
 
 

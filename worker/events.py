@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from config.errors import InvalidInput
-from worker.jobs import EmailJob, new_job
+from worker.jobs import MAX_JSON_DEPTH, EmailJob, new_job
 
 EVENT_TYPE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}\Z")
 
@@ -109,4 +109,7 @@ def event_job(
         context=event_context(realm, event),
         idempotency_key=idempotency_key or (f"event:{event.id}" if event.id else None),
         allow_utf8=allow_utf8,
+        # The event's `details` sit one level deeper in the notice's context (context.event.details)
+        # than in the event, whose depth publish_event checked: a valid event must give a valid context.
+        context_depth=MAX_JSON_DEPTH + 1,
     )

@@ -9,9 +9,14 @@ Redis (`mailworker:ingest` by default), with any Redis client:
 
 `mailworker ingest` moves each entry atomically to a processing list of its own (BLMOVE), validates and
 enqueues it through tasks.api (the same rules as Python producers), then removes it. A consumer killed in
-between finds the entry in its processing list when it starts again: nothing is lost (at least once; an
-`idempotency_key` makes a re-processed entry deliver once). An entry that breaks a rule becomes a dead
-letter with reason "invalid" and the rule it broke; the consumer goes on with the next one.
+between finds the entry in its processing list when it starts again: nothing is lost (at least once).
+The consumer keeps a record of the entry in hand (one hash per consumer: the entry's digest, a token, the
+tries); an entry without an `idempotency_key` of its own is enqueued with `ingest:<token>`, so an entry
+re-processed after a crash is the same job and is delivered once. An entry that breaks a rule becomes a
+dead letter with reason "invalid" and the rule it broke; one the consumer fails on for any other reason
+(a bug, here or in a library) a dead letter with reason "internal"; one in hand when the process died
+twice (killed for memory, a crash in C code) is dead-lettered "internal" at the next start, untried. The
+consumer goes on with the next entry: only Redis or broker outages and its own configuration stop it.
 
 Why not the Celery message protocol written to Redis by the producer: it is Celery's internal format
 (protocol 2 headers, a base64 body in a kombu envelope, delivery tags, priority-suffixed queue keys, the
@@ -22,6 +27,7 @@ of a JSON object anyone can write, and every mistake in it is reported as a dead
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -34,14 +40,15 @@ from typing import Any, cast
 import redis
 from kombu.exceptions import OperationalError
 
-from config.errors import InvalidInput
+from config.errors import ConfigError, InvalidInput
 from config.keys import Keys
 from worker.deadletters import DeadLetter, DeadLetterStore
+from worker.jobs import MAX_JSON_DEPTH
 
 log = logging.getLogger("mailworker.ingest")
 
 MAX_ENTRY_BYTES = 256 * 1024
-RAW_KEPT = 2000  # characters of an invalid entry kept in its dead letter, for the producer's developer
+RAW_KEPT = 2000  # characters of an entry kept in its dead letter, for the producer's developer
 EMAIL_FIELDS = (
     "type",
     "realm",
@@ -55,6 +62,10 @@ EMAIL_FIELDS = (
 )
 EVENT_FIELDS = ("type", "realm", "event")
 MAX_BACKOFF_S = 30.0
+# Tries of one entry that may end with the process before the entry counts as what killed it.
+MAX_TRIES = 2
+DIED_TWICE = "the ingest consumer died twice while handling this entry"
+ERROR_KEPT = 1000  # characters of an unexpected exception's message kept in the dead letter
 CONSUMER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 # Failures of the infrastructure, not of the entry: the entry stays in the processing list and is tried
@@ -64,9 +75,59 @@ TRANSIENT = (redis.RedisError, OperationalError)
 
 @dataclass(frozen=True)
 class Handled:
-    outcome: str  # "enqueued", "ignored" (an event type the realm does not notify) or "invalid"
+    # "enqueued", "ignored" (an event type the realm does not notify), "invalid" (broke a rule) or
+    # "internal" (the consumer failed on it, or died with it in hand twice)
+    outcome: str
     job_id: str | None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class InHand:
+    """A consumer's record of the entry it handles (Keys.ingest_in_hand), cleared when the entry leaves
+    the processing list. `tries` counts the tries begun and not known to have ended otherwise than with
+    the process: a Redis or broker failure takes its try back."""
+
+    digest: str  # sha256 of the entry as Redis holds it
+    token: str  # stable while the entry is in hand: its job id after a crash is the one it had
+    tries: int
+
+    @property
+    def poison(self) -> bool:
+        return self.tries > MAX_TRIES
+
+
+def take_up(record: InHand | None, digest: str, new_token: str, *, counted: bool = True) -> InHand:
+    """The record for one more try of the entry with this digest.
+
+    A record of the same entry means earlier tries ended with the process (the record goes with the
+    entry): the same token, one try more. `counted=False`: this process's own last try of it failed on
+    the infrastructure and could not take its try back, so the record counts this one already.
+    """
+    if record is None or record.digest != digest:
+        return InHand(digest, new_token, 1)
+    return InHand(digest, record.token, record.tries + 1 if counted else record.tries)
+
+
+def idempotency_key_for(entry: dict[str, Any], token: str) -> str | None:
+    """The entry's own key, else `ingest:<token>` of the entry in hand: re-processed, it is the same job."""
+    if entry["type"] == "event":
+        event = entry.get("event")
+        # The event's own id is its key (worker/events.py): the same event pushed twice is one job.
+        return None if isinstance(event, dict) and event.get("id") is not None else f"ingest:{token}"
+    own = entry.get("idempotency_key")
+    return own if own is not None else f"ingest:{token}"
+
+
+def describe(error: BaseException) -> str:
+    """One line naming the exception's type: 'OverflowError: int too large to convert to float'."""
+    message = " ".join(str(error).split())[:ERROR_KEPT]
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def digest_of(raw: bytes | str) -> str:
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).hexdigest()
 
 
 def parse_entry(raw: bytes | str) -> dict[str, Any]:
@@ -77,6 +138,10 @@ def parse_entry(raw: bytes | str) -> dict[str, Any]:
         entry = json.loads(raw)
     except ValueError as error:  # also invalid UTF-8
         raise InvalidInput.one("entry", f"is not JSON ({error})") from None
+    except RecursionError:
+        raise InvalidInput.one(
+            "entry", f"is nested too deeply to read (context and event: at most {MAX_JSON_DEPTH} levels)"
+        ) from None
     if not isinstance(entry, dict):
         raise InvalidInput.one("entry", 'must be a JSON object like {"type": "email", "realm": ...}')
     kind = entry.setdefault("type", "email")
@@ -95,13 +160,18 @@ def parse_entry(raw: bytes | str) -> dict[str, Any]:
     return entry
 
 
-def enqueue(entry: dict[str, Any]) -> str | None:
-    """Validate and enqueue like a Python producer; the job id, or None for an event that sends nothing."""
+def enqueue(entry: dict[str, Any], token: str) -> str | None:
+    """Validate and enqueue like a Python producer; the job id, or None for an event that sends nothing.
+
+    `token` names the entry in hand (InHand.token): see idempotency_key_for.
+    """
     from tasks import api
 
+    key = idempotency_key_for(entry, token)
     if entry["type"] == "event":
-        return api.publish_event(entry["realm"], entry["event"])
+        return api.publish_event(entry["realm"], entry["event"], idempotency_key=key)
     fields = {name: entry.get(name) for name in EMAIL_FIELDS[4:]}
+    fields["idempotency_key"] = key
     return api.send_email(entry["realm"], entry["template"], entry["to"], **fields)
 
 
@@ -115,7 +185,7 @@ class IngestConsumer:
         dead: DeadLetterStore,
         *,
         name: str = "default",
-        enqueue: Callable[[dict[str, Any]], str | None] = enqueue,
+        enqueue: Callable[[dict[str, Any], str], str | None] = enqueue,
         count_dead: Callable[[str], None] | None = None,
     ) -> None:
         if not CONSUMER_NAME.match(name):
@@ -130,6 +200,10 @@ class IngestConsumer:
         self.count_dead = count_dead
         self.source = keys.ingest()
         self.processing = keys.ingest_processing(name)
+        self.in_hand = keys.ingest_in_hand(name)
+        # The digest of an entry whose last try here failed on the infrastructure and whose record could
+        # not take that try back (Redis was down): the next try of it is not one more.
+        self._uncounted: str | None = None
 
     def handle(self, raw: bytes | str) -> Handled:
         """Enqueue one entry, or dead-letter it; then drop it from the processing list.
@@ -137,25 +211,78 @@ class IngestConsumer:
         Raises only for the infrastructure (TRANSIENT) or the consumer's own configuration (ConfigError):
         then the entry stays in the processing list for the next try.
         """
-        try:
-            entry = parse_entry(raw)
-            job_id = self.enqueue(entry)
-            handled = Handled("enqueued" if job_id else "ignored", job_id)
-        except InvalidInput as error:
-            handled = Handled("invalid", self._dead_letter(raw, str(error)), str(error))
-        self.redis.lrem(self.processing, 1, cast(str, raw))  # bytes or str, as Redis gave it
+        digest = digest_of(raw)
+        in_hand = take_up(self._record(), digest, uuid.uuid4().hex, counted=digest != self._uncounted)
+        if in_hand.poison:
+            # Not even parsed: reading it may be what killed the process.
+            handled = Handled(
+                "internal", self._dead_letter(raw, "internal", DIED_TWICE, parse=False), DIED_TWICE
+            )
+            log.error("ingest entry dead-lettered: %s", DIED_TWICE,
+                      extra={"outcome": "internal", "job_id": handled.job_id})  # fmt: skip
+            self._finish(raw)
+        else:
+            self.redis.hset(
+                self.in_hand, mapping={"digest": digest, "token": in_hand.token, "tries": in_hand.tries}
+            )
+            self._uncounted = None
+            try:
+                handled = self._handle(raw, in_hand.token)
+                self._finish(raw)
+            except (*TRANSIENT, ConfigError):
+                self._take_back(in_hand)
+                raise
         extra = {"outcome": handled.outcome, "job_id": handled.job_id}
         if handled.outcome == "invalid":
             log.warning("ingest entry invalid: %s", handled.error, extra=extra)
-        else:
+        elif handled.outcome != "internal":  # logged where it happened, with its traceback
             log.info("ingest entry %s", handled.outcome, extra=extra)
         return handled
 
-    def _dead_letter(self, raw: bytes | str, error: str) -> str:
+    def _handle(self, raw: bytes | str, token: str) -> Handled:
+        try:
+            entry = parse_entry(raw)
+            job_id = self.enqueue(entry, token)
+            return Handled("enqueued" if job_id else "ignored", job_id)
+        except (*TRANSIENT, ConfigError):
+            raise
+        except InvalidInput as error:
+            return Handled("invalid", self._dead_letter(raw, "invalid", str(error)), str(error))
+        except Exception as error:
+            # Whatever it is, it is this entry's: stopping would only stop every entry behind it.
+            message = describe(error)
+            job_id = self._dead_letter(raw, "internal", message)
+            log.error("ingest entry dead-lettered: %s", message, exc_info=True,
+                      extra={"outcome": "internal", "job_id": job_id})  # fmt: skip
+            return Handled("internal", job_id, message)
+
+    def _finish(self, raw: bytes | str) -> None:
+        pipe = self.redis.pipeline(transaction=True)  # one step: the record must not outlive its entry
+        pipe.lrem(self.processing, 1, cast(str, raw))  # bytes or str, as Redis gave it
+        pipe.delete(self.in_hand)
+        pipe.execute()
+
+    def _record(self) -> InHand | None:
+        fields = {_text(k): _text(v) for k, v in self.redis.hgetall(self.in_hand).items()}
+        try:
+            return InHand(fields["digest"], fields["token"], int(fields["tries"]))
+        except (KeyError, ValueError):
+            return None
+
+    def _take_back(self, in_hand: InHand) -> None:
+        """The try failed on the infrastructure, not with the process: it does not count."""
+        try:
+            self.redis.hset(self.in_hand, "tries", in_hand.tries - 1)
+        except redis.RedisError:
+            # Counted once too often; a process that exits before its next try leaves it so, and the
+            # next process takes it for a death (a dead letter needs two of those).
+            self._uncounted = in_hand.digest
+
+    def _dead_letter(self, raw: bytes | str, reason: str, error: str, *, parse: bool = True) -> str:
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         try:
-            entry = json.loads(text)
-        except ValueError:
+            entry = json.loads(text) if parse else None
+        except (ValueError, RecursionError):
             entry = None
         entry = entry if isinstance(entry, dict) else {}
 
@@ -171,7 +298,7 @@ class IngestConsumer:
             realm=realm,
             template=field("template") or (f"event {event_type}"[:80] if isinstance(event_type, str) else ""),
             to=field("to"),
-            reason="invalid",
+            reason=reason,
             error=error,
             attempts=0,
             task="ingest",
@@ -229,6 +356,10 @@ class IngestConsumer:
                 recovered = False  # the entry in hand stays in the processing list: take it up again
                 stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def ingest_client(url: str, block: float) -> redis.Redis:

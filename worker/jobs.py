@@ -20,8 +20,16 @@ from config.smtp import check_address, has_line_break
 
 MAX_CONTEXT_BYTES = 64 * 1024
 MAX_EXPIRES_IN = 7 * 86_400
+# A link's lifetime in minutes: no job outlives MAX_EXPIRES_IN, so neither may the link it expires with.
+MAX_LINK_EXPIRATION = MAX_EXPIRES_IN // 60
+# Deep enough for any template's context; shallow enough that json, pydantic and Jinja2, which all
+# recurse, stay far from Python's recursion limit (pydantic gives up serializing at a few hundred levels).
+MAX_JSON_DEPTH = 32
+# RFC 5646 4.4.1: 35 characters hold any tag a registry can produce. The renderer's locale fallback is
+# quadratic in the tag's length, so the limit is part of the pattern (checked before the rest of it).
+MAX_LOCALE_LENGTH = 35
 TEMPLATE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
-LOCALE_PATTERN = re.compile(r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*\Z")
+LOCALE_PATTERN = re.compile(rf"^(?=.{{2,{MAX_LOCALE_LENGTH}}}\Z)[A-Za-z]{{2,3}}([_-][A-Za-z0-9]{{2,8}})*\Z")
 # Templates whose mail carries a link with a lifetime: by default the job expires with the link.
 LINK_TEMPLATES = frozenset(
     {
@@ -71,36 +79,81 @@ def check_line(field: str, value: Any, *, max_length: int = 256) -> str:
     return value
 
 
-def check_context(context: Any, *, field: str = "context") -> dict[str, Any]:
-    """JSON object, at most 64 KiB encoded: it travels in the broker message."""
+def check_locale(field: str, value: Any) -> str | None:
+    """A language tag (or None: the realm's default)."""
+    if value is not None and (not isinstance(value, str) or not LOCALE_PATTERN.match(value)):
+        raise InvalidInput.one(
+            field,
+            f"must be a language tag like 'en', 'de' or 'pt-BR' (at most {MAX_LOCALE_LENGTH} characters)",
+        )
+    return value
+
+
+def json_depth(value: Any, *, stop_after: int = MAX_JSON_DEPTH) -> int:
+    """Levels of nested objects and arrays: 0 for a scalar, 1 for {"a": 1}, 2 for {"a": [1]}.
+
+    A walk with a stack of its own, not recursion: the value may be nested deeper than Python's recursion
+    limit. It stops at the first level past `stop_after`, so a cycle cannot make it loop.
+    """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list | tuple) else []
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if level > stop_after:
+            break
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list | tuple))
+    return deepest
+
+
+def check_depth(field: str, value: Any, *, limit: int = MAX_JSON_DEPTH) -> None:
+    if json_depth(value, stop_after=limit) > limit:
+        raise InvalidInput.one(field, f"is nested deeper than {limit} levels of objects and arrays")
+
+
+def check_context(context: Any, *, field: str = "context", max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
+    """JSON object, at most 64 KiB encoded and 32 levels deep: it travels in the broker message."""
     if context is None:
         return {}
     if not isinstance(context, dict):
         raise InvalidInput.one(field, "must be a JSON object (a dict)")
+    check_depth(field, context, limit=max_depth)  # first: json.dumps recurses
     try:
         encoded = json.dumps(context, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError) as error:
         raise InvalidInput.one(field, f"is not JSON: {error}") from None
     except UnicodeEncodeError:
         raise InvalidInput.one(field, "holds a string that is not valid Unicode (lone surrogate)") from None
-    except RecursionError:
-        raise InvalidInput.one(field, "is nested too deeply") from None
     if len(encoded) > MAX_CONTEXT_BYTES:
         raise InvalidInput.one(field, f"is {len(encoded)} bytes as JSON; the limit is {MAX_CONTEXT_BYTES}")
     return context
 
 
-def check_links(context: dict[str, Any]) -> None:
-    """Links that become buttons must be http(s): a javascript: or data: URL is a phishing tool."""
+def check_links(context: dict[str, Any], *, field: str = "context") -> None:
+    """The link variables: a link that becomes a button must be http(s) (a javascript: or data: URL is a
+    phishing tool), and its lifetime (`link_expiration`, minutes) a number the templates and the job's
+    expiry can use: 1 to 7 days."""
     notice = context.get("notice")
-    candidates = {"context.link": context.get("link")}
+    candidates = {f"{field}.link": context.get("link")}
     if isinstance(notice, dict):
-        candidates["context.notice.link"] = notice.get("link")
-    for field, link in candidates.items():
+        candidates[f"{field}.notice.link"] = notice.get("link")
+    for name, link in candidates.items():
         if link is not None and (
             not isinstance(link, str) or not link.lower().startswith(("https://", "http://"))
         ):
-            raise InvalidInput.one(field, "must be an http(s) URL")
+            raise InvalidInput.one(name, "must be an http(s) URL")
+    minutes = context.get("link_expiration")
+    if minutes is not None and not in_range(minutes, 1, MAX_LINK_EXPIRATION):
+        raise InvalidInput.one(
+            f"{field}.link_expiration", f"must be a number of minutes from 1 to {MAX_LINK_EXPIRATION}"
+        )
+
+
+def in_range(value: Any, low: float, high: float) -> bool:
+    """A number (not a bool) from `low` to `high`. Compared as it is: a 400-digit int or an infinite
+    float is out of range here, where float() would raise OverflowError."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and low <= value <= high
 
 
 def job_id_for(realm: str, idempotency_key: str | None) -> str:
@@ -131,8 +184,12 @@ def new_job(
     to_name: str | None = None,
     allow_utf8: bool = False,
     now: float | None = None,
+    context_depth: int = MAX_JSON_DEPTH,
 ) -> EmailJob:
-    """Validate a producer's request into a job, or raise InvalidInput naming the field and the rule."""
+    """Validate a producer's request into a job, or raise InvalidInput naming the field and the rule.
+
+    `context_depth` is for contexts the service builds around checked input (an event's notice).
+    """
     check_realm(realm)
     if not isinstance(template, str) or not TEMPLATE_PATTERN.match(template):
         raise InvalidInput.one("template", "must be a template name like 'password-reset'")
@@ -143,18 +200,17 @@ def new_job(
         raise InvalidInput.one("to", f"not a valid address: {error}") from None
     if to_name is not None:
         check_line("to_name", to_name, max_length=200)
-    if locale is not None and (not isinstance(locale, str) or not LOCALE_PATTERN.match(locale)):
-        raise InvalidInput.one("locale", "must be a language tag like 'en', 'de' or 'pt-BR'")
+    check_locale("locale", locale)
     if idempotency_key is not None:
         check_line("idempotency_key", idempotency_key, max_length=200)
-    context = check_context(context)
+    context = check_context(context, max_depth=context_depth)
     check_links(context)
     if expires_in is None:
         expires_in = default_expiry(template, context)
     elif (
         isinstance(expires_in, bool)
         or not isinstance(expires_in, int | float)
-        or not 0 < expires_in <= MAX_EXPIRES_IN
+        or not 0 < expires_in <= MAX_EXPIRES_IN  # compared as given: float() of a 400-digit int overflows
     ):
         raise InvalidInput.one("expires_in", f"must be a number of seconds from 1 to {MAX_EXPIRES_IN}")
     created = now if now is not None else time.time()
