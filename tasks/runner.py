@@ -217,9 +217,11 @@ def _retry_or_dead_letter(
     elapsed_ms: float, retry_outcome: str,
 ) -> dict[str, Any]:  # fmt: skip
     """A transient failure is retried after `delay` unless the policy says stop (expiry, age, ambiguity)."""
-    ambiguous = (
-        services.ledger.note_ambiguous(job.id) if failure.ambiguous else services.ledger.ambiguous(job.id)
-    )
+    if failure.ambiguous:
+        ambiguous = services.ledger.note_ambiguous(job.id)
+        services.stats.count(job.realm, "ambiguous")
+    else:
+        ambiguous = services.ledger.ambiguous(job.id)
     if failure.transient:
         decision, delay = services.policy.decide(
             attempt, now=time.time(), created_at=job.created_at, expires_at=job.expires_at, delay=delay,

@@ -333,3 +333,68 @@ def test_a_producer_needs_no_secret_key(realm, smtp_server):
     assert produced.returncode == 0, produced.stderr
     assert api.wait_for_result(produced.stdout.strip())["status"] == "sent"
     assert len(smtp_server.received_for(to)) == 1
+
+
+def test_a_lost_reply_after_the_data_is_retried_later_with_the_same_message_id(realm, smtp_server):
+    """The server took the mail but its reply never came: one retry after the backoff, never at once."""
+    save(realm, smtp_server, data_timeout=2)
+    smtp_server.lose_reply_next(times=1)
+    to = unique_address()
+    job_id = api.send_email(realm, "password-reset", to, context=context())
+
+    result = api.wait_for_result(job_id, timeout=30)
+
+    assert result["status"] == "sent" and result["attempts"] == 2 and result["ambiguous"] == 1
+    copies = smtp_server.received_for(to)
+    assert len(copies) == 2  # the first copy did arrive: at most one extra, said in the result
+    assert {str(c.message["Message-ID"]) for c in copies} == {result["message_id"]}  # one id, dedupable
+    assert runtime().services.stats.last_hour(realm)["ambiguous"] == 1
+
+
+def test_replies_lost_twice_end_in_a_dead_letter_that_says_the_mail_may_have_arrived(realm, smtp_server):
+    save(realm, smtp_server, data_timeout=2)
+    smtp_server.lose_reply_next(times=5)
+    to = unique_address()
+    job_id = api.send_email(realm, "password-reset", to, context=context())
+
+    result = api.wait_for_result(job_id, timeout=30)
+
+    assert result["status"] == "dead-lettered" and result["reason"] == "ambiguous"
+    assert result["ambiguous"] == 2 and result["maybe_delivered"] is True
+    assert "may have been delivered" in result["error"]
+    assert len(smtp_server.received_for(to)) == 2  # bounded: never more copies than the policy allows
+    letter = runtime().dead_letters.get(job_id)
+    assert letter.reason == "ambiguous" and "may have been delivered" in letter.error
+
+
+def test_a_slow_reply_to_the_data_is_waited_for_and_does_not_open_the_breaker(realm, smtp_server):
+    """RFC 5321 gives the server minutes to answer the end of data: slower than `timeout` is not dead."""
+    save(realm, smtp_server, timeout=0.5, data_timeout=5)
+    smtp_server.delay_data_reply(1.5, times=4)
+    addresses = [unique_address() for _ in range(4)]
+    ids = [api.send_email(realm, "password-reset", to, context=context()) for to in addresses]
+
+    results = [api.wait_for_result(job_id, timeout=30) for job_id in ids]
+
+    assert [r["status"] for r in results] == ["sent"] * 4 and all(r["attempts"] == 1 for r in results)
+    assert all(len(smtp_server.received_for(to)) == 1 for to in addresses)
+    assert runtime().breaker.state(realm) == {}  # no failure counted against the realm's server
+
+
+def test_an_unexpected_error_is_a_dead_letter_naming_it_not_a_failed_task(realm, smtp_server, monkeypatch):
+    from worker import delivery
+
+    save(realm, smtp_server)
+
+    def broken(*args, **kwargs):
+        raise ValueError("Port out of range 0-65535")
+
+    monkeypatch.setattr(delivery, "send_message", broken)
+    job_id = api.send_email(realm, "email-verification", unique_address(), context=context())
+
+    result = api.wait_for_result(job_id, timeout=30)
+
+    assert result["status"] == "dead-lettered" and result["reason"] == "internal"
+    assert result["error"] == "ValueError: Port out of range 0-65535"
+    assert api.result(job_id).state == "SUCCESS"  # not a bare FAILURE the sweeper would republish
+    assert job_id not in runtime().pending.overdue(now=time.time() + 10**7)  # ended: not published again

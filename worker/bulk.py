@@ -190,7 +190,9 @@ class MessageFactory:
         if isinstance(rendered, DeliveryFailure):
             raise rendered
         try:
-            return build_message(self.settings, rendered, recipient.to, to_name=recipient.name)
+            # The recipient's Message-ID is the same on every attempt (an ambiguous one may have arrived).
+            return build_message(self.settings, rendered, recipient.to, to_name=recipient.name,
+                                 message_key=f"{self.job.id}-{recipient.index}")  # fmt: skip
         except (InvalidInput, ValueError) as error:
             raise DeliveryFailure("invalid", str(error)) from None
 
@@ -211,6 +213,7 @@ class ChunkResult:
     failed: int = 0
     cancelled: int = 0
     deferred: int = 0
+    ambiguous: int = 0  # messages whose data went out without a reply (they may have arrived)
     error: str | None = None
 
     def summary(self) -> dict[str, Any]:
@@ -223,6 +226,7 @@ class _GroupOutcome:
     failed: list[tuple[Recipient, DeliveryFailure]] = field(default_factory=list)  # for good: dead-lettered
     deferred: list[Recipient] = field(default_factory=list)  # a 4xx for the message: the chunk's retry
     unsent: list[Recipient] = field(default_factory=list)  # not sent because no session could be had
+    ambiguous: list[tuple[Recipient, SmtpFailure]] = field(default_factory=list)  # sent, no reply
     down: SmtpFailure | None = None  # why there is no session (connect, auth, a fresh session ending)
 
 
@@ -260,7 +264,7 @@ class ChunkRun:
             if reservation.wait > 0:
                 self.sleep(reservation.wait)
             outcome = self._send_group(factory, group)
-            deferred += outcome.deferred
+            deferred += outcome.deferred + self._ambiguous(outcome)
             state = self._commit(outcome.sent, outcome.failed)
             if outcome.down is not None:
                 return self._session_down(outcome.down, [*outcome.unsent, *pending, *deferred])
@@ -299,6 +303,12 @@ class ChunkRun:
                 if isinstance(outcome, SendResult):
                     result.sent.append(recipient)
                     continue
+                if outcome.ambiguous:
+                    # The data went out, the reply never came: the server may have it. Never again on
+                    # a fresh session at once (that is how one recipient got 16 copies); the chunk's
+                    # retry, with backoff and the same Message-ID, takes it up.
+                    result.ambiguous.append((recipient, outcome))
+                    continue
                 verdict = classify_smtp_error(outcome)
                 if verdict is Outcome.PERMANENT:
                     result.failed.append((recipient, failure_from_smtp(outcome)))
@@ -318,6 +328,22 @@ class ChunkRun:
                     return result
             outgoing = unsent
         return result
+
+    def _ambiguous(self, outcome: _GroupOutcome) -> list[Recipient]:
+        """Count each ambiguous recipient's copies; those at the policy's bound are dead-lettered (added to
+        the group's failures), the others are returned to be retried with the chunk."""
+        if not outcome.ambiguous:
+            return []
+        counts = self.jobs.note_ambiguous(self.job.id, [r.index for r, _ in outcome.ambiguous])
+        self.result.ambiguous += len(outcome.ambiguous)
+        retry: list[Recipient] = []
+        for (recipient, error), count in zip(outcome.ambiguous, counts, strict=True):
+            if count >= self.services.policy.max_ambiguous:
+                failure = DeliveryFailure("ambiguous", f"gave up: {failure_from_smtp(error).error}")
+                outcome.failed.append((recipient, failure.maybe_delivered(count)))
+            else:
+                retry.append(recipient)
+        return retry
 
     def _session(self) -> SmtpSession:
         assert self.settings is not None
@@ -461,6 +487,8 @@ def run_chunk(services: Services, jobs: BulkJobs, limiter: RateLimiter, job_id: 
             services.stats.count(job.realm, "sent", result.sent)
         if result.failed:
             services.stats.count(job.realm, "dead", result.failed)
+        if result.ambiguous:
+            services.stats.count(job.realm, "ambiguous", result.ambiguous)
         return result
     finally:
         claims.release(claim_key)

@@ -122,7 +122,9 @@ def prepare_message(job: EmailJob, settings: SmtpSettings, renderer: TemplateRen
     except RenderError as error:
         raise DeliveryFailure("template", str(error)) from None
     try:
-        return build_message(settings, rendered, job.to, to_name=job.to_name)
+        # One Message-ID per job, on every attempt: a copy an ambiguous attempt may have left at the
+        # server is recognisable as the same message by servers and mail clients.
+        return build_message(settings, rendered, job.to, to_name=job.to_name, message_key=job.id)
     except (InvalidInput, ValueError) as error:
         raise DeliveryFailure("invalid", str(error)) from None
 

@@ -283,10 +283,12 @@ def build_message(
     to_name: str | None = None,
     extra_headers: dict[str, str] | None = None,
     message_id: str | None = None,
+    message_key: str | None = None,
 ) -> OutgoingMessage:
     """The message for one recipient. Raises InvalidInput naming the field for unusable input.
 
-    `message_id` (e.g. from message_id_for) keeps one Message-ID across attempts; None makes a new one.
+    `message_id` (e.g. from message_id_for) keeps one Message-ID across attempts; so does `message_key`
+    (a job id: `<key@sender's domain>`); with neither, a new one is made.
     """
     for field, value in (("to", to), ("to_name", to_name), ("subject", rendered.subject)):
         if value is not None and _has_line_break(value):
@@ -295,6 +297,11 @@ def build_message(
         check_message_id(message_id)
     sender = _sender(settings)
     rcpt, rcpt_utf8 = _wire_address(to.strip(), "to", allow_utf8=settings.allow_utf8)
+    if message_id is None and message_key is not None:
+        plain = _PLAIN_KEY.match(message_key) and len(message_key) + len(sender.domain) + 3 <= MAX_MESSAGE_ID
+        message_id = (
+            f"<{message_key}@{sender.domain}>" if plain else message_id_for(message_key, sender.domain)
+        )
     if message_id is None:
         message_id = f"<{os.urandom(12).hex()}.{time.time_ns() // 1_000_000:x}@{sender.domain}>"
     boundary = f"=_{os.urandom(12).hex()}"

@@ -275,6 +275,13 @@ class BulkJobs:
         """Attempts of one chunk across retries and redeliveries (a field of the job hash, not a key)."""
         return int(self.redis.hincrby(self.keys.bulk_job(job_id), f"attempts:{chunk}", 1))
 
+    def note_ambiguous(self, job_id: str, indices: list[int]) -> list[int]:
+        """Recipients whose data went out without a reply: their counts so far (fields of the job hash)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for index in indices:
+            pipe.hincrby(self.keys.bulk_job(job_id), f"ambiguous:{index}", 1)
+        return [int(n) for n in pipe.execute()]
+
     def fail(self, job_id: str, error: str) -> str:
         """The realm's settings are wrong: the job stops; later chunks dead-letter without connecting."""
         return str(self._stop(keys=[self.keys.bulk_job(job_id)], args=[FAILED, error]))

@@ -63,7 +63,7 @@ def test_permanent_failures_are_dead_lettered_with_the_reply_and_never_retried(c
     assert all(sink.accepted[a] == 1 for a in to if a not in bad)
 
 
-def test_a_flapping_server_gets_every_message_exactly_once(cluster: Cluster):
+def test_a_flapping_server_gets_every_message_at_most_once(cluster: Cluster):
     with Sink(flap=0.2, seed=7) as sink:
         cluster.save_realm("acme", sink.settings_dict())
         # 20% of commands fail: with ~5 commands per message an attempt succeeds one time in three, so
@@ -81,14 +81,21 @@ def test_a_flapping_server_gets_every_message_exactly_once(cluster: Cluster):
 
     counts = outcome_counts(results)
     faults = {k.removeprefix("fault "): v for k, v in sink.counters.items() if k.startswith("fault")}
-    report("smtp-flapping", sent=len(jobs), delivered=counts["sent"], lost=len(jobs) - counts["sent"],
-           duplicated=sink.duplicates(), dead_lettered=counts["dead-lettered"], faults=faults,
+    unsure = {i: r for i, r in results.items() if r["status"] == "dead-lettered"}
+    report("smtp-flapping", sent=len(jobs), delivered=counts["sent"], lost=len(jobs) - len(results),
+           duplicated=sink.duplicates(), dead_lettered_ambiguous=len(unsure), faults=faults,
            connections=sink.counters["connections"], attempts=attempts_histogram(results), elapsed_s=elapsed,
            **summary(latencies(results, jobs)))  # fmt: skip
     assert sum(faults.values()) >= 100, "the server did not flap: the test proves nothing"
-    assert counts["sent"] == len(jobs), counts
-    assert all(sink.accepted[a] == 1 for a in to), "a message was lost or sent twice"
-    assert sink.duplicates() == 0 and sink.total() == len(jobs)
+    assert len(results) == len(jobs), "a job ended without a result"
+    # A connection dropped after the end of the data is, to the client, a reply that never came: the mail
+    # may have arrived. After two such attempts a job stops, dead-lettered `ambiguous` (it says so), so
+    # no recipient ever gets more than two copies. This sink dropped without accepting: 0 copies then.
+    assert all(r["reason"] == "ambiguous" and r["maybe_delivered"] for r in unsure.values()), unsure
+    assert counts["sent"] + len(unsure) == len(jobs) and len(unsure) <= len(jobs) * 0.03, counts
+    sent_to = {jobs[i].to for i, r in results.items() if r["status"] == "sent"}
+    assert all(sink.accepted[a] == 1 for a in sent_to), "a message was lost or sent twice"
+    assert sink.duplicates() == 0
     assert max(attempts_histogram(results)) > 1  # retries happened and are visible in the results
 
 
