@@ -51,7 +51,7 @@ class ServiceSettings(BaseSettings):
     # for days; identity mail is stale after a day). `max_attempts` 0 means no limit by count.
     max_attempts: int = Field(default=0, ge=0, le=10_000)
     retry_base_delay: float = Field(default=5.0, gt=0)
-    retry_max_delay: float = Field(default=600.0, gt=0, le=3600)
+    retry_max_delay: float = Field(default=300.0, gt=0, le=3600)
     retry_max_age: int = Field(default=86_400, ge=60)
 
     # A job without news (no attempt, no end) for this long is published again (the broker lost it).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import random
 import time
@@ -18,7 +19,7 @@ from config.smtp import SmtpSettings
 from worker.breaker import PROBING, CircuitBreaker, Verdict, counts_against
 from worker.delivery import DeliveryFailure, dead_letter, deliver
 from worker.jobs import EmailJob
-from worker.ledger import DEAD, DROPPED
+from worker.ledger import DEAD, DROPPED, died_after_data
 from worker.liveness import BUSY, TAKEN_OVER
 from worker.logs import log_attempt
 from worker.retry import Decision
@@ -66,7 +67,8 @@ def _internal_error(task: Task, job: EmailJob, error: Exception) -> dict[str, An
 
 def _run_job(task: Task, job: EmailJob) -> dict[str, Any]:
     services = runtime().services
-    ended = _ended_before(job)
+    facts = services.ledger.fields(job.id)
+    ended = _ended_before(job, facts)
     if ended is not None:
         return ended
     if job.expired():
@@ -95,27 +97,46 @@ def _run_job(task: Task, job: EmailJob) -> dict[str, Any]:
         wait = claims.wait_hint(claim_key)
         runtime().pending.touch(job.id, busy_for=wait)
         raise task.retry(countdown=wait, max_retries=CELERY_RETRY_LIMIT)
-    if claimed == TAKEN_OVER:
-        log.warning("job %s: its previous holder died; taken over", job.id)
-        ended = _ended_before(job)  # the dead holder may have finished it just before dying
-        if ended is not None:
-            claims.release(claim_key)
-            return ended
-    runtime().pending.touch(job.id, busy_for=services.settings.task_time_limit)
     try:
+        if claimed == TAKEN_OVER:
+            log.warning("job %s: its previous holder died; taken over", job.id)
+            facts = services.ledger.fields(job.id)
+            ended = _ended_before(job, facts)  # the dead holder may have finished it just before dying
+            if ended is not None:
+                return ended
+        if died_after_data(facts):
+            dead = _after_a_death_in_the_data(task, job, services)
+            if dead is not None:
+                return dead
+        runtime().pending.touch(job.id, busy_for=services.settings.task_time_limit)
         return _attempt(task, job, services)
     finally:
         claims.release(claim_key)
 
 
-def _ended_before(job: EmailJob) -> dict[str, Any] | None:
+def _after_a_death_in_the_data(task: Task, job: EmailJob, services: Any) -> dict[str, Any] | None:
+    """The previous holder died after sending the data: count that attempt as ambiguous (the server may
+    have the mail); None to go on with a new attempt (same Message-ID), else the dead-letter result."""
+    ambiguous = services.ledger.note_ambiguous(job.id)
+    services.stats.count(job.realm, "ambiguous")
+    log.warning("job %s: its previous attempt died after sending the data (ambiguous %d)", job.id, ambiguous)
+    if ambiguous < services.policy.max_ambiguous:
+        return None
+    attempts = services.ledger.attempts(job.id)
+    failure = DeliveryFailure(
+        "ambiguous", f"gave up after {attempts} attempt(s): a worker died after sending the data"
+    ).maybe_delivered(ambiguous)
+    letter = dead_letter(services, job, failure, attempts, task.name)
+    return _dead_result(job, letter.reason, letter.error, attempts, None, ambiguous)
+
+
+def _ended_before(job: EmailJob, facts: dict[str, str]) -> dict[str, Any] | None:
     """The result of a job that ended already (a redelivered copy, or a repeat of an idempotency key)."""
     services = runtime().services
-    earlier = services.ledger.delivered(job.id)
-    if earlier is not None:
+    if "delivered" in facts:
         # Redelivered after a crash, or enqueued twice with one idempotency key: never send twice.
-        return {**earlier, "status": "duplicate-skipped"}
-    state = services.ledger.state(job.id)
+        return {**json.loads(facts["delivered"]), "status": "duplicate-skipped"}
+    state = facts.get("state")
     if state == DEAD:
         try:
             letter = services.dead.get(job.id)

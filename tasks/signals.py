@@ -58,10 +58,16 @@ def _sweep_forever() -> None:
     from worker.app import app
 
     owner = f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        runtime().services.cache.check_epoch()  # remember the store's epoch now: a later wipe is noticed
+    except Exception:  # Redis restarting: the next round looks again
+        log.warning("could not read the store's epoch", exc_info=True)
     while True:
         interval = runtime().settings.sweep_interval
         time.sleep(interval)
         try:
+            # An idle worker notices a wiped store too (not only when a job makes it read settings).
+            runtime().services.cache.check_epoch()
             sweep_once(app, owner, interval)
         except Exception:  # a Redis outage or a bug: log it, keep sweeping
             log.exception("sweeping for lost jobs failed")

@@ -5,7 +5,7 @@ import pytest
 from config.errors import NotFound
 from config.keys import Keys
 from worker.deadletters import DeadLetter, DeadLetterStore
-from worker.ledger import DeliveryLedger
+from worker.ledger import DeliveryLedger, died_after_data
 
 
 def letter(job_id, realm="acme", reason="permanent", died_at=None):
@@ -81,3 +81,29 @@ def test_cooldown_admits_one_job_per_recipient_and_template(fake_redis):
     assert ledger.admit("acme", "email-verification", "a@example.com", "job-3", cooldown=30)
     assert ledger.admit("other", "password-reset", "a@example.com", "job-4", cooldown=30)
     assert ledger.admit("acme", "password-reset", "a@example.com", "job-5", cooldown=0)  # off
+
+
+@pytest.mark.parametrize(
+    "facts, died",
+    [
+        ({"attempts": "1", "data_out": "1"}, True),  # sent its data, then nothing was recorded: it died
+        ({"attempts": "2", "data_out": "1"}, False),  # an older attempt; the latest one never got that far
+        ({"attempts": "1"}, False),  # died before the data: nothing can have arrived
+        ({"attempts": "1", "data_out": "1", "delivered": "{}"}, False),
+        ({"attempts": "1", "data_out": "1", "state": "dead"}, False),
+        ({}, False),
+    ],
+)
+def test_a_death_after_the_data_is_told_from_one_before(facts, died):
+    assert died_after_data(facts) is died
+
+
+def test_a_recorded_outcome_clears_the_data_mark(fake_redis):
+    ledger = DeliveryLedger(fake_redis, Keys("t"), ttl=60)
+    attempt = ledger.next_attempt("j")
+    ledger.note_data_out("j", attempt)
+    assert died_after_data(ledger.fields("j"))
+    ledger.note_error("j", "data: 451 try again")  # the attempt failed, and we know how
+    assert not died_after_data(ledger.fields("j"))
+    ledger.note_data_out("j", ledger.next_attempt("j"))
+    assert ledger.note_ambiguous("j") == 1 and not died_after_data(ledger.fields("j"))

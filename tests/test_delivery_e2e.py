@@ -398,3 +398,20 @@ def test_an_unexpected_error_is_a_dead_letter_naming_it_not_a_failed_task(realm,
     assert result["error"] == "ValueError: Port out of range 0-65535"
     assert api.result(job_id).state == "SUCCESS"  # not a bare FAILURE the sweeper would republish
     assert job_id not in runtime().pending.overdue(now=time.time() + 10**7)  # ended: not published again
+
+
+def test_a_job_whose_worker_died_after_the_data_is_sent_again_and_says_ambiguous(realm, smtp_server):
+    """What a takeover finds after a SIGKILL between the final dot and the server's reply."""
+    from worker.jobs import new_job
+
+    save(realm, smtp_server)
+    to = unique_address()
+    job = new_job(realm, "password-reset", to, context=context())
+    ledger = runtime().ledger
+    ledger.note_data_out(job.id, ledger.next_attempt(job.id))  # the dead holder's attempt 1
+    api._publish_tracked("mail.send", [job.model_dump(mode="json")], job.id, 0)
+
+    result = api.wait_for_result(job.id, timeout=30)
+
+    assert result["status"] == "sent" and result["attempts"] == 2 and result["ambiguous"] == 1
+    assert len(smtp_server.received_for(to)) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -113,3 +114,26 @@ def test_the_consumer_renews_the_leases_of_what_it_holds_and_only_that(real_redi
         assert renewer.registry.serving("transactional") == []
     finally:
         real_redis.zrem(index, "held-1", "held-2", "someone-elses")
+
+
+def test_a_holder_of_this_host_that_exited_is_taken_over_before_its_heartbeat_lapses(
+    real_redis: Any, keys: Keys
+) -> None:
+    """The OOM killer took a pool process: its heartbeat key lingers up to a lease, its pid is gone."""
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_name = f"{socket.gethostname()}:{gone.stdout.strip()}:abcdef"
+    dead, alive = process(real_redis, keys, dead_name), process(real_redis, keys, "h:2:b")
+    alive_here = process(real_redis, keys, f"{socket.gethostname()}:{os.getpid()}:live")
+    key = keys.claim("job-1")
+    assert dead.claim(key) == CLAIMED
+    assert real_redis.exists(keys.alive(dead_name))  # still "beating" for up to a lease
+    assert alive.claim(key) == TAKEN_OVER
+    other = keys.claim("job-2")
+    assert alive_here.claim(other) == CLAIMED
+    assert alive.claim(other) == BUSY  # a live process of this host keeps its claim

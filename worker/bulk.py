@@ -51,6 +51,8 @@ MAX_GROUP = 20
 # within the limit plus a few messages (at 200/s: groups of 4, where 5% of a 2-second window is 20).
 GROUP_SHARE_OF_RATE = 0.02
 TASK_NAME = BULK_CHUNK_TASK
+# Accepted recipients are committed at least this often while a group is sent (see _EarlyCommit).
+COMMIT_EVERY_S = 0.05
 
 # A plain dot-atom local part (what almost every real address is). Anything else, and every new domain,
 # goes through email-validator; this only spares its ~30 µs on the 100,000th address at the same domain.
@@ -230,6 +232,29 @@ class _GroupOutcome:
     down: SmtpFailure | None = None  # why there is no session (connect, auth, a fresh session ending)
 
 
+class _EarlyCommit:
+    """Records accepted recipients while a group is still on the wire, when the server is slow.
+
+    A group is committed after its last reply; against a server that takes 100 ms per message that is
+    two seconds of accepted mail a killed worker would send again. Here, as soon as COMMIT_EVERY_S passed
+    since the last commit, what was accepted so far is committed (a done bit set twice counts once).
+    Against a fast server no group lasts that long: no extra Redis call.
+    """
+
+    def __init__(self, run: ChunkRun, recipients: list[Recipient]) -> None:
+        self.run = run
+        self.recipients = recipients
+        self.accepted: list[int] = []
+        self.last = run.clock()
+
+    def __call__(self, position: int) -> None:
+        self.accepted.append(self.recipients[position].index)
+        now = self.run.clock()
+        if now - self.last >= COMMIT_EVERY_S:
+            self.run.jobs.commit(self.run.job.id, sent=self.accepted)  # the group's own commit follows
+            self.accepted, self.last = [], now
+
+
 @dataclass
 class ChunkRun:
     """One run of one chunk. `run_chunk` below is the entry point."""
@@ -296,7 +321,8 @@ class ChunkRun:
                 result.unsent, result.down = [r for r, _ in outgoing], failure
                 return result
             before = session.messages_sent
-            outcomes = session.send_many([message for _, message in outgoing])
+            early = _EarlyCommit(self, [recipient for recipient, _ in outgoing])
+            outcomes = session.send_many([message for _, message in outgoing], on_accepted=early)
             unsent: list[tuple[Recipient, OutgoingMessage]] = []
             ended: SmtpFailure | None = None
             for (recipient, message), outcome in zip(outgoing, outcomes, strict=True):

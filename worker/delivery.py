@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,22 +139,29 @@ def oauth_token(services: Services, realm: str, settings: SmtpSettings) -> Acces
 
 
 def send_message(
-    realm: str, version: int, settings: SmtpSettings, message: OutgoingMessage, services: Services
+    realm: str,
+    version: int,
+    settings: SmtpSettings,
+    message: OutgoingMessage,
+    services: Services,
+    on_data: Callable[[], None] | None = None,
 ) -> SendResult:
     """Send on the realm's pooled session. With XOAUTH2, a cached token the server rejects (it expired
     early, or was revoked) is replaced once by a fresh one; a rejected fresh token is the settings' fault."""
     ca_file = services.settings.smtp_ca_file
     if not uses_xoauth2(settings):
-        return services.pool.send(realm, version, settings, message, ca_file=ca_file)
+        return services.pool.send(realm, version, settings, message, ca_file=ca_file, on_data=on_data)
     token = oauth_token(services, realm, settings)
     try:
-        return services.pool.send(realm, version, settings, message, ca_file=ca_file, oauth_token=token.value)
+        return services.pool.send(realm, version, settings, message, ca_file=ca_file, oauth_token=token.value,
+                                  on_data=on_data)  # fmt: skip
     except SmtpFailure as error:
         if token.fresh or error.stage != "auth" or error.code not in AUTH_FAILURE_CODES:
             raise
     services.oauth.invalidate(realm, token.value)
     token = oauth_token(services, realm, settings)
-    return services.pool.send(realm, version, settings, message, ca_file=ca_file, oauth_token=token.value)
+    return services.pool.send(realm, version, settings, message, ca_file=ca_file, oauth_token=token.value,
+                              on_data=on_data)  # fmt: skip
 
 
 def deliver(
@@ -171,8 +179,14 @@ def deliver(
     except StoreUnavailable as error:  # wiped or not configured yet: wait for an admin to restore it
         raise DeliveryFailure("retry", str(error)) from None
     message = prepare_message(job, settings, services.renderer)
+
+    def data_going_out() -> None:
+        # Recorded before the body leaves: if this process dies now, whoever takes the job over knows
+        # the server may already have the mail (worker/ledger.py, tasks/runner.py).
+        services.ledger.note_data_out(job.id, attempt)
+
     try:
-        result = send_message(job.realm, version, settings, message, services)
+        result = send_message(job.realm, version, settings, message, services, on_data=data_going_out)
     except SmtpFailure as error:
         raise failure_from_smtp(error) from None
     record = {

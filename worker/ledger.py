@@ -5,6 +5,8 @@ and restarts, and expires with the job's result (a day; an idempotency key's job
 `MAILWORKER_DELIVERED_MARKER_TTL`, so a repeat is recognised that long):
 
     attempts    delivery attempts so far (Celery's own counter starts again on a redelivery)
+    data_out    the attempt that was sending the data last: an attempt whose process died after that
+                point counts as ambiguous when another worker takes the job over
     ambiguous   attempts whose data went out without the server's reply (the mail may have arrived)
     last_error  the error of the latest failed attempt, for `mailworker status`
     delivered   JSON record written right after the server accepted: a redelivered copy is skipped
@@ -96,14 +98,27 @@ class DeliveryLedger:
 
     def note_ambiguous(self, job_id: str) -> int:
         """An attempt whose data went out and whose reply never came; returns how many so far."""
-        return int(self.redis.hincrby(self.keys.job(job_id), "ambiguous", 1))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(self.keys.job(job_id), "ambiguous", 1)
+        pipe.hdel(self.keys.job(job_id), "data_out")  # this attempt's outcome is recorded now
+        count, _ = pipe.execute()
+        return int(count)
 
     def ambiguous(self, job_id: str) -> int:
         return int(self.redis.hget(self.keys.job(job_id), "ambiguous") or 0)
 
+    def note_data_out(self, job_id: str, attempt: int) -> None:
+        """Attempt `attempt` is about to send the message's data: the server may have it from now on."""
+        self.redis.hset(self.keys.job(job_id), "data_out", attempt)
+
     def note_error(self, job_id: str, error: str) -> None:
         """Keep the latest failed attempt's error, so `mailworker status` can say why a job is retrying."""
-        self._write(job_id, {"last_error": error[:1000]})
+        key = self.keys.job(job_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(key, "last_error", error[:1000])
+        pipe.hdel(key, "data_out")  # the attempt's outcome is recorded: not a death after the data
+        pipe.expire(key, self.ttl)
+        pipe.execute()
 
     def last_error(self, job_id: str) -> str | None:
         value = self.redis.hget(self.keys.job(job_id), "last_error")
@@ -124,3 +139,14 @@ class DeliveryLedger:
         if self.redis.set(key, job_id, nx=True, ex=cooldown):
             return True
         return self.redis.get(key) == job_id
+
+
+def died_after_data(facts: dict[str, str]) -> bool:
+    """The job's last attempt sent its data and nobody recorded how it ended: its process died there, so
+    the server may have the mail (an ambiguous attempt)."""
+    return (
+        "delivered" not in facts
+        and "state" not in facts
+        and facts.get("data_out") is not None
+        and facts.get("data_out") == facts.get("attempts")
+    )

@@ -24,7 +24,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 
@@ -46,6 +45,21 @@ def process_name() -> str:
 
 _name: str | None = None
 _name_pid: int | None = None
+
+
+def process_gone(process: str) -> bool:
+    """True when `process` (a process_name()) ran on this host and has exited; other hosts: unknown."""
+    host, _, rest = process.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 class Heartbeat:
@@ -138,8 +152,20 @@ class Claims:
 
     def claim(self, key: str) -> int:
         """CLAIMED, TAKEN_OVER (the previous holder's process is dead) or BUSY."""
-        result: Any = self._claim(keys=[key], args=[self.holder(), self.ttl, self.keys.alive_prefix()])
-        return int(result)
+        result = int(self._claim(keys=[key], args=[self.holder(), self.ttl, self.keys.alive_prefix()]))
+        if result == BUSY and self._holder_died_here(key):
+            # A pool process of this host killed (the OOM killer): its heartbeat key lives on for up to
+            # a lease, but the process is gone. Its key goes now, so the claim is taken over at once.
+            result = int(self._claim(keys=[key], args=[self.holder(), self.ttl, self.keys.alive_prefix()]))
+        return result
+
+    def _holder_died_here(self, key: str) -> bool:
+        holder = self.redis.get(key)
+        process = str(holder).partition("|")[0] if holder else ""
+        if not process or not process_gone(process):
+            return False
+        self.redis.delete(self.keys.alive(process))
+        return True
 
     def release(self, key: str) -> None:
         self._release(keys=[key], args=[self.holder()])

@@ -25,7 +25,7 @@ class RetryPolicy:
 
     max_attempts: int = 0  # 0: no limit by count, only by time
     base_delay: float = 5.0
-    max_delay: float = 600.0
+    max_delay: float = 300.0
     max_age: float = 86_400.0
     # A retry landing this close to the link's expiry is not worth it: the user would open a dead link.
     min_useful_life: float = 10.0

@@ -30,7 +30,7 @@ class SettingsCache:
         cached = self._entries.get(realm)
         if cached is not None and cached[0] == version:
             return cached
-        self._check_epoch()
+        self.check_epoch()
         saved = self.store.saved(realm)
         if saved is None:
             self._entries.pop(realm, None)
@@ -40,8 +40,8 @@ class SettingsCache:
         self._entries[realm] = (saved.version, saved.settings)
         return saved.version, saved.settings
 
-    def _check_epoch(self) -> None:
-        """On every refresh: a vanished or replaced epoch means Redis lost what was saved into it."""
+    def check_epoch(self) -> None:
+        """On every refresh (and every sweep): a vanished or replaced epoch means Redis lost its data."""
         current = self.store.epoch()
         seen = self._epoch
         if seen is not None and (current is None or current.id != seen.id):

@@ -258,8 +258,12 @@ class SmtpSession:
         text = f"{what}: the server may have accepted the message"
         return SmtpFailure(None, text, "data", kind=failure.kind, ambiguous=True)
 
-    def send(self, msg: OutgoingMessage) -> SendResult:
-        """MAIL, RCPT per recipient, DATA. Some recipients refused: listed in `refused`; all: SmtpFailure."""
+    def send(self, msg: OutgoingMessage, *, on_data: Callable[[], None] | None = None) -> SendResult:
+        """MAIL, RCPT per recipient, DATA. Some recipients refused: listed in `refused`; all: SmtpFailure.
+
+        `on_data` runs once the server said 354, right before the body goes out: from then on the server
+        may end up with the message whatever happens to this process (the caller records that).
+        """
         if self.closed:
             raise SmtpFailure(None, f"session with {self.where} is closed", "mail", kind=KIND_DISCONNECTED)
         smtp = self._smtp
@@ -303,6 +307,8 @@ class SmtpSession:
             code, reply = smtp.docmd("DATA")
             if code != 354:
                 raise self._transaction_failed(code, reply, "data")
+            if on_data is not None:
+                on_data()
             smtp.send(_dot_stuffed(msg.data))
             try:
                 code, reply = self._end_of_data_reply()
@@ -322,8 +328,13 @@ class SmtpSession:
         self.messages_sent += 1
         return SendResult(tuple(accepted), refused, code, _reply_text(reply))
 
-    def send_many(self, messages: Sequence[OutgoingMessage]) -> list[SendResult | SmtpFailure]:
+    def send_many(
+        self, messages: Sequence[OutgoingMessage], on_accepted: Callable[[int], None] | None = None
+    ) -> list[SendResult | SmtpFailure]:
         """Several messages in order on this session: one outcome per message, same length as `messages`.
+
+        `on_accepted(i)` runs as soon as the server accepted message i, before the rest are answered: a
+        caller can record it early (a slow server makes a group of messages take seconds).
 
         With PIPELINING (RFC 2920) a message costs one round trip instead of four: the previous message's
         body, MAIL, RCPT and DATA go out in one write and their replies are read together. Without it, each
@@ -332,14 +343,18 @@ class SmtpSession:
         body was written and got no reply is `ambiguous`; those after it were never sent and are not.
         """
         if not self._smtp.has_extn("pipelining"):
-            return self._send_each(messages)
-        return _Pipeline(self, self._smtp).run(messages)
+            return self._send_each(messages, on_accepted)
+        return _Pipeline(self, self._smtp, on_accepted).run(messages)
 
-    def _send_each(self, messages: Sequence[OutgoingMessage]) -> list[SendResult | SmtpFailure]:
+    def _send_each(
+        self, messages: Sequence[OutgoingMessage], on_accepted: Callable[[int], None] | None
+    ) -> list[SendResult | SmtpFailure]:
         outcomes: list[SendResult | SmtpFailure] = []
-        for msg in messages:
+        for index, msg in enumerate(messages):
             try:
                 outcomes.append(self.send(msg))
+                if on_accepted is not None:
+                    on_accepted(index)
             except SmtpFailure as failure:
                 outcomes.append(failure)
                 if self.closed:
@@ -460,9 +475,12 @@ class _Pipeline:
     A body written in full whose reply never came makes its message ambiguous; nothing else is.
     """
 
-    def __init__(self, session: SmtpSession, smtp: smtplib.SMTP) -> None:
+    def __init__(
+        self, session: SmtpSession, smtp: smtplib.SMTP, on_accepted: Callable[[int], None] | None = None
+    ) -> None:
         self.session = session
         self.smtp = smtp
+        self.on_accepted = on_accepted
         self.outcomes: list[SendResult | SmtpFailure | None] = []
         self.body: bytes | None = None  # the accepted message whose body goes out with the next write
         self.body_index = -1
@@ -562,6 +580,8 @@ class _Pipeline:
         if code == 250:
             self.session.messages_sent += 1
             self.outcomes[index] = SendResult(self.body_accepted, self.body_refused, code, _reply_text(reply))
+            if self.on_accepted is not None:
+                self.on_accepted(index)
         else:
             self.outcomes[index] = SmtpFailure(code, _reply_text(reply), "data")
 
@@ -831,6 +851,7 @@ class SessionPool:
         *,
         ca_file: str | None = None,
         oauth_token: str | None = None,
+        on_data: Callable[[], None] | None = None,
     ) -> SendResult:
         """Send on the pooled session; one fresh session when a reused one turns out dropped (421, EOF).
 
@@ -841,7 +862,7 @@ class SessionPool:
             session = self.session(realm, version, settings, ca_file=ca_file, oauth_token=oauth_token)
             reused = session.messages_sent > 0
             try:
-                return session.send(msg)
+                return session.send(msg, on_data=on_data)
             except SmtpFailure as error:
                 if error.reconnect or session.closed:
                     self.discard(realm)

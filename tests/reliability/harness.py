@@ -35,6 +35,7 @@ from config.settings import ServiceSettings
 from tests.support.redis_server import RedisServer
 from tests.support.smtp_server import session_ca
 from worker.jobs import EmailJob, new_job
+from worker.lanes import lane_for
 from worker.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,8 +51,23 @@ CONTEXT = {
 }
 
 
-def worker_env(url: str, prefix: str, **overrides: str) -> dict[str, str]:
-    """The environment of a worker process (and of CLI subprocesses) for a cluster."""
+# Faster retries for the scenarios that are about something else than the retry schedule. Scenarios that
+# prove behaviour "at default settings" start their cluster with defaults=True and get none of these.
+TUNED = {
+    "MAILWORKER_RESULT_EXPIRES": "3600",
+    "MAILWORKER_RETRY_BASE_DELAY": "0.2",
+    "MAILWORKER_RETRY_MAX_DELAY": "2",
+    "MAILWORKER_MAX_ATTEMPTS": "8",
+    "MAILWORKER_RECIPIENT_COOLDOWN": "0",
+}
+
+
+def worker_env(url: str, prefix: str, *, defaults: bool = False, **overrides: str) -> dict[str, str]:
+    """The environment of a worker process (and of CLI subprocesses) for a cluster.
+
+    Only where to find Redis, the cluster's own key prefix, the secret key and the test CA are set; the
+    TUNED retry settings too unless `defaults`.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILWORKER_")}
     env.update(
         {
@@ -62,15 +78,12 @@ def worker_env(url: str, prefix: str, **overrides: str) -> dict[str, str]:
             "MAILWORKER_BROKER_KEY_PREFIX": f"{prefix}:",
             "MAILWORKER_SECRET_KEY": os.environ["MAILWORKER_SECRET_KEY"],
             "MAILWORKER_SMTP_CA_FILE": session_ca().ca_file,
-            "MAILWORKER_RESULT_EXPIRES": "3600",
-            "MAILWORKER_RETRY_BASE_DELAY": "0.2",
-            "MAILWORKER_RETRY_MAX_DELAY": "2",
-            "MAILWORKER_MAX_ATTEMPTS": "8",
-            "MAILWORKER_RECIPIENT_COOLDOWN": "0",
             "MAILWORKER_LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if not defaults:
+        env.update(TUNED)
     env.update(overrides)
     return env
 
@@ -83,6 +96,7 @@ class WorkerProcess:
     env: dict[str, str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    ready_lines: int = 1  # `mailworker worker` without --queues starts two Celery workers
 
     def start(self, ready_timeout: float = 60.0) -> WorkerProcess:
         self._log = self.log_path.open("ab")
@@ -90,7 +104,7 @@ class WorkerProcess:
         self.proc = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)  # fmt: skip
         deadline = time.monotonic() + ready_timeout
-        while " ready." not in self.log()[self._offset :]:
+        while self.log()[self._offset :].count(" ready.") < self.ready_lines:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
             if time.monotonic() > deadline:
@@ -142,12 +156,14 @@ class Cluster:
     tmp: Path
     overrides: dict[str, str] = field(default_factory=dict)
     workers: list[WorkerProcess] = field(default_factory=list)
+    defaults: bool = False  # every setting at its default (TUNED retries not applied)
 
     @classmethod
     @contextlib.contextmanager
-    def start(cls, tmp: Path, *, appendonly: bool = False, **overrides: str) -> Iterator[Cluster]:
+    def start(cls, tmp: Path, *, appendonly: bool = False, defaults: bool = False,
+              **overrides: str) -> Iterator[Cluster]:  # fmt: skip
         server = RedisServer(appendonly=appendonly).start()
-        cluster = cls(server, f"mwrel-{uuid.uuid4().hex[:8]}", tmp, dict(overrides))
+        cluster = cls(server, f"mwrel-{uuid.uuid4().hex[:8]}", tmp, dict(overrides), defaults=defaults)
         try:
             yield cluster
         finally:
@@ -163,7 +179,7 @@ class Cluster:
         return self.server.url
 
     def env(self, **overrides: str) -> dict[str, str]:
-        return worker_env(self.url, self.prefix, **{**self.overrides, **overrides})
+        return worker_env(self.url, self.prefix, defaults=self.defaults, **{**self.overrides, **overrides})
 
     @property
     def runtime(self) -> Runtime:
@@ -205,10 +221,11 @@ class Cluster:
         return new_job(realm, template, to, **kwargs)
 
     def enqueue(self, job: EmailJob) -> str:
-        """What tasks.api.send_email does after validation: recorded as pending, then published."""
+        """What tasks.api.send_email does after validation: published in its lane, then recorded as pending."""
         args = [job.model_dump(mode="json")]
-        self.runtime.pending.track(job.id, "mail.send", args, "transactional")
-        self.app.send_task("mail.send", args=args, task_id=job.id, queue="transactional")
+        lane = lane_for(job.expires_at, time.time())
+        self.app.send_task("mail.send", args=args, task_id=job.id, queue="transactional", priority=lane)
+        self.runtime.pending.track(job.id, "mail.send", args, "transactional", lane)
         return job.id
 
     def send_many(self, realm: str, template: str, addresses: Iterable[str], **kwargs: Any) -> list[str]:
@@ -217,11 +234,19 @@ class Cluster:
             for to in addresses:
                 job = self.job(realm, template, to, **kwargs)
                 args = [job.model_dump(mode="json")]
-                self.runtime.pending.track(job.id, "mail.send", args, "transactional")
-                self.app.send_task("mail.send", args=args, task_id=job.id,
-                                   queue="transactional", producer=producer)  # fmt: skip
+                lane = lane_for(job.expires_at, time.time())
+                self.app.send_task("mail.send", args=args, task_id=job.id, queue="transactional",
+                                   producer=producer, priority=lane)  # fmt: skip
+                self.runtime.pending.track(job.id, "mail.send", args, "transactional", lane)
                 ids.append(job.id)
         return ids
+
+    def python(self, code: str, *args: str, timeout: float = 120) -> str:
+        """Run `code` in a producer subprocess with the cluster's environment (tasks.api and all); stdout."""
+        done = subprocess.run([sys.executable, "-c", code, *args], env=self.env(), cwd=ROOT,
+                              capture_output=True, text=True, timeout=timeout)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
 
     def results(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         """The final results among `ids` (sent, dead-lettered, dropped, skipped); retries are not final."""
@@ -255,17 +280,30 @@ class Cluster:
 
     # -- worker processes --
 
-    def worker(self, *, concurrency: int = 2, queues: str = "transactional,control", name: str | None = None,
-               loglevel: str = "INFO", **env: str) -> WorkerProcess:  # fmt: skip
+    def worker(self, *, concurrency: int = 2, queues: str | None = "transactional,control",
+               name: str | None = None, loglevel: str = "INFO", **env: str) -> WorkerProcess:  # fmt: skip
+        """A `mailworker worker` process group; queues=None: the default command (both worker groups)."""
         name = name or f"w{len(self.workers) + 1}"
-        argv = [str(MAILWORKER), "worker", "--queues", queues, "--concurrency", str(concurrency),
-                "--name", f"{name}-{self.prefix}@%h", "--loglevel", loglevel]  # fmt: skip
-        worker = WorkerProcess(argv, self.env(MAILWORKER_LOG_LEVEL=loglevel, **env), self.tmp / f"{name}.log")
+        argv = [str(MAILWORKER), "worker", "--concurrency", str(concurrency), "--loglevel", loglevel]
+        if queues is not None:
+            argv += ["--queues", queues, "--name", f"{name}-{self.prefix}@%h"]
+        worker = WorkerProcess(argv, self.env(MAILWORKER_LOG_LEVEL=loglevel, **env), self.tmp / f"{name}.log",
+                               ready_lines=1 if queues is not None else 2)  # fmt: skip
         self.workers.append(worker)
         return worker.start()
 
     def queue_length(self, queue: str = "transactional") -> int:
-        return int(self.redis.llen(f"{self.prefix}:{queue}"))
+        """Messages waiting in every priority lane of `queue` (kombu: "<queue>" and "<queue>\x06\x16<n>")."""
+        names = [f"{self.prefix}:{queue}"] + [f"{self.prefix}:{queue}\x06\x16{n}" for n in (3, 6, 9)]
+        return sum(int(self.redis.llen(name)) for name in names)
+
+    def held_jobs(self) -> set[str]:
+        """Task ids of the messages workers took and have not acknowledged (kombu's unacked hash)."""
+        held = set()
+        for raw in self.redis.hvals(f"{self.prefix}:unacked"):
+            payload = json.loads(raw)[0]
+            held.add(str(payload["headers"]["id"]))
+        return held
 
     def key_count(self) -> int:
         return int(self.redis.dbsize())

@@ -42,6 +42,9 @@ class _Handler:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> Any:
+        if time.monotonic() < self.sink.tempfail_until:  # an outage of the provider: 451 to everyone
+            self.sink._count("tempfail")
+            return "451 4.3.0 temporarily unavailable, try again later"
         reply = self.sink.rejected.get(address.lower())
         if reply:
             self.sink._count("rejected")
@@ -160,6 +163,7 @@ class Sink:
         self.counters: Counter[str] = Counter()  # connections, accepted, rejected, faults by kind
         self.raw: list[bytes] = []
         self.rejected: dict[str, str] = {}
+        self.tempfail_until = 0.0  # time.monotonic() until which every RCPT gets 451 (counter "tempfail")
         self.first_accept_at: float | None = None
         self._lock = threading.Lock()
         self._controller: _Controller | None = None

@@ -52,7 +52,7 @@ def families(cluster: Cluster) -> Counter[str]:
 
 
 # Keys written per message: every one of them must be gone once their TTLs ran out.
-PER_MESSAGE_FAMILIES = ("delivered", "attempts", "claim", "celery-task-meta", "dead", "cooldown", "pending")
+PER_MESSAGE_FAMILIES = ("job", "claim", "celery-task-meta", "dead", "cooldown", "pending", "alive")
 
 
 def test_keys_left_after_100000_messages_are_bounded(tmp_path):
