@@ -135,7 +135,13 @@ def _ended_before(job: EmailJob, facts: dict[str, str]) -> dict[str, Any] | None
     services = runtime().services
     if "delivered" in facts:
         # Redelivered after a crash, or enqueued twice with one idempotency key: never send twice.
-        return {**json.loads(facts["delivered"]), "status": "duplicate-skipped"}
+        earlier = json.loads(facts["delivered"])
+        return {
+            **earlier,
+            "status": "duplicate-skipped",
+            "job_id": job.id,
+            "attempts": int(facts.get("attempts") or 0),
+        }
     state = facts.get("state")
     if state == DEAD:
         try:

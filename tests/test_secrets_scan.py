@@ -122,7 +122,7 @@ def test_no_password_anywhere_after_a_full_run_at_debug(tmp_path, caplog):
             jobs += [cluster.job(realm, "email-verification", "v@example.com")
                      for realm in ("wrongpw", "selfsigned", "stripped")]  # fmt: skip
             ids = [cluster.enqueue(job) for job in jobs]
-            broker_messages = cluster.redis.lrange(f"{cluster.prefix}:transactional", 0, -1)
+            broker_messages = cluster.queued_messages("transactional")
             assert len(broker_messages) == len(jobs)
 
             worker = cluster.worker(concurrency=2, loglevel="DEBUG")

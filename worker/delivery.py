@@ -194,15 +194,15 @@ def deliver(
         "job_id": job.id,
         "message_id": message.message_id,
         "accepted": list(result.accepted),
-        "refused": {rcpt: list(reply) for rcpt, reply in result.refused.items()},
         "smtp_code": result.code,
         "smtp_reply": result.reply,
         "attempts": attempt,
-        "queue": "transactional",
         "settings_version": version,
         "duration_ms": round((time.monotonic() - started) * 1000, 1),
         "sent_at": time.time(),
     }
+    if result.refused:
+        record["refused"] = {rcpt: list(reply) for rcpt, reply in result.refused.items()}
     if attempt > 1 and (ambiguous := services.ledger.ambiguous(job.id)):
         record["ambiguous"] = ambiguous  # earlier attempts may have delivered copies (same Message-ID)
     services.ledger.mark_delivered(job.id, record, idempotent=job.idempotency_key is not None)

@@ -1,8 +1,9 @@
 """Per-job bookkeeping in Redis that makes redelivery safe: one small hash per job, and the cooldown.
 
 `job:<id>` holds, as fields, everything the workers need to know about a job across retries, redeliveries
-and restarts, and expires with the job's result (a day; an idempotency key's job keeps it for
-`MAILWORKER_DELIVERED_MARKER_TTL`, so a repeat is recognised that long):
+and restarts, and expires: a day after its last attempt while it may retry, an hour after it ended (only a late copy
+asks then; the result says the rest), or `MAILWORKER_DELIVERED_MARKER_TTL` for a job with an idempotency
+key (a repeat is recognised that long):
 
     attempts    delivery attempts so far (Celery's own counter starts again on a redelivery)
     data_out    the attempt that was sending the data last: an attempt whose process died after that
@@ -27,24 +28,36 @@ import redis
 from config.keys import Keys
 
 SENT, DEAD, DROPPED = "sent", "dead", "dropped"
+# What the delivered record keeps of a delivery's result: enough for a redelivered copy's answer and for
+# `status`, not the whole result (that is the Celery result's job, kept as long).
+DELIVERED_FIELDS = ("message_id", "sent_at", "smtp_code", "ambiguous")
 
 
 class DeliveryLedger:
-    def __init__(self, client: redis.Redis, keys: Keys, ttl: int, idempotent_ttl: int | None = None) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        ttl: int,
+        idempotent_ttl: int | None = None,
+        ended_ttl: int = 3600,
+    ) -> None:
         self.redis = client
         self.keys = keys
-        self.ttl = (
-            ttl  # a job's bookkeeping outlives any copy of its message (leases: seconds; sweeper: 30 min)
-        )
+        # While a job runs, its bookkeeping lives as long as it may retry (refreshed on every attempt).
+        self.ttl = ttl
+        # Once it ended, only a late copy still asks (a lease hand-back: seconds; the sweeper: its grace),
+        # and its result says the rest. An idempotency key is remembered longer: repeats come later.
+        self.ended_ttl = min(ttl, ended_ttl)
         self.idempotent_ttl = max(ttl, idempotent_ttl or ttl)
 
-    def ttl_for(self, idempotent: bool) -> int:
-        return self.idempotent_ttl if idempotent else self.ttl
-
-    def _write(self, job_id: str, mapping: Mapping[Any, Any], ttl: int | None = None) -> None:
+    def _write(self, job_id: str, mapping: Mapping[Any, Any], ttl: int | None = None, *,
+               forget: tuple[str, ...] = ()) -> None:  # fmt: skip
         key = self.keys.job(job_id)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(key, mapping=mapping)
+        if forget:
+            pipe.hdel(key, *forget)
         pipe.expire(key, ttl or self.ttl)
         pipe.execute()
 
@@ -65,10 +78,12 @@ class DeliveryLedger:
         seconds rather than raised: without the record a redelivery would send the mail a second time.
         """
         deadline = time.monotonic() + patience
+        kept = json.dumps({name: record[name] for name in DELIVERED_FIELDS if name in record})
         while True:
             try:
+                ttl = self.idempotent_ttl if idempotent else self.ended_ttl
                 self._write(
-                    job_id, {"delivered": json.dumps(record), "state": SENT}, self.ttl_for(idempotent)
+                    job_id, {"delivered": kept, "state": SENT}, ttl, forget=("data_out", "last_error")
                 )
                 return
             except redis.ConnectionError:
@@ -78,7 +93,7 @@ class DeliveryLedger:
 
     def end(self, job_id: str, state: str) -> None:
         """The job ended without a delivery (dead-lettered, dropped): a late copy must not try again."""
-        self._write(job_id, {"state": state})
+        self._write(job_id, {"state": state}, self.ended_ttl, forget=("data_out",))
 
     def state(self, job_id: str) -> str | None:
         value = self.redis.hget(self.keys.job(job_id), "state")

@@ -74,8 +74,9 @@ class Runtime:
         """Per-job bookkeeping; needs no secret key (producers and `status` read it too)."""
         from worker.ledger import DeliveryLedger
 
-        return DeliveryLedger(self.redis, self.keys, self.settings.result_expires,
-                              self.settings.delivered_marker_ttl)  # fmt: skip
+        return DeliveryLedger(self.redis, self.keys, ttl=max(self.settings.result_expires,
+                              self.settings.retry_max_age), idempotent_ttl=self.settings.delivered_marker_ttl,
+                              ended_ttl=2 * self.settings.lost_job_grace)  # fmt: skip
 
     @cached_property
     def heartbeat(self) -> Heartbeat:

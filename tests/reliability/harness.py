@@ -292,10 +292,15 @@ class Cluster:
         self.workers.append(worker)
         return worker.start()
 
+    def lane_keys(self, queue: str = "transactional") -> list[str]:
+        """The lists of every priority lane of `queue` (kombu: "<queue>" and "<queue>\x06\x16<n>")."""
+        return [f"{self.prefix}:{queue}"] + [f"{self.prefix}:{queue}\x06\x16{n}" for n in (3, 6, 9)]
+
     def queue_length(self, queue: str = "transactional") -> int:
-        """Messages waiting in every priority lane of `queue` (kombu: "<queue>" and "<queue>\x06\x16<n>")."""
-        names = [f"{self.prefix}:{queue}"] + [f"{self.prefix}:{queue}\x06\x16{n}" for n in (3, 6, 9)]
-        return sum(int(self.redis.llen(name)) for name in names)
+        return sum(int(self.redis.llen(name)) for name in self.lane_keys(queue))
+
+    def queued_messages(self, queue: str = "transactional") -> list[str]:
+        return [str(m) for name in self.lane_keys(queue) for m in self.redis.lrange(name, 0, -1)]
 
     def held_jobs(self) -> set[str]:
         """Task ids of the messages workers took and have not acknowledged (kombu's unacked hash)."""

@@ -1,9 +1,9 @@
 """Workers and Redis dying mid-burst: SIGKILL, SIGTERM, a Redis restart. Nothing may be lost.
 
-Production settings these assume (docs/reliability.md): acks_late + reject_on_worker_lost, Redis with AOF,
-and a visibility timeout after which an unacknowledged message comes back. The scenarios run with
-MAILWORKER_VISIBILITY_TIMEOUT=60 (the lowest the service accepts; production: 900) so a killed worker's
-messages come back within a minute or two.
+Production settings these assume (docs/reliability.md): acks_late + reject_on_worker_lost, Redis with AOF
+for the restart. A killed worker's messages come back one lease (MAILWORKER_WORKER_LEASE, 15 s) after its
+death (worker/leases.py). These bursts run with the harness's faster retries; the same deaths at default
+settings are in test_dead_worker.py.
 """
 
 from __future__ import annotations
@@ -17,9 +17,6 @@ from tests.reliability.harness import Cluster, latencies, outcome_counts, report
 from tests.reliability.sink import Sink
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(600)]
-
-VISIBILITY = "60"
-
 
 def addresses(n: int, tag: str) -> list[str]:
     run = uuid.uuid4().hex[:6]
@@ -45,7 +42,7 @@ def settle(cluster: Cluster, sink: Sink, jobs: dict, timeout: float) -> tuple[di
 
 
 def test_sigkill_mid_burst_then_restart_loses_nothing(tmp_path):
-    with Cluster.start(tmp_path, MAILWORKER_VISIBILITY_TIMEOUT=VISIBILITY) as cluster, Sink() as sink:
+    with Cluster.start(tmp_path) as cluster, Sink() as sink:
         cluster.save_realm("acme", sink.settings_dict())
         jobs = {j.id: j for j in (cluster.job("acme", "password-reset", a) for a in addresses(5000, "kill"))}
         first = cluster.worker(concurrency=4)
@@ -69,7 +66,7 @@ def test_sigkill_mid_burst_then_restart_loses_nothing(tmp_path):
 
 
 def test_sigterm_mid_burst_finishes_or_requeues_without_duplicates(tmp_path):
-    with Cluster.start(tmp_path, MAILWORKER_VISIBILITY_TIMEOUT=VISIBILITY) as cluster, Sink() as sink:
+    with Cluster.start(tmp_path) as cluster, Sink() as sink:
         cluster.save_realm("acme", sink.settings_dict())
         jobs = {
             j.id: j for j in (cluster.job("acme", "email-verification", a) for a in addresses(1000, "term"))
@@ -96,7 +93,7 @@ def test_sigterm_mid_burst_finishes_or_requeues_without_duplicates(tmp_path):
 
 def test_redis_restart_mid_burst_workers_reconnect_and_deliver_everything(tmp_path):
     with (
-        Cluster.start(tmp_path, appendonly=True, MAILWORKER_VISIBILITY_TIMEOUT=VISIBILITY) as cluster,
+        Cluster.start(tmp_path, appendonly=True) as cluster,
         Sink() as sink,
     ):
         cluster.save_realm("acme", sink.settings_dict())
