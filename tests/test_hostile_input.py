@@ -302,6 +302,13 @@ ESCAPES = [
     "{% set ns = namespace(x='a') %}{% for i in range(64) %}{% set ns.x = ns.x ~ ns.x %}{% endfor %}{{ ns.x }}",
     "{{ undefined_variable.anything }}",
     "{% for %}",
+    "{{ ['a' * 1000] * 4000 }}",
+    "{% macro d(s, n) %}{% if n %}{{ d(s ~ s, n - 1) }}{% else %}{{ s }}{% endif %}{% endmacro %}{{ d('x', 30) }}",
+    "{% macro r(n) %}{{ r(n + 1) }}{% endmacro %}{{ r(0) }}",
+    "{% macro m() %}{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}{% endmacro %}{{ m() }}",
+    "{{ ([[1]] * 100000)|sum(start=[]) }}",
+    # Only burns CPU: stopped by the render's deadline (2 s), a dead letter rather than a killed task.
+    "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
 ]
 
 

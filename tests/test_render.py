@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from jinja2.filters import FILTERS
+from jinja2.utils import _PassArg
 
 import worker.render as render_module
 from config.errors import MailWorkerError
+from worker import limits, sandbox_filters
 from worker.render import (
     DEFAULT_TEMPLATES_DIR,
+    MAX_OUTPUT_CHARS,
+    MAX_VALUE_CHARS,
+    PARTS,
+    RENDER_TIMEOUT,
     RenderedEmail,
     RenderError,
     TemplateRenderer,
@@ -235,8 +245,8 @@ def test_bundles_and_templates_are_not_read_per_render(
     renderer.reload_interval = 3600
     renderer.render("acme", "password-reset", "en", CONTEXT)
     loads: list[Path] = []
-    original = render_module._load_bundles
-    monkeypatch.setattr(render_module, "_load_bundles", lambda path: loads.append(path) or original(path))
+    original = render_module.load_bundles
+    monkeypatch.setattr(render_module, "load_bundles", lambda path: loads.append(path) or original(path))
     env = renderer._source("acme").env
     compiled = env.get_template("text/password-reset.txt.j2")
     for _ in range(50):
@@ -419,3 +429,300 @@ def test_format_message_missing_placeholder() -> None:
 )
 def test_single_line(raw: str, line: str) -> None:
     assert single_line(raw) == line
+
+
+# --- limits: template bombs ------------------------------------------------------------------------
+
+# Short budget for the table (the default, RENDER_TIMEOUT, has its own test); the margin covers one
+# uninterruptible operation plus scheduling on a busy CI machine.
+TIMEOUT = 0.5
+MARGIN = 1.5
+LIMIT = f"{MAX_VALUE_CHARS} characters \\(the value limit\\)"
+DOUBLING_MACRO = (
+    "{% macro d(s, n) %}{% if n %}{{ d(s ~ s, n - 1) }}{% else %}{{ s|length }}{% endif %}{% endmacro %}"
+    "{{ d('x', 30) }}"
+)
+TILDE_DOUBLING = (
+    "{% set ns = namespace(s='abc') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}"
+    "{{ ns.s|length }}"
+)
+NESTED_RANGES = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+
+BOMBS = [
+    # Value building, refused before the value exists.
+    pytest.param(
+        "{{ ['a' * 1000] * 4000 }}", f"'\\*' would build a value of over {LIMIT}", id="list-times-n"
+    ),
+    pytest.param("{{ 'x' * 10**7 }}", f"'\\*' would build a value of over {LIMIT}", id="str-times-n"),
+    pytest.param(
+        "{{ 'a'.encode() * 10**8 }}", f"'\\*' would build a value of over {LIMIT}", id="bytes-times-n"
+    ),
+    pytest.param(DOUBLING_MACRO, f"macro d would build a value of over {LIMIT}", id="macro-doubling"),
+    pytest.param(TILDE_DOUBLING, f"'~' would build a value of over {LIMIT}", id="tilde-doubling"),
+    pytest.param("{% set a = 'x' * 600000 %}{{ a + a }}", f"'\\+' would build .* {LIMIT}", id="plus-strings"),
+    pytest.param("{% set a = ['x'] * 200000 %}{{ a + a }}", f"'\\+' would build .* {LIMIT}", id="plus-lists"),
+    pytest.param(
+        "{{ '%(a)s%(a)s%(a)s' % {'a': 'x' * 400000} }}", f"'%' would build .* {LIMIT}", id="percent"
+    ),
+    pytest.param("{{ '{0}{0}{0}'.format('x' * 400000) }}", f"format would build .* {LIMIT}", id="format"),
+    pytest.param("{{ '{:{}}'.format('a', 99999999) }}", f"format would build .* {LIMIT}", id="format-width"),
+    pytest.param(
+        "{{ '%s%s%s'|format('x' * 400000, 'x' * 400000, 'x' * 400000) }}", LIMIT, id="format-filter"
+    ),
+    pytest.param("{{ ('y' * 100).join(['x'] * 20000) }}", f"str.join would build .* {LIMIT}", id="str-join"),
+    pytest.param(
+        "{{ range(20000)|join('y' * 100) }}", f"filter join would build .* {LIMIT}", id="join-filter"
+    ),
+    pytest.param("{{ 'x'|center(10**9) }}", f"filter center would build .* {LIMIT}", id="center"),
+    pytest.param("{{ 'x'.ljust(10**9) }}", f"str.ljust would build .* {LIMIT}", id="ljust"),
+    pytest.param("{{ ('a\n' * 400000)|indent(10) }}", f"filter indent would build .* {LIMIT}", id="indent"),
+    pytest.param("{{ ('a' * 500000)|replace('a', 'bbb') }}", f"filter replace .* {LIMIT}", id="replace"),
+    pytest.param("{{ ('a' * 1000000).replace('', 'xx') }}", f"str.replace .* {LIMIT}", id="replace-empty"),
+    pytest.param("{{ ('a ' * 100000)|wordwrap(1, wrapstring='x' * 100) }}", LIMIT, id="wordwrap"),
+    pytest.param(
+        "{{ ('x' * 500000)|wordwrap(1) }}", "wordwrap: 500000 characters at width 1", id="wordwrap-slow"
+    ),
+    pytest.param("{{ ('\t' * 100000).expandtabs(100) }}", f"str.expandtabs .* {LIMIT}", id="expandtabs"),
+    pytest.param(
+        "{{ ('a' * 100000).translate({97: 'b' * 100}) }}", f"str.translate .* {LIMIT}", id="translate"
+    ),
+    pytest.param("{{ range(1)|batch(100000, 'x' * 100)|list }}", f"filter batch .* {LIMIT}", id="batch-fill"),
+    pytest.param("{{ range(10)|slice(10**9)|list }}", f"filter slice .* {LIMIT}", id="slice-many"),
+    pytest.param("{{ lipsum(n=100000) }}", f"lipsum .* {LIMIT}", id="lipsum"),
+    pytest.param("{{ [[[1]]]|tojson(indent=10**7) }}", f"filter tojson .* {LIMIT}", id="tojson-indent"),
+    pytest.param("{% set a = 'x' * 600000 %}{{ [a, a] }}", f"a literal would build .* {LIMIT}", id="literal"),
+    pytest.param(
+        "{% set a = 'x' * 600000 %}{{ cycler(a, a).items|string }}",
+        f"arguments of Cycler .* {LIMIT}",
+        id="args",
+    ),
+    pytest.param(
+        "{% set a = 'x' * 600000 %}{% set ns = namespace(p=a) %}{% set ns.q = a %}",
+        f"a namespace attribute .* {LIMIT}",
+        id="namespace",
+    ),
+    pytest.param(
+        "{{ {}.fromkeys(range(100000), 'x' * 100) }}", f"the result of fromkeys .* {LIMIT}", id="result"
+    ),
+    pytest.param("{{ ([[1]] * 1000)|sum(start=[]) }}", "filter sum adds numbers only", id="sum-of-lists"),
+    pytest.param("{{ 2 ** 5000 }}", "integers over 4096 bits", id="power"),
+    pytest.param(
+        "{% set ns = namespace(n=3) %}{% for i in range(99) %}{% set ns.n = ns.n * ns.n %}{% endfor %}",
+        "integers over 4096 bits",
+        id="int-squaring",
+    ),
+    pytest.param(
+        "{% set ns = namespace(l=[1]) %}{% for i in range(150) %}{% set ns.l = [ns.l] %}{% endfor %}",
+        "nested deeper than 100 levels",
+        id="nesting",
+    ),
+    # Each value within the limit, but too many of them in one render.
+    pytest.param(
+        "{% for i in range(1000) %}{% set l = range(100000)|list %}{% endfor %}",
+        "built over 4194304 characters of values in one render",
+        id="built-total",
+    ),
+    # Output that grows inside a macro or block, or from an imported template.
+    pytest.param(
+        "{% macro m() %}{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}{% endmacro %}{{ m() }}",
+        "the output of a macro or block is over the limit of 1048576 characters",
+        id="macro-output",
+    ),
+    pytest.param(
+        "{% set x %}{% for i in range(100000) %}{% for j in range(100) %}abc{% endfor %}{% endfor %}{% endset %}",
+        "the output of a macro or block is over the limit",
+        id="set-block-output",
+    ),
+    pytest.param(
+        "{% import 'text/_big.txt.j2' as big %}{{ big }}",
+        "the output of an imported template is over the limit",
+        id="import-output",
+    ),
+    # Depth.
+    pytest.param(
+        "{% macro r(n) %}{{ r(n + 1) }}{% endmacro %}{{ r(0) }}",
+        "nest deeper than the limit of 50",
+        id="macro-recursion",
+    ),
+    pytest.param(
+        "{% for x in [1] recursive %}{{ loop([1]) }}{% endfor %}",
+        "nest deeper than the limit of 50",
+        id="loop-recursion",
+    ),
+    pytest.param(
+        "{% block b %}{{ self.b() }}{% endblock %}", "nest deeper than the limit of 50", id="block-recursion"
+    ),
+    # Time: templates that only burn CPU.
+    pytest.param(NESTED_RANGES, r"took longer than the limit of 0\.5 s", id="loop-doing-nothing"),
+    pytest.param(
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% set k = i * j %}{% endfor %}{% endfor %}",
+        r"took longer than the limit of 0\.5 s",
+        id="nested-range-loops",
+    ),
+    pytest.param(
+        "{% set s = 'x' * 1000000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}",
+        r"took longer than the limit of 0\.5 s",
+        id="loops-over-long-strings",
+    ),
+    pytest.param(
+        "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(40) }}",
+        r"took longer than the limit of 0\.5 s",
+        id="exponential-macro-calls",
+    ),
+    pytest.param(
+        "{% for x in range(3) recursive %}{% if loop.depth < 40 %}{{ loop(range(100000)) }}{% endif %}"
+        "{% endfor %}",
+        r"took longer than the limit of 0\.5 s",
+        id="wide-recursive-loop",
+    ),
+    pytest.param(
+        "{% set a = 'x' * 1000000 %}{% for i in range(100000) %}{% set b = a[::-1] %}{% endfor %}",
+        r"took longer than the limit of 0\.5 s",
+        id="slices-in-a-loop",
+    ),
+]
+
+
+@pytest.fixture
+def bomb_renderer(realms: Path) -> TemplateRenderer:
+    realms.mkdir()
+    # For the import case: a helper template of the realm whose output has no end.
+    write(realms / "bomb/text/_big.txt.j2", "{% for i in range(100000) %}{{ 'x' * 100 }}{% endfor %}")
+    return TemplateRenderer(str(realms), reload_interval=0, render_timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("source, error", BOMBS)
+def test_template_bomb_is_a_render_error_within_the_time_budget(
+    bomb_renderer: TemplateRenderer, realms: Path, source: str, error: str
+) -> None:
+    write(realms / "bomb/text/password-reset.txt.j2", source)
+    started = time.monotonic()
+    with pytest.raises(RenderError, match=error) as caught:
+        bomb_renderer.render("bomb", "password-reset", "en", CONTEXT)
+    elapsed = time.monotonic() - started
+    assert elapsed < TIMEOUT + MARGIN, f"{elapsed:.2f} s"
+    assert str(caught.value).startswith("template password-reset (text") and caught.value.part == "text"
+    assert limits.BUDGET.get() is None  # nothing of the render's budget is left behind in this thread
+
+
+def test_default_render_timeout_is_the_module_constant(realms: Path) -> None:
+    realms.mkdir()
+    write(realms / "bomb/text/password-reset.txt.j2", NESTED_RANGES)
+    renderer = TemplateRenderer(str(realms))
+    assert renderer.render_timeout == RENDER_TIMEOUT == 2.0
+    started = time.monotonic()
+    with pytest.raises(RenderError, match="took longer than the limit of 2 s"):
+        renderer.render("bomb", "password-reset", "en", CONTEXT)
+    assert RENDER_TIMEOUT <= time.monotonic() - started < RENDER_TIMEOUT + MARGIN
+
+
+def test_the_deadline_is_per_render_and_per_thread(bomb_renderer: TemplateRenderer, realms: Path) -> None:
+    """A bomb in one thread of a pool does not touch renders in another, nor the next render."""
+    write(realms / "bomb/text/password-reset.txt.j2", NESTED_RANGES)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        started = time.monotonic()
+        bomb = pool.submit(bomb_renderer.render, "bomb", "password-reset", "en", CONTEXT)
+        while not bomb.done():  # meanwhile, this thread renders normally
+            assert (
+                bomb_renderer.render("acme", "password-reset", "en", CONTEXT).subject == "Reset your password"
+            )
+        with pytest.raises(RenderError, match=r"took longer than the limit of 0\.5 s"):
+            bomb.result()
+        assert time.monotonic() - started < TIMEOUT + MARGIN
+        # The pool's thread renders again afterwards, with a fresh budget.
+        mail = pool.submit(bomb_renderer.render, "acme", "password-reset", "en", CONTEXT).result()
+    assert mail.subject == "Reset your password"
+
+
+def test_recursion_over_the_limit(bomb_renderer: TemplateRenderer, realms: Path) -> None:
+    """r(49) nests 50 calls and renders (see test_values_up_to_the_limits_render); r(50) is one too many."""
+    write(
+        realms / "bomb/text/password-reset.txt.j2",
+        "{% macro r(n) %}{% if n %}{{ r(n - 1) }}{% else %}bottom{% endif %}{% endmacro %}{{ r(50) }}",
+    )
+    with pytest.raises(RenderError, match="nest deeper than the limit of 50"):
+        bomb_renderer.render("bomb", "password-reset", "en", CONTEXT)
+
+
+@pytest.mark.parametrize("part", ["text", "html"])
+def test_a_part_over_the_output_limit_names_the_part_and_the_limit(
+    bomb_renderer: TemplateRenderer, realms: Path, part: str
+) -> None:
+    # 1100 values of 1000 characters: each within the value limit, together over the output limit.
+    write(
+        realms / f"bomb/{part}/password-reset.{PARTS[part]}.j2",
+        "{% for i in range(1100) %}{{ 'x' * 1000 }}{% endfor %}",
+    )
+    with pytest.raises(RenderError) as caught:
+        bomb_renderer.render("bomb", "password-reset", "en", CONTEXT)
+    assert str(caught.value) == (
+        f"template password-reset ({part}): the output is over the limit of {MAX_OUTPUT_CHARS} characters"
+    )
+    assert caught.value.part == part
+
+
+def test_a_subject_over_the_limit_names_the_part_and_the_limit(
+    bomb_renderer: TemplateRenderer, realms: Path
+) -> None:
+    write_json(realms / "bomb/messages/en.json", {"password-reset.subject": "{username}" * 20_000})
+    context = CONTEXT | {"user": {"username": "u" * 60}}
+    with pytest.raises(RenderError, match=rf"\(subject\): .* over the limit of {MAX_VALUE_CHARS} characters"):
+        bomb_renderer.render("bomb", "password-reset", "en", context)
+
+
+@pytest.mark.parametrize(
+    "source, text",
+    [
+        ("{% set a = 'x' * 524288 %}{{ (a ~ a)|length }}", f"{MAX_VALUE_CHARS}\n"),
+        ("{{ (['x'] * 200000)|string|length }}", "1000000\n"),  # ['x', 'x', ...]
+        ("{{ ('ab' * 262144)|replace('a', 'c')|length }}", "524288\n"),
+        ("{{ ('y' * 1000).join(['x'] * 1000)|length }}", "1000000\n"),
+        ("{{ '{0}{0}'.format('x' * 500000)|length }}", "1000000\n"),
+        ("{{ 'x'|center(1000000)|length }}", "1000000\n"),
+        (
+            "{% macro r(n) %}{% if n %}{{ r(n - 1) }}{% else %}bottom{% endif %}{% endmacro %}{{ r(49) }}",
+            "bottom\n",
+        ),
+        ("{% for i in range(300) %}{% for j in range(300) %}{% endfor %}{% endfor %}done", "done\n"),
+    ],
+)
+def test_values_up_to_the_limits_render(
+    bomb_renderer: TemplateRenderer, realms: Path, source: str, text: str
+) -> None:
+    """The caps refuse what is over them, not what comes close."""
+    write(realms / "bomb/text/password-reset.txt.j2", source)
+    assert bomb_renderer.render("bomb", "password-reset", "en", CONTEXT).text == text
+
+
+def test_output_up_to_the_limit_renders(bomb_renderer: TemplateRenderer, realms: Path) -> None:
+    write(
+        realms / "bomb/text/password-reset.txt.j2",
+        "{% macro m() %}{% for i in range(1000) %}{{ 'z' * 1000 }}{% endfor %}{% endmacro %}{{ m() }}"
+        "{% for i in range(48) %}{{ 'y' * 1000 }}{% endfor %}",
+    )
+    text = bomb_renderer.render("bomb", "password-reset", "en", CONTEXT).text
+    assert text.count("z") == 1_000_000 and text.count("y") == 48_000 and len(text) <= MAX_OUTPUT_CHARS
+
+
+def test_filter_prechecks_take_the_arguments_of_their_filters() -> None:
+    """A pre-check is called with the filter's own arguments: a shifted one would check the wrong value."""
+    for name, precheck in sandbox_filters._PRECHECKS.items():
+        original = FILTERS[name]
+        wrapped = getattr(original, "__wrapped__", original)  # async variants wrap the sync filter
+        # After what Jinja passes first (context, environment) and the filtered value: names are keywords.
+        wanted = list(inspect.signature(wrapped).parameters)[1 + (_PassArg.from_obj(wrapped) is not None) :]
+        given = list(inspect.signature(precheck).parameters)[1 + (_PassArg.from_obj(original) is not None) :]
+        assert given == wanted, name
+
+
+def test_compiling_a_large_override_does_not_count_against_the_deadline(realms: Path) -> None:
+    """A template that renders within the timeout must not fail on its first render only, while compiling."""
+    realms.mkdir()
+    unit = '<p>{{ msg("password-reset.ignore") }}</p>{% if user.first_name %}{{ user.first_name ~ "!" }}{% endif %}\n'
+    copies = 250 * 1024 // len(unit)  # close to MAX_TEMPLATE_BYTES: compiling takes about a second
+    write(realms / "acme/html/password-reset.html.j2", unit * copies)
+    renderer = TemplateRenderer(str(realms), reload_interval=0, render_timeout=0.25)
+    started = time.monotonic()
+    mail = renderer.render("acme", "password-reset", "en", CONTEXT)
+    assert time.monotonic() - started > 0.25  # compiling alone took longer than the timeout
+    assert mail.html.count("Jane!") == copies
