@@ -23,7 +23,7 @@ from config.epoch import store_empty_error
 from config.errors import InvalidInput
 from config.smtp import DEFAULT_NOTIFY_EVENTS
 from tasks.connection import test_connection  # noqa: F401  (re-exported: callers find it with the rest)
-from tasks.waiting import wait_result
+from tasks.waiting import POLL_S, require_worker, wait_result
 from worker.app import BULK, BULK_START_TASK, EVENT_TASK, SEND_TASK, TRANSACTIONAL, app
 from worker.bulk import DEFAULT_CHUNK_SIZE
 from worker.events import event_job, event_template, parse_event
@@ -282,15 +282,22 @@ def cancel_bulk(job_id: str) -> str:
 
 
 def wait_for_bulk(job_id: str, timeout: float = 60.0, interval: float = 0.1) -> dict[str, Any]:
-    """Block until every chunk of the job is over (done, cancelled or failed); returns its progress."""
+    """Block until every chunk of the job is over (done, cancelled or failed); returns its progress.
+
+    Raises WorkerUnavailable as soon as no live worker serves the bulk queue, TimeoutError after `timeout`.
+    """
     from worker.progress import bulk_jobs
 
     jobs = bulk_jobs()
     deadline = time.monotonic() + timeout
+    looked = 0.0
     while True:
         progress = jobs.progress(job_id)
         if progress.finished:
             return progress.to_dict()
+        if time.monotonic() - looked >= POLL_S:
+            require_worker(BULK, then="; the job stays queued and goes on once a bulk worker is back")
+            looked = time.monotonic()
         if time.monotonic() > deadline:
             raise TimeoutError(f"bulk job {job_id} not finished after {timeout:g}s: {progress.to_dict()}")
         time.sleep(interval)
