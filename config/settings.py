@@ -33,6 +33,9 @@ class ServiceSettings(BaseSettings):
         default=None, description="directory with one sub-directory per realm overriding templates"
     )
     smtp_ca_file: str | None = Field(default=None, description="CA bundle (PEM) for verifying SMTP servers")
+    # URLs from settings (the OAuth2 token endpoint) may point at loopback, private or link-local addresses,
+    # and http:// at this machine: only for tests and on-premises endpoints (config/urls.py says why).
+    allow_private_urls: bool = False
 
     # Liveness (worker/liveness.py): every worker process keeps a heartbeat, and a job (or bulk chunk, or
     # broker message) held by a process whose heartbeat lapsed this long goes to another worker. The

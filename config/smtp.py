@@ -21,6 +21,7 @@ from pydantic import (
 
 from config.crypto import MASK
 from config.errors import InvalidInput
+from config.urls import parse_url
 
 # Fields whose value goes into a header or an SMTP command: CR, LF or NUL there would inject headers or
 # commands. The password is sent base64-encoded, but AUTH PLAIN separates with NUL, so it is checked too.
@@ -39,9 +40,20 @@ LINE_SAFE_FIELDS = (
     "oauth_scope",
 )
 ADDRESS_FIELDS = ("from", "reply_to", "envelope_from")
-# A masked password may stand for the stored one only while these are unchanged: pointing the host
-# elsewhere must not send the stored credential to a new server.
-CREDENTIAL_BOUND_FIELDS = ("host", "port", "username", "ssl", "starttls", "auth_type", "oauth_token_url")
+# Where and how a stored secret is sent (the password to the SMTP server; the client secret to the token
+# endpoint, and the token it buys to the SMTP server). A masked secret may stand for the stored one only
+# while a change of these does not weaken that (config/edits.py), and each secret is sealed with their
+# values as associated data (config/codec.py): changed behind the store's back, the secret is unusable.
+CREDENTIAL_BOUND_FIELDS = (
+    "host",
+    "port",
+    "username",
+    "ssl",
+    "starttls",
+    "verify_tls",
+    "auth_type",
+    "oauth_token_url",
+)
 SECRET_FIELDS = ("password", "oauth_client_secret")
 
 # How long the reply to the end of DATA may take: RFC 5321 4.5.3.2.6 gives the server 10 minutes, since it
@@ -197,9 +209,13 @@ class SmtpSettings(BaseModel):
                 for name in ("oauth_token_url", "oauth_client_id", "oauth_client_secret"):
                     if not getattr(self, name):
                         problems.append((name, "is required when auth_type is xoauth2"))
-                url = self.oauth_token_url or ""
-                if url and not url.startswith(("https://", "http://")):
-                    problems.append(("oauth_token_url", "must be an http(s) URL"))
+        if self.oauth_token_url:
+            # Only what makes a URL callable at all: whether it may be called (https, public address)
+            # depends on the service's settings and is checked at save and on use (config/urls.py).
+            try:
+                parse_url("oauth_token_url", self.oauth_token_url)
+            except InvalidInput as error:
+                problems.extend(error.problems)
         for name in ("from_display_name", "reply_to_display_name"):
             value = getattr(self, name)
             if value is not None and not value.isprintable():

@@ -2,40 +2,64 @@
 
 Layout (key names in config/keys.py):
 - saved:   hash {version, data, saved_at, note}; `data` is the settings' JSON with every secret stored only
-           encrypted (`password_encrypted`, `oauth_client_secret_encrypted`), never in clear.
-- draft:   string JSON {base_version, data, updated_at}: the unsaved edit, testable before saving.
+           sealed to the fields it may be sent with (`password_encrypted`, `oauth_client_secret_encrypted`;
+           config/codec.py), never in clear.
+- draft:   string JSON {id, base_version, data, updated_at}: the unsaved edit, testable before saving.
 - history: list of JSON {version, data, saved_at, note}, newest first, trimmed to `history_size`.
 - realms:  set of realm names that have saved settings.
 
-A save commits only if nobody saved since the edit started (WATCH/MULTI): no lost update.
+A save commits only if nobody saved since the edit started (WATCH/MULTI): no lost update. And it never
+applies draft changes its caller did not see (config.conflicts.save_conflict): while a draft is pending,
+a save with changes of its own must name the draft it reviewed (`draft_id`).
+
+The pure parts live beside: edit rules in config/edits.py, conflicts in config/conflicts.py, the stored
+form in config/codec.py, key rotation in config/rotation.py; the names other modules used to import from
+here still are (`from config.store import edit_settings` keeps working).
 """
 
 from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.exceptions import WatchError
 
-from config.crypto import MASK, SecretBox
+from config.codec import (
+    Decoded,
+    Rotation,
+    UnusableSettings,
+    decode_settings,
+    draft_id_of,
+    encode_settings,
+    read_settings,
+    unusable_message,
+)
+from config.conflicts import conflict_message, draft_conflict_message, save_conflict
+from config.crypto import SecretBox
+from config.edits import Change, apply_changes, diff_settings, edit_settings, weakening_change
 from config.epoch import Epoch, queue_epoch, read_epoch, read_wipe, record_wipe
-from config.errors import ConflictError, InvalidInput, NotFound
+from config.errors import ConflictError, NotFound
 from config.keys import Keys
 from config.names import check_realm
-from config.smtp import CREDENTIAL_BOUND_FIELDS, SECRET_FIELDS, SmtpSettings, parse_smtp_settings
+from config.rotation import retrying_transaction, rotate_secrets
+from config.smtp import SmtpSettings
 
 if TYPE_CHECKING:
     from config.settings import ServiceSettings
 
+__all__ = [  # what other modules import from here
+    "DraftSettings", "SavedSettings", "SettingsStore", "UnusableSettings", "apply_changes", "decode_settings",
+    "edit_settings", "encode_settings", "open_store", "weakening_change",
+]  # fmt: skip
+
 DEFAULT_HISTORY_SIZE = 20
 # Rollback needs a few versions to go back to; fewer than this makes history useless.
 MIN_HISTORY_SIZE = 10
-T = TypeVar("T")
-SECRET_LABELS = {"password": "password", "oauth_client_secret": "OAuth2 client secret"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +69,9 @@ class SavedSettings:
     settings: SmtpSettings
     saved_at: float
     note: str | None = None
+    changes: tuple[Change, ...] = ()  # what this save changed (save and rollback fill it in)
+    # Read leniently only (`lenient=True`): secrets that cannot be used, and why (config/codec.py).
+    unusable: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -53,144 +80,8 @@ class DraftSettings:
     base_version: int
     settings: SmtpSettings
     updated_at: float
-
-
-# ---- pure helpers: editing ----------------------------------------------------------------------------
-
-
-def apply_changes(data: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    """`data` with `changes` (JSON names) applied; a value of None clears the field back to its default."""
-    merged = dict(data)
-    for name, value in changes.items():
-        name = "from" if name == "from_address" else name
-        if value is None:
-            merged.pop(name, None)
-        else:
-            merged[name] = value
-    return merged
-
-
-def changed_credential_field(before: SmtpSettings, after: SmtpSettings) -> tuple[str, Any, Any] | None:
-    """The first field a stored secret is bound to that differs, as (field, before, after)."""
-    old, new = before.to_public(), after.to_public()
-    for name in CREDENTIAL_BOUND_FIELDS:
-        if old[name] != new[name]:
-            return name, old[name], new[name]
-    return None
-
-
-def edit_settings(base: SmtpSettings | None, changes: Mapping[str, Any]) -> SmtpSettings:
-    """Apply `changes` onto `base` and validate (raises InvalidInput naming the fields).
-
-    A secret given as MASK, or not given at all, keeps the base's stored secret, but only while the
-    fields it is bound to (host, port, username, ...) are unchanged: otherwise an edit could send the
-    stored password to a server of the editor's choosing without ever knowing it.
-    """
-    data = secretless_data(base) if base is not None else {}
-    data = apply_changes(data, {k: v for k, v in changes.items() if not (k in SECRET_FIELDS and v == MASK)})
-    kept: list[str] = []
-    for name in SECRET_FIELDS:
-        if name in changes and changes[name] != MASK:
-            continue  # a new value, or None to clear it
-        stored = base.secret(name) if base is not None else None
-        if stored is None:
-            if changes.get(name) == MASK:
-                raise InvalidInput.one(
-                    name, f"is masked ({MASK}) but no {SECRET_LABELS[name]} is stored: enter the value itself"
-                )
-            continue
-        data[name] = stored
-        kept.append(name)
-    # A stored secret the auth_type does not use is forgotten, not asked for again: switching a realm
-    # from password to xoauth2 (or back) must not need the secret of the other kind.
-    in_use = "oauth_client_secret" if data.get("auth_type") == "xoauth2" else "password"
-    for name in [n for n in kept if n != in_use and changes.get(n) != MASK]:
-        data.pop(name)
-        kept.remove(name)
-    edited = parse_smtp_settings(data)
-    if base is not None and kept:
-        check_credentials_unchanged(base, edited, kept[0])
-    return edited
-
-
-def check_credentials_unchanged(base: SmtpSettings, edited: SmtpSettings, secret: str) -> None:
-    changed = changed_credential_field(base, edited)
-    if changed is None:
-        return
-    field, before, after = changed
-    label = SECRET_LABELS[secret]
-    raise InvalidInput.one(
-        secret,
-        f"{field} changed from {_shown(before)} to {_shown(after)}: enter the {label} again "
-        f"(a stored {label} is never sent to a new server)",
-    )
-
-
-def _shown(value: Any) -> str:
-    if value is None:
-        return "(not set)"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)
-
-
-def secretless_data(settings: SmtpSettings) -> dict[str, Any]:
-    """JSON names without the secret fields: the base an edit starts from."""
-    data = settings.to_public()
-    for name in SECRET_FIELDS:
-        data.pop(name, None)
-    return data
-
-
-# ---- pure helpers: encoding for Redis ------------------------------------------------------------------
-
-
-def encrypted_name(name: str) -> str:
-    return f"{name}_encrypted"
-
-
-def encode_settings(settings: SmtpSettings, box: SecretBox) -> dict[str, Any]:
-    """JSON-ready settings with each secret only as ciphertext under `<name>_encrypted`."""
-    data = secretless_data(settings)
-    for name in SECRET_FIELDS:
-        value = settings.secret(name)
-        if value is not None:
-            data[encrypted_name(name)] = box.encrypt(value)
-    return data
-
-
-def decode_settings(data: Mapping[str, Any], box: SecretBox) -> SmtpSettings:
-    """Stored data back to settings; a secret that cannot be decrypted is a ConfigError (SecretBox)."""
-    plain = dict(data)
-    for name in SECRET_FIELDS:
-        token = plain.pop(encrypted_name(name), None)
-        plain.pop(name, None)  # never stored in clear; ignore anything that claims to be
-        if token is not None:
-            plain[name] = box.decrypt(token)
-    return parse_smtp_settings(plain)
-
-
-def rotate_data(data: dict[str, Any], box: SecretBox) -> int:
-    """Re-encrypt every secret of stored data in place with the first key; returns how many."""
-    count = 0
-    for name in SECRET_FIELDS:
-        token = data.get(encrypted_name(name))
-        if token is not None:
-            data[encrypted_name(name)] = box.rotate(token)
-            count += 1
-    return count
-
-
-def conflict_message(realm: str, edit_version: int, current: int) -> str:
-    return (
-        f"realm {realm}: the settings were saved by someone else since this edit started "
-        f"(edit from version {edit_version}, now version {current}); run `mailworker settings show "
-        f"--realm {realm}`, re-apply your change and save again"
-    )
-
-
-def _escape_glob(text: str) -> str:
-    return "".join(f"\\{ch}" if ch in "*?[]\\" else ch for ch in text)
+    draft_id: str = ""  # new with every edit: what a save names to say "the draft I reviewed"
+    unusable: Mapping[str, str] = field(default_factory=dict)
 
 
 # ---- the store -----------------------------------------------------------------------------------------
@@ -203,6 +94,8 @@ class SettingsStore:
         keys: Keys,
         box: SecretBox | Callable[[], SecretBox],
         history_size: int = DEFAULT_HISTORY_SIZE,
+        *,
+        allow_private_urls: bool = False,
     ) -> None:
         if history_size < MIN_HISTORY_SIZE:
             raise ValueError(f"history_size must be at least {MIN_HISTORY_SIZE}")
@@ -211,6 +104,7 @@ class SettingsStore:
         # A callable is resolved on first use: readers of non-secret fields (producers, `stats`) need no key.
         self._box_source = box
         self.history_size = history_size
+        self.allow_private_urls = allow_private_urls  # MAILWORKER_ALLOW_PRIVATE_URLS (config/urls.py)
 
     @property
     def _box(self) -> SecretBox:
@@ -219,17 +113,20 @@ class SettingsStore:
         return self._box_source
 
     # ---- reading --------------------------------------------------------------------------------------
+    #
+    # `lenient`: a secret whose binding broke does not fail the read; it is reported in `unusable` (and
+    # holds a placeholder). For showing and editing only: what sends mail reads strictly.
 
     def version(self, realm: str) -> int:
         """The saved version, 0 if never saved: one HGET, so workers can check their cache per job."""
         value = self._redis.hget(self._keys.saved(realm), "version")
         return int(value) if value is not None else 0
 
-    def saved(self, realm: str) -> SavedSettings | None:
-        return self._read_saved(self._redis, realm)
+    def saved(self, realm: str, *, lenient: bool = False) -> SavedSettings | None:
+        return self._read_saved(self._redis, realm, lenient=lenient)
 
-    def draft(self, realm: str) -> DraftSettings | None:
-        return self._read_draft(self._redis, realm)
+    def draft(self, realm: str, *, lenient: bool = False) -> DraftSettings | None:
+        return self._read_draft(self._redis, realm, lenient=lenient)
 
     def saved_fields(self, realm: str) -> dict[str, Any] | None:
         """The saved settings as stored (JSON names), secrets still encrypted, nothing decrypted.
@@ -240,13 +137,15 @@ class SettingsStore:
         raw = self._redis.hget(self._keys.saved(realm), "data")
         return dict(json.loads(str(raw))) if raw is not None else None
 
-    def effective(self, realm: str, *, use_draft: bool = True) -> tuple[SmtpSettings, str, int]:
+    def effective(
+        self, realm: str, *, use_draft: bool = True, lenient: bool = False
+    ) -> tuple[SmtpSettings, str, int]:
         """(settings, "draft" | "saved", version): the draft when there is one and use_draft, else saved."""
         if use_draft:
-            draft = self.draft(realm)
+            draft = self.draft(realm, lenient=lenient)
             if draft is not None:
                 return draft.settings, "draft", draft.base_version
-        saved = self.saved(realm)
+        saved = self.saved(realm, lenient=lenient)
         if saved is not None:
             return saved.settings, "saved", saved.version
         if not use_draft and self._redis.exists(self._keys.draft(realm)):
@@ -259,10 +158,10 @@ class SettingsStore:
             f"`mailworker settings save --realm {realm} --from ... --host ...`"
         )
 
-    def history(self, realm: str) -> list[SavedSettings]:
+    def history(self, realm: str, *, lenient: bool = False) -> list[SavedSettings]:
         """The last saved versions, newest first (secrets inside: mask with to_public on output)."""
         entries = self._redis.lrange(self._keys.history(realm), 0, -1)
-        return [self._history_entry(realm, str(raw)) for raw in entries]
+        return [self._history_entry(realm, str(raw), lenient=lenient) for raw in entries]
 
     def realms(self) -> list[str]:
         return sorted(str(name) for name in self._redis.smembers(self._keys.realms()))
@@ -286,14 +185,18 @@ class SettingsStore:
         draft_key, saved_key = self._keys.draft(realm), self._keys.saved(realm)
 
         def edit(pipe: Any) -> DraftSettings:
-            base, base_version = self._edit_base(pipe, realm)
-            draft = DraftSettings(realm, base_version, edit_settings(base, changes), time.time())
+            base = self._read_draft(pipe, realm, lenient=True) or self._read_saved(pipe, realm, lenient=True)
+            settings = self._edit(base, changes)
+            base_version = (
+                base.version if isinstance(base, SavedSettings) else base.base_version if base else 0
+            )
+            draft = DraftSettings(realm, base_version, settings, time.time(), uuid.uuid4().hex[:8])
             pipe.multi()
             pipe.set(draft_key, self._encode_draft(draft))
             return draft
 
         # Two people editing the same draft: WATCH makes the second re-read and re-apply its changes.
-        return self._retrying_transaction([draft_key, saved_key], edit)
+        return retrying_transaction(self._redis, [draft_key, saved_key], edit)
 
     def save(
         self,
@@ -301,31 +204,45 @@ class SettingsStore:
         changes: Mapping[str, Any] | None = None,
         *,
         expected_version: int | None = None,
+        draft_id: str | None = None,
         note: str | None = None,
     ) -> SavedSettings:
         """Apply `changes` onto the draft (or the saved settings), validate, and save as the next version.
 
         The edit's base version (the draft's, `expected_version`, or the version read here) must still be
-        the saved version when the write commits; otherwise ConflictError and nothing is written.
+        the saved version when the write commits; otherwise ConflictError and nothing is written. While a
+        draft is pending, `changes` are applied onto it only if `draft_id` names it (config.conflicts.
+        save_conflict); without changes the draft is saved as it is. The result lists what changed.
         """
         check_realm(realm)
+        changes = dict(changes or {})
         draft_key, saved_key = self._keys.draft(realm), self._keys.saved(realm)
         with self._redis.pipeline() as pipe:
             pipe.watch(saved_key, draft_key)
             current = self._read_version(pipe, realm)
-            draft = self._read_draft(pipe, realm)
-            if draft is not None:
-                self._check_base(realm, draft.base_version, current, from_draft=True)
+            draft = self._read_draft(pipe, realm, lenient=True)
+            saved = self._read_saved(pipe, realm, lenient=True)
             if expected_version is not None:
                 self._check_base(realm, expected_version, current)
-            saved = self._read_saved(pipe, realm) if draft is None else None
-            base = draft.settings if draft is not None else (saved.settings if saved is not None else None)
+            pending = diff_settings(saved.settings if saved else None, draft.settings) if draft else []
+            reason = save_conflict(draft.draft_id if draft else None, draft_id, gives_changes=bool(changes),
+                                   draft_differs=bool(pending))  # fmt: skip
+            if reason is not None:
+                pending_id, base_version = (draft.draft_id, draft.base_version) if draft else (None, None)
+                raise ConflictError(
+                    draft_conflict_message(realm, reason, pending_id, base_version, pending, draft_id)
+                )
+            if draft is not None:
+                self._check_base(realm, draft.base_version, current, from_draft=True)
+            base = draft or saved
             if base is None and not changes:
                 raise NotFound(
                     f"realm {realm} has no SMTP settings and no draft to save: run "
                     f"`mailworker settings save --realm {realm} --from ... --host ...`"
                 )
-            record = SavedSettings(realm, current + 1, edit_settings(base, changes or {}), time.time(), note)
+            settings = self._edit(base, changes)
+            done = tuple(diff_settings(saved.settings if saved else None, settings))
+            record = SavedSettings(realm, current + 1, settings, time.time(), note, changes=done)
             pipe.multi()
             self._queue_write(pipe, record)
             pipe.delete(draft_key)
@@ -348,79 +265,73 @@ class SettingsStore:
             pipe.watch(saved_key)
             current = self._read_version(pipe, realm)
             old = self._find_in_history(pipe, realm, to_version)
+            saved = self._read_saved(pipe, realm, lenient=True)
             record = SavedSettings(
-                realm, current + 1, old.settings, time.time(), note or f"rollback to version {to_version}"
-            )
+                realm, current + 1, old.settings, time.time(), note or f"rollback to version {to_version}",
+                changes=tuple(diff_settings(saved.settings if saved else None, old.settings)),
+            )  # fmt: skip
             pipe.multi()
             self._queue_write(pipe, record)
             self._execute_or_conflict(pipe, realm, current)
         return record
 
-    def rotate_secrets(self) -> int:
-        """Re-encrypt every stored secret (saved, drafts, history) with the first key; returns the count.
+    def rotate_secrets(self) -> Rotation:
+        """Seal every stored secret (saved, drafts, history) again with the first key (config/rotation.py).
 
         Run after prepending a new key to MAILWORKER_SECRET_KEY; then the old key can be dropped.
         """
-        pattern = f"{_escape_glob(self._keys.prefix)}:realm:*"
-        count = 0
-        for key in self._redis.scan_iter(match=pattern, count=500):
-            if key.endswith(":saved"):
-                count += self._rotate_key(key, self._rotate_saved)
-            elif key.endswith(":draft"):
-                count += self._rotate_key(key, self._rotate_draft)
-            elif key.endswith(":history"):
-                count += self._rotate_key(key, self._rotate_history)
-        return count
+        return rotate_secrets(self._redis, self._keys, self._box)
 
     # ---- internals ------------------------------------------------------------------------------------
+
+    def _edit(self, base: SavedSettings | DraftSettings | None, changes: Mapping[str, Any]) -> SmtpSettings:
+        return edit_settings(
+            base.settings if base is not None else None,
+            changes,
+            unusable=base.unusable if base is not None else None,
+            allow_private_urls=self.allow_private_urls,
+        )
+
+    def _decode(self, data: Mapping[str, Any], realm: str, *, lenient: bool) -> Decoded:
+        decoded = read_settings(data, self._box, realm=realm)
+        if decoded.unusable and not lenient:
+            raise UnusableSettings(unusable_message(realm, decoded.unusable))
+        return decoded
 
     def _read_version(self, client: Any, realm: str) -> int:
         value = client.hget(self._keys.saved(realm), "version")
         return int(value) if value is not None else 0
 
-    def _read_saved(self, client: Any, realm: str) -> SavedSettings | None:
+    def _read_saved(self, client: Any, realm: str, *, lenient: bool = False) -> SavedSettings | None:
         fields = client.hgetall(self._keys.saved(realm))
         if not fields:
             return None
-        return SavedSettings(
-            realm=realm,
-            version=int(fields["version"]),
-            settings=decode_settings(json.loads(fields["data"]), self._box),
-            saved_at=float(fields["saved_at"]),
-            note=fields.get("note") or None,
-        )
+        return self._saved_record(realm, {**fields, "data": json.loads(fields["data"])}, lenient=lenient)
 
-    def _read_draft(self, client: Any, realm: str) -> DraftSettings | None:
+    def _saved_record(self, realm: str, entry: Mapping[str, Any], *, lenient: bool) -> SavedSettings:
+        """A saved version (the saved hash, or a history entry) with its settings decoded."""
+        decoded = self._decode(entry["data"], realm, lenient=lenient)
+        return SavedSettings(realm, int(entry["version"]), decoded.settings, float(entry["saved_at"]),
+                             entry.get("note") or None, unusable=decoded.unusable)  # fmt: skip
+
+    def _read_draft(self, client: Any, realm: str, *, lenient: bool = False) -> DraftSettings | None:
         raw = client.get(self._keys.draft(realm))
         if raw is None:
             return None
         entry = json.loads(raw)
+        decoded = self._decode(entry["data"], realm, lenient=lenient)
         return DraftSettings(
             realm=realm,
             base_version=int(entry["base_version"]),
-            settings=decode_settings(entry["data"], self._box),
+            settings=decoded.settings,
             updated_at=float(entry["updated_at"]),
+            # A draft written before drafts had ids gets one from its content: the same on every read.
+            draft_id=draft_id_of(entry, str(raw)),
+            unusable=decoded.unusable,
         )
 
-    def _edit_base(self, client: Any, realm: str) -> tuple[SmtpSettings | None, int]:
-        """Where an edit starts: the draft, else the saved settings, else nothing (version 0)."""
-        draft = self._read_draft(client, realm)
-        if draft is not None:
-            return draft.settings, draft.base_version
-        saved = self._read_saved(client, realm)
-        if saved is not None:
-            return saved.settings, saved.version
-        return None, 0
-
-    def _history_entry(self, realm: str, raw: str) -> SavedSettings:
-        entry = json.loads(raw)
-        return SavedSettings(
-            realm=realm,
-            version=int(entry["version"]),
-            settings=decode_settings(entry["data"], self._box),
-            saved_at=float(entry["saved_at"]),
-            note=entry.get("note") or None,
-        )
+    def _history_entry(self, realm: str, raw: str, *, lenient: bool = False) -> SavedSettings:
+        return self._saved_record(realm, json.loads(raw), lenient=lenient)
 
     def _find_in_history(self, client: Any, realm: str, version: int) -> SavedSettings:
         entries = client.lrange(self._keys.history(realm), 0, -1)
@@ -455,8 +366,8 @@ class SettingsStore:
             ) from None
 
     def _queue_write(self, pipe: Any, record: SavedSettings) -> None:
-        data = encode_settings(record.settings, self._box)
         realm = record.realm
+        data = encode_settings(record.settings, self._box, realm=realm)
         pipe.hset(
             self._keys.saved(realm),
             mapping={
@@ -474,61 +385,12 @@ class SettingsStore:
 
     def _encode_draft(self, draft: DraftSettings) -> str:
         entry = {
+            "id": draft.draft_id,
             "base_version": draft.base_version,
-            "data": encode_settings(draft.settings, self._box),
+            "data": encode_settings(draft.settings, self._box, realm=draft.realm),
             "updated_at": draft.updated_at,
         }
         return json.dumps(entry, sort_keys=True, ensure_ascii=False)
-
-    def _rotate_key(self, key: str, rotate: Callable[[Any, str], int]) -> int:
-        """Re-encrypt one key's secrets under WATCH, so a concurrent save is never overwritten."""
-        return self._retrying_transaction([key], lambda pipe: rotate(pipe, key))
-
-    def _retrying_transaction(self, keys: list[str], body: Callable[[Any], T]) -> T:
-        """Run `body` (reads, then pipe.multi() and queued writes) until no watched key changed meanwhile.
-
-        Only for writes that are safe to re-apply on fresh data (draft edits, re-encryption); a save
-        must not be retried, since its base version would silently move.
-        """
-        while True:
-            with self._redis.pipeline() as pipe:
-                try:
-                    pipe.watch(*keys)
-                    result = body(pipe)
-                    pipe.execute()
-                    return result
-                except WatchError:
-                    continue
-
-    def _rotate_saved(self, pipe: Any, key: str) -> int:
-        raw = pipe.hget(key, "data")
-        if raw is None:
-            return 0
-        data = json.loads(raw)
-        count = rotate_data(data, self._box)
-        pipe.multi()
-        pipe.hset(key, "data", json.dumps(data, sort_keys=True, ensure_ascii=False))
-        return count
-
-    def _rotate_draft(self, pipe: Any, key: str) -> int:
-        raw = pipe.get(key)
-        if raw is None:
-            return 0
-        entry = json.loads(raw)
-        count = rotate_data(entry["data"], self._box)
-        pipe.multi()
-        pipe.set(key, json.dumps(entry, sort_keys=True, ensure_ascii=False), keepttl=True)
-        return count
-
-    def _rotate_history(self, pipe: Any, key: str) -> int:
-        entries = [json.loads(raw) for raw in pipe.lrange(key, 0, -1)]
-        count = sum(rotate_data(entry["data"], self._box) for entry in entries)
-        if not entries:
-            return 0
-        pipe.multi()
-        pipe.delete(key)
-        pipe.rpush(key, *(json.dumps(e, sort_keys=True, ensure_ascii=False) for e in entries))
-        return count
 
 
 def open_store(settings: ServiceSettings | None = None) -> SettingsStore:
@@ -540,4 +402,6 @@ def open_store(settings: ServiceSettings | None = None) -> SettingsStore:
 
     resources = runtime() if settings is None else Runtime(settings)
     box = resources.box
-    return SettingsStore(resources.redis, resources.keys, box)
+    return SettingsStore(
+        resources.redis, resources.keys, box, allow_private_urls=resources.settings.allow_private_urls
+    )

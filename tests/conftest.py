@@ -42,6 +42,8 @@ def pytest_configure(config: pytest.Config) -> None:
             "MAILWORKER_RETRY_MAX_DELAY": "1",
             "MAILWORKER_MAX_ATTEMPTS": "4",
             "MAILWORKER_RECIPIENT_COOLDOWN": "0",
+            # The token endpoints of the tests listen on 127.0.0.1 (http): allowed only with this.
+            "MAILWORKER_ALLOW_PRIVATE_URLS": "1",
         }
     )
     os.environ.pop("MAILWORKER_REALM_TEMPLATES_DIR", None)

@@ -13,12 +13,14 @@ from email.utils import parseaddr
 import pytest
 
 from config.errors import InvalidInput
+from config.settings import get_settings
 from tasks import api
 from tests.support.smtp_server import ReceivedMessage, SmtpTestServer
+from tests.test_oauth import SCOPE, USER, TokenEndpoint, new_token
 from worker.bulk import run_chunk
-from worker.progress import bulk_jobs
+from worker.progress import BulkJobs, bulk_jobs
 from worker.ratelimit import RateLimiter
-from worker.runtime import runtime
+from worker.runtime import Runtime, runtime
 
 pytestmark = pytest.mark.integration
 
@@ -229,3 +231,68 @@ def test_bad_input_rejects_the_whole_call_and_leaves_nothing_in_redis(
     assert str(error.value).startswith(f"{field.replace('[2]', '[452]')}:")
     assert set(runtime().redis.scan_iter(match=f"{runtime().keys.prefix}:bulk:*")) == before
     assert smtp_server.messages == []
+
+
+# ---- XOAUTH2 realms ------------------------------------------------------------------------------------
+
+
+def oauth_settings(server: SmtpTestServer, endpoint: TokenEndpoint, client) -> dict:
+    return server.settings_dict(auth=True, auth_type="xoauth2", username=USER, oauth_token_url=endpoint.url,
+                                oauth_client_id=client.client_id, oauth_client_secret=client.secret,
+                                oauth_scope=SCOPE)  # fmt: skip
+
+
+def test_a_bulk_on_an_xoauth2_realm_logs_in_with_the_realms_token(realm):
+    """It used to fail at once: `auth_type is xoauth2 but no access token was obtained`."""
+    with TokenEndpoint() as endpoint:
+        client = endpoint.client()
+        with SmtpTestServer(tls="starttls", xoauth2=(USER, client.token)) as server:
+            runtime().store.save(realm, oauth_settings(server, endpoint, client))
+            job_id = api.send_bulk(realm, "email-test", addresses(40), chunk_size=20)
+            progress = api.wait_for_bulk(job_id)
+            assert (progress["state"], progress["sent"], progress["failed"]) == ("done", 40, 0), progress
+            assert arrivals_by_recipient(server) == Counter(addresses(40))
+            assert {(a.mechanism, a.secret, a.success) for a in server.auth_attempts} == {
+                ("XOAUTH2", client.token, True)
+            }
+            assert client.requests == 1  # one token for the realm, shared by the chunks
+
+
+def test_a_fresh_worker_fetches_the_token_and_replaces_one_the_server_rejects(realm):
+    """A new runtime (as in a new worker process: no token in memory, no session) sends a chunk; then the
+    server stops accepting the token it logged in with, and the next session gets a new one, once."""
+    with TokenEndpoint() as endpoint:
+        client = endpoint.client()
+        with SmtpTestServer(tls="starttls", xoauth2=(USER, client.token)) as server:
+            runtime().store.save(realm, oauth_settings(server, endpoint, client))
+            fresh = Runtime(get_settings())
+            try:
+                jobs = BulkJobs(fresh.redis, fresh.keys, fresh.settings.delivered_marker_ttl)
+                limiter = RateLimiter(fresh.redis, fresh.keys)
+                job_id = f"bulk-oauth-{realm}"
+                jobs.create(
+                    job_id, realm=realm, template="email-test", locale=None, context={}, chunk_size=10
+                )
+                jobs.write_chunks(job_id, 0, [[{"to": to} for to in addresses(10, "a")],
+                                              [{"to": to} for to in addresses(10, "b")]])  # fmt: skip
+                jobs.open(job_id, total=20, chunks=2)
+
+                first = run_chunk(fresh.services, jobs, limiter, job_id, 0, claims=fresh.claims)
+                assert (first.status, first.sent, client.requests) == ("done", 10, 1)
+
+                old = client.token
+                client.token = new_token()  # revoked early: the server takes only the next token now
+                server.xoauth2 = (USER, client.token)
+                fresh.services.pools.close_all()  # the next chunk logs in again, with the cached token
+                second = run_chunk(fresh.services, jobs, limiter, job_id, 1, claims=fresh.claims)
+                assert (second.status, second.sent, second.failed) == ("done", 10, 0), second
+            finally:
+                fresh.close()
+            assert client.requests == 2
+            assert [(a.secret, a.success) for a in server.auth_attempts] == [
+                (old, True),
+                (old, False),
+                (client.token, True),
+            ]
+            assert arrivals_by_recipient(server) == Counter(addresses(10, "a") + addresses(10, "b"))
+            assert jobs.progress(job_id).state == "done"

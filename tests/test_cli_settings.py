@@ -23,6 +23,16 @@ CREATE = [
     "--from", "noreply@acme.example", "--host", "smtp.acme.example", "--port", "587", "--starttls",
     "--auth", "--username", "bot", "--password-stdin",
 ]  # fmt: skip
+# What the first save prints after its "saved" line: every field it set, the password masked.
+CREATED = """changes:
+  from: (not set) -> noreply@acme.example
+  host: (not set) -> smtp.acme.example
+  port: (not set) -> 587
+  starttls: (not set) -> on
+  auth: (not set) -> on
+  username: (not set) -> bot
+  password: (not set) -> **********
+"""
 
 
 @pytest.fixture
@@ -51,7 +61,7 @@ def create(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, 
     code, out, err = run(
         capsys, monkeypatch, "settings", "save", "--realm", realm, *CREATE, stdin=PASSWORD + "\n"
     )
-    assert (code, out, err) == (0, f"saved {realm} version 1\n", "")
+    assert (code, out, err) == (0, f"saved {realm} version 1\n{CREATED}", "")
 
 
 # ---- in-process -------------------------------------------------------------------------------------
@@ -99,14 +109,22 @@ def test_set_then_save_then_revert(
     create(capsys, monkeypatch, realm)
     code, out, _ = run(capsys, monkeypatch, "settings", "set", "--realm", realm, "--timeout", "25")
     assert code == 0
+    draft_id = json.loads(
+        run(capsys, monkeypatch, "settings", "show", "--realm", realm, "--draft", "--json")[1]
+    )["draft_id"]
     assert out == (
-        f"draft of {realm} updated (from version 1); test it with "
-        f"`mailworker settings test --realm {realm}`, then `mailworker settings save --realm {realm}`\n"
+        f"draft {draft_id} of {realm} updated (from version 1); test it with `mailworker settings test --realm "
+        f"{realm}`, then `mailworker settings save --realm {realm} --draft {draft_id}`\n"
+        "pending changes:\n  timeout: 10.0 -> 25.0\n"
     )
     code, out, _ = run(capsys, monkeypatch, "settings", "show", "--realm", realm, "--draft", "--json")
     assert json.loads(out)["timeout"] == 25 and json.loads(out)["source"] == "draft"
+    code, out, _ = run(capsys, monkeypatch, "settings", "show", "--realm", realm, "--draft")
+    assert f"draft_id               {draft_id}" in out and out.endswith(
+        "pending changes:\n  timeout: 10.0 -> 25.0\n"
+    )
     code, out, _ = run(capsys, monkeypatch, "settings", "show", "--realm", realm)
-    assert "a draft is pending" in out
+    assert f"(draft {draft_id} is pending: `mailworker settings show --realm {realm} --draft`)" in out
     code, out, _ = run(capsys, monkeypatch, "settings", "revert", "--realm", realm)
     assert out == f"draft of {realm} discarded\n"
     code, out, _ = run(capsys, monkeypatch, "settings", "revert", "--realm", realm)
@@ -123,11 +141,17 @@ def test_masked_password_rule_on_the_cli(
     assert code == 1 and out == ""
     assert err == (
         "error: password: host changed from smtp.acme.example to evil.example: enter the password again "
-        "(a stored password is never sent to a new server)\n"
+        "(a stored password is never sent to a new server, or over a weaker connection)\n"
     )
+    code, out, err = run(capsys, monkeypatch, "settings", "save", "--realm", realm, "--no-verify-tls")
+    assert (code, out) == (1, "") and err.startswith("error: password: verify_tls changed from on to off: ")
     argv = ["settings", "save", "--realm", realm, "--host", "new.example", "--password-stdin"]
     code, out, err = run(capsys, monkeypatch, *argv, stdin="new-password")
-    assert (code, out) == (0, f"saved {realm} version 2\n")
+    assert (code, out) == (
+        0,
+        f"saved {realm} version 2\nchanges:\n  host: smtp.acme.example -> new.example\n"
+        "  password: ********** -> ********** (a new value)\n",
+    )
 
 
 def test_save_json_and_rollback(cli: str, capsys: Any, monkeypatch: pytest.MonkeyPatch, realm: str) -> None:
@@ -135,8 +159,12 @@ def test_save_json_and_rollback(cli: str, capsys: Any, monkeypatch: pytest.Monke
     code, out, _ = run(capsys, monkeypatch, "settings", "save", "--realm", realm, "--timeout", "40", "--json")
     data = json.loads(out)
     assert (data["version"], data["timeout"], data["password"]) == (2, 40, "**********")
+    assert data["changes"] == [{"field": "timeout", "before": 10.0, "after": 40.0}]
     code, out, _ = run(capsys, monkeypatch, "settings", "rollback", "--realm", realm, "--to", "1")
-    assert (code, out) == (0, f"saved {realm} version 3 (rollback to version 1)\n")
+    assert (code, out) == (
+        0,
+        f"saved {realm} version 3 (rollback to version 1)\nchanges:\n  timeout: 40.0 -> 10.0\n",
+    )
     code, out, err = run(capsys, monkeypatch, "settings", "rollback", "--realm", realm, "--to", "9")
     assert code == 1 and err.startswith(f"error: realm {realm} has no version 9 in its history")
 
@@ -150,6 +178,63 @@ def test_expect_version_conflict(cli: str, capsys: Any, monkeypatch: pytest.Monk
     assert code == 1
     assert "saved by someone else since this edit started (edit from version 1, now version 2)" in err
     assert err.count("\n") == 1
+
+
+def test_a_password_rotation_does_not_save_another_admins_pending_draft(
+    cli: str, capsys: Any, monkeypatch: pytest.MonkeyPatch, realm: str
+) -> None:
+    """The issue, as typed: `save --expect-version N --password-stdin` used to save the pending draft of
+    someone else (`--host evil.example`) together with the new password."""
+    create(capsys, monkeypatch, realm)
+    code, out, err = run(capsys, monkeypatch, "settings", "set", "--realm", realm, "--host", "evil.example",
+                         "--password-stdin", stdin="mallorys-own\n")  # fmt: skip
+    assert code == 0, err
+    argv = ["settings", "save", "--realm", realm, "--expect-version", "1", "--password-stdin"]
+    code, out, err = run(capsys, monkeypatch, *argv, stdin="rotated-password\n")
+    assert (code, out) == (1, "") and err.count("\n") == 1
+    assert err.startswith(f"error: realm {realm}: a draft is pending (draft ")
+    assert "host: smtp.acme.example -> evil.example; password: ********** -> ********** (a new value)" in err
+    assert f"`mailworker settings revert --realm {realm}`" in err
+    assert "mallorys-own" not in err and "rotated-password" not in err
+    code, out, _ = run(capsys, monkeypatch, "settings", "show", "--realm", realm, "--json")
+    assert (json.loads(out)["host"], json.loads(out)["version"]) == ("smtp.acme.example", 1)
+
+    # Reviewed and saved on purpose: named by its id, the draft is saved, the changes printed.
+    draft_id = json.loads(
+        run(capsys, monkeypatch, "settings", "show", "--realm", realm, "--draft", "--json")[1]
+    )["draft_id"]
+    code, out, err = run(capsys, monkeypatch, "settings", "save", "--realm", realm, "--draft", draft_id,
+                         "--timeout", "20")  # fmt: skip
+    assert (code, err) == (0, "")
+    assert out == (
+        f"saved {realm} version 2\nchanges:\n  host: smtp.acme.example -> evil.example\n"
+        "  password: ********** -> ********** (a new value)\n  timeout: 10.0 -> 20.0\n"
+    )
+
+
+def test_show_says_when_a_stored_password_cannot_be_used(
+    cli: str, capsys: Any, monkeypatch: pytest.MonkeyPatch, realm: str
+) -> None:
+    from worker.runtime import runtime
+
+    create(capsys, monkeypatch, realm)
+    rt = runtime()
+    data = json.loads(rt.redis.hget(rt.keys.saved(realm), "data"))
+    rt.redis.hset(rt.keys.saved(realm), "data", json.dumps({**data, "host": "evil.example"}))
+    code, out, _ = run(capsys, monkeypatch, "settings", "show", "--realm", realm)
+    assert code == 0 and "evil.example" in out
+    assert (
+        "warning: the stored password cannot be used: host changed from smtp.acme.example to evil.example "
+        "since the password was saved, outside `mailworker settings`; enter it again"
+    ) in out
+    code, out, _ = run(capsys, monkeypatch, "settings", "show", "--realm", realm, "--json")
+    assert "host changed" in json.loads(out)["unusable"]["password"]
+    code, out, _ = run(capsys, monkeypatch, "secrets", "rotate")
+    assert code == 1 and "re-encrypted 1 stored secret(s)" in out  # the history entry; not the tampered one
+    assert f"not re-encrypted: {realm} (saved): host changed from smtp.acme.example to evil.example" in out
+    argv = ["settings", "save", "--realm", realm, "--host", "smtp.acme.example", "--password-stdin"]
+    assert run(capsys, monkeypatch, *argv, stdin=PASSWORD)[0] == 0
+    assert runtime().store.saved(realm).settings.secret("password") == PASSWORD  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
@@ -256,7 +341,7 @@ def env(key_prefix: str) -> dict[str, str]:
 
 def test_console_password_never_shown(env: dict[str, str], tmp_path: Path, realm: str) -> None:
     saved = console(["settings", "save", "--realm", realm, *CREATE], env, tmp_path, stdin=PASSWORD + "\n")
-    assert (saved.returncode, saved.stdout, saved.stderr) == (0, f"saved {realm} version 1\n", "")
+    assert (saved.returncode, saved.stdout, saved.stderr) == (0, f"saved {realm} version 1\n{CREATED}", "")
     for command_line in ("show", "show --json", "history --json", "history"):
         shown = console(["settings", *command_line.split(), "--realm", realm], env, tmp_path)
         assert shown.returncode == 0 and "smtp.acme.example" in shown.stdout

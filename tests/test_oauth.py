@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
 import sys
 import threading
 import time
@@ -60,7 +61,7 @@ class Client:
     token: str
     scope: str | None = SCOPE
     expires_in: Any = 3600
-    mode: str = "ok"  # ok | slow | error500 | not-json
+    mode: str = "ok"  # ok | slow | error500 | not-json | noisy (a huge error with escapes) | html502
     delay: float = 0.0
     requests: int = 0
     arrived: threading.Event = field(default_factory=threading.Event)
@@ -150,6 +151,18 @@ class TokenEndpoint:
         if client.mode == "not-json":
             handler.reply(200, b"<html>sign in</html>")
             return
+        if (
+            client.mode == "noisy"
+        ):  # echoes the secret, with terminal escapes, bidi overrides, and a lot of it
+            description = (
+                "\x1b[31mAADSTS\u202e" + "x" * 150 + form.get("client_secret", "") + "\r\n" + "y" * 9000
+            )
+            handler.reply(400, {"error": "weird_error\x1b[0m", "error_description": description})
+            return
+        if client.mode == "html502":
+            body = "<html>\x1b]0;owned\x07<h1>Bad gateway</h1>" + form.get("client_secret", "") + "z" * 5000
+            handler.reply(502, body.encode())
+            return
         handler.reply(
             200, {"access_token": client.token, "token_type": "Bearer", "expires_in": client.expires_in}
         )
@@ -223,6 +236,7 @@ def box() -> SecretBox:
 
 
 def provider_for(real_redis: Any, key_prefix: str, box: SecretBox, **kwargs: Any) -> TokenProvider:
+    kwargs.setdefault("allow_private", True)  # the test endpoint listens on 127.0.0.1
     return TokenProvider(real_redis, Keys(key_prefix), box, **kwargs)
 
 
@@ -367,6 +381,87 @@ def test_token_failures_are_one_line_classified_and_never_show_the_secret(
     assert "\n" not in message and "\r" not in message
     assert client.secret not in message and (settings.secret("oauth_client_secret") or "") not in message
     assert real_redis.get(Keys(key_prefix).token(realm)) is None  # nothing cached
+
+
+@pytest.mark.parametrize("mode, status", [("noisy", 400), ("html502", 502)])
+def test_what_the_endpoint_says_is_shown_as_a_short_clean_excerpt(
+    endpoint: TokenEndpoint,
+    real_redis: Any,
+    key_prefix: str,
+    box: SecretBox,
+    realm: str,
+    mode: str,
+    status: int,
+) -> None:
+    client = endpoint.client(mode=mode)
+    with pytest.raises(TokenError) as caught:
+        provider_for(real_redis, key_prefix, box).token(realm, settings_for(endpoint, client))
+    message = str(caught.value)
+    remote = message.split(f"answered {status}: ", 1)[1].removesuffix("; retried later")
+    assert len(remote) <= 205, remote
+    assert all(ch.isprintable() for ch in message), repr(message)
+    assert client.secret[:6] not in message  # masked before it was cut: not even half of it
+    assert ("weird_error" in remote) if mode == "noisy" else ("Bad gateway" in remote)
+
+
+def test_a_token_url_on_this_machine_is_refused_without_the_private_url_setting(
+    endpoint: TokenEndpoint, real_redis: Any, key_prefix: str, box: SecretBox, realm: str
+) -> None:
+    client = endpoint.client()
+    strict = provider_for(real_redis, key_prefix, box, allow_private=False)
+    with pytest.raises(TokenError) as caught:
+        strict.token(realm, settings_for(endpoint, client))
+    assert caught.value.transient is False
+    assert str(caught.value) == (
+        "oauth_token_url: host 127.0.0.1 is a loopback address: refused unless MAILWORKER_ALLOW_PRIVATE_URLS=1 "
+        "(URLs in settings must not reach services inside the network)"
+    )
+    assert client.requests == 0
+    allowed = provider_for(real_redis, key_prefix, box, allow_private=True)
+    by_name = settings_for(endpoint, client, oauth_token_url=endpoint.url.replace("127.0.0.1", "localhost"))
+    assert allowed.token(realm, by_name).value == client.token  # connected to the checked address
+
+
+def test_a_name_is_checked_by_the_addresses_it_resolves_to_when_used(
+    endpoint: TokenEndpoint, real_redis: Any, key_prefix: str, box: SecretBox, realm: str
+) -> None:
+    """A host name says nothing at save; what it resolves to is checked on every fetch."""
+    name = socket.gethostname()
+    try:
+        resolved = {info[4][0] for info in socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)}
+    except OSError:
+        resolved = set()
+    if resolved != {"127.0.0.1"} or name.endswith("localhost"):
+        pytest.skip(f"this machine's name {name!r} does not resolve to 127.0.0.1 only")
+    client = endpoint.client()
+    url = f"https://{name}:{endpoint.server.server_address[1]}{endpoint.PATH}"
+    settings = settings_for(endpoint, client, oauth_token_url=url)
+    with pytest.raises(TokenError) as caught:
+        provider_for(real_redis, key_prefix, box, allow_private=False).token(realm, settings)
+    assert str(caught.value).startswith(
+        f"oauth_token_url: host {name.lower()} resolves to 127.0.0.1, which is a loopback address: refused"
+    )
+    assert caught.value.transient is False and client.requests == 0
+
+
+def test_the_token_url_is_checked_at_save(real_redis: Any, key_prefix: str, box: SecretBox) -> None:
+    from config.errors import InvalidInput
+    from config.store import SettingsStore
+
+    data = {"from": "noreply@acme.example", "host": "127.0.0.1", "port": 25, "starttls": True, "auth": True,
+            "auth_type": "xoauth2", "username": USER, "oauth_client_id": "c", "oauth_client_secret": "s"}  # fmt: skip
+    strict = SettingsStore(real_redis, Keys(key_prefix), box)
+    with pytest.raises(
+        InvalidInput, match="oauth_token_url: has a port that is not a whole number from 1 to 65535"
+    ):
+        strict.save("acme", {**data, "oauth_token_url": "https://login.example:99999/token"})
+    with pytest.raises(InvalidInput, match=r"oauth_token_url: host 127\.0\.0\.1 is a loopback address"):
+        strict.save("acme", {**data, "oauth_token_url": "http://127.0.0.1:8080/token"})
+    with pytest.raises(InvalidInput, match="oauth_token_url: must be an https:// URL"):
+        strict.save("acme", {**data, "oauth_token_url": "http://login.example/token"})
+    assert strict.version("acme") == 0
+    allowing = SettingsStore(real_redis, Keys(key_prefix), box, allow_private_urls=True)
+    assert allowing.save("acme", {**data, "oauth_token_url": "http://127.0.0.1:8080/token"}).version == 1
 
 
 @pytest.mark.parametrize("status, transient", [(400, False), (401, False), (403, False), (404, False),
@@ -614,7 +709,12 @@ def test_a_password_realm_moves_to_xoauth2_with_one_cli_command(
     code = main(["settings", "save", "--realm", realm, "--auth-type", "xoauth2", "--oauth-token-url", endpoint.url,
                  "--oauth-client-id", client.client_id, "--oauth-scope", SCOPE, "--oauth-client-secret-stdin"])  # fmt: skip
     out, err = capsys.readouterr()
-    assert (code, out, err) == (0, f"saved {realm} version 2\n", ""), err
+    assert (code, err) == (0, ""), err
+    assert out == (
+        f"saved {realm} version 2\nchanges:\n  auth_type: password -> xoauth2\n  password: ********** -> (not set)\n"
+        f"  oauth_token_url: (not set) -> {endpoint.url}\n  oauth_client_id: (not set) -> {client.client_id}\n"
+        f"  oauth_client_secret: (not set) -> **********\n  oauth_scope: (not set) -> {SCOPE}\n"
+    )
     saved = store.saved(realm).settings
     assert saved.auth_type == "xoauth2" and saved.password is None  # the old password is forgotten
     assert api.wait_for_result(send(realm))["status"] == "sent"

@@ -14,10 +14,10 @@ from config.smtp import parse_smtp_settings
 from config.store import (
     SettingsStore,
     apply_changes,
-    changed_credential_field,
     decode_settings,
     edit_settings,
     encode_settings,
+    weakening_change,
 )
 
 REALM = "acme"
@@ -63,14 +63,17 @@ def test_apply_changes_accepts_the_python_name_of_from() -> None:
         ({"username": "other"}, "username"),
         ({"starttls": False}, "starttls"),
         ({"starttls": False, "ssl": True}, "ssl"),
+        ({"verify_tls": False}, "verify_tls"),
+        ({"auth_type": "xoauth2", "oauth_token_url": "https://login.example/t", "oauth_client_id": "i",
+          "oauth_client_secret": "s"}, "auth_type"),
     ],
-)
-def test_changed_credential_field(change: dict[str, Any], field: str) -> None:
+)  # fmt: skip
+def test_weakening_change(change: dict[str, Any], field: str) -> None:
     before = parse_smtp_settings(BASE)
     after = parse_smtp_settings({**BASE, **change})
-    assert changed_credential_field(before, after) is not None
-    assert changed_credential_field(before, after)[0] == field  # type: ignore[index]
-    assert changed_credential_field(before, parse_smtp_settings({**BASE, "timeout": 30})) is None
+    assert weakening_change(before, after) is not None
+    assert weakening_change(before, after)[0] == field  # type: ignore[index]
+    assert weakening_change(before, parse_smtp_settings({**BASE, "timeout": 30})) is None
 
 
 def test_edit_keeps_the_masked_password_when_nothing_it_is_bound_to_changed() -> None:
@@ -99,7 +102,8 @@ def test_edit_refuses_to_carry_the_password_to_changed_credentials(
         edit_settings(parse_smtp_settings(BASE), changes)
     assert caught.value.problems[0][0] == "password"
     assert caught.value.problems[0][1].startswith(f"{field} changed from ")
-    assert "enter the password again (a stored password is never sent to a new server)" in str(caught.value)
+    assert "enter the password again (a stored password is never sent to a new server, or over a weaker " \
+        "connection)" in str(caught.value)
 
 
 def test_edit_names_old_and_new_host() -> None:
@@ -142,15 +146,15 @@ def test_masked_client_secret_follows_the_same_rule() -> None:
 
 
 def test_encoded_settings_hold_no_clear_secret(box: SecretBox) -> None:
-    encoded = encode_settings(parse_smtp_settings(BASE), box)
+    encoded = encode_settings(parse_smtp_settings(BASE), box, realm=REALM)
     assert "password" not in encoded and PASSWORD not in json.dumps(encoded)
-    assert decode_settings(encoded, box).secret("password") == PASSWORD
+    assert decode_settings(encoded, box, realm=REALM).secret("password") == PASSWORD
 
 
 def test_decoding_with_the_wrong_key_is_a_config_error(box: SecretBox) -> None:
-    encoded = encode_settings(parse_smtp_settings(BASE), box)
+    encoded = encode_settings(parse_smtp_settings(BASE), box, realm=REALM)
     with pytest.raises(ConfigError, match="MAILWORKER_SECRET_KEY"):
-        decode_settings(encoded, SecretBox([new_key()]))
+        decode_settings(encoded, SecretBox([new_key()]), realm=REALM)
 
 
 # ---- versions, draft, revert --------------------------------------------------------------------------
@@ -281,8 +285,8 @@ def test_masked_password_refused_after_credential_change(
 
 def test_mask_compares_with_the_draft_that_holds_the_password(store: SettingsStore) -> None:
     store.save(REALM, BASE)
-    store.set_draft(REALM, {"host": "new.example", "password": "new-pw"})
-    saved = store.save(REALM, {"password": MASK})
+    draft = store.set_draft(REALM, {"host": "new.example", "password": "new-pw"})
+    saved = store.save(REALM, {"password": MASK}, draft_id=draft.draft_id)
     assert (saved.settings.host, saved.settings.secret("password")) == ("new.example", "new-pw")
 
 
@@ -388,7 +392,8 @@ def test_rotate_secrets_with_two_keys(fake_redis: Any) -> None:
     rotating = SettingsStore(fake_redis, keys, SecretBox([new, old_key]))
     assert rotating.saved(REALM).settings.secret("password") == PASSWORD  # type: ignore[union-attr]
     # saved (1) + draft (1) + history (2) + the other realm's draft (1)
-    assert rotating.rotate_secrets() == 5
+    rotation = rotating.rotate_secrets()
+    assert (rotation.resealed, rotation.migrated, rotation.skipped) == (5, 0, [])
 
     new_only = SettingsStore(fake_redis, keys, SecretBox([new]))
     assert new_only.saved(REALM).settings.secret("password") == PASSWORD  # type: ignore[union-attr]

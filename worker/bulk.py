@@ -29,15 +29,16 @@ from config.errors import InvalidInput, NotFound, StoreUnavailable
 from config.names import BULK_CHUNK_TASK
 from config.smtp import SmtpSettings, check_address
 from worker.deadletters import DeadLetter
-from worker.delivery import DeliveryFailure, Services, failure_from_smtp
+from worker.delivery import DeliveryFailure, Services, failure_from_smtp, oauth_token
 from worker.jobs import EmailJob, check_depth, check_line, check_links, check_locale
 from worker.liveness import BUSY, Claims
 from worker.message import OutgoingMessage, build_message
+from worker.oauth import uses_xoauth2
 from worker.progress import CANCELLED, FAILED, BulkJob, BulkJobs
 from worker.ratelimit import RateLimiter
 from worker.render import RenderedEmail, RenderError, TemplateRenderer
 from worker.retry import Decision
-from worker.smtp import Outcome, SendResult, SmtpFailure, SmtpSession, classify_smtp_error
+from worker.smtp import AUTH_FAILURE_CODES, Outcome, SendResult, SmtpFailure, SmtpSession, classify_smtp_error
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,8 @@ class _GroupOutcome:
     deferred: list[Recipient] = field(default_factory=list)  # a 4xx for the message: the chunk's retry
     unsent: list[Recipient] = field(default_factory=list)  # not sent because no session could be had
     ambiguous: list[tuple[Recipient, SmtpFailure]] = field(default_factory=list)  # sent, no reply
-    down: SmtpFailure | None = None  # why there is no session (connect, auth, a fresh session ending)
+    # Why there is no session: connect, auth, a fresh session ending (SmtpFailure), or no XOAUTH2 token.
+    down: SmtpFailure | DeliveryFailure | None = None
 
 
 class _EarlyCommit:
@@ -317,7 +319,7 @@ class ChunkRun:
         while outgoing:
             try:
                 session = self._session()
-            except SmtpFailure as failure:
+            except (SmtpFailure, DeliveryFailure) as failure:
                 result.unsent, result.down = [r for r, _ in outgoing], failure
                 return result
             before = session.messages_sent
@@ -372,9 +374,24 @@ class ChunkRun:
         return retry
 
     def _session(self) -> SmtpSession:
+        """The realm's pooled session, or a new one. With XOAUTH2 it logs in with the realm's token (cached,
+        or fetched now); a cached token the server rejects is replaced once by a fresh one, as in
+        transactional delivery. A token failure is a DeliveryFailure ('retry' or 'settings')."""
         assert self.settings is not None
-        return self.services.pool.session(self.job.realm, self.version, self.settings,
-                                          ca_file=self.services.settings.smtp_ca_file)  # fmt: skip
+        realm, ca_file = self.job.realm, self.services.settings.smtp_ca_file
+        if not uses_xoauth2(self.settings):
+            return self.services.pool.session(realm, self.version, self.settings, ca_file=ca_file)
+        token = oauth_token(self.services, realm, self.settings)
+        try:
+            return self.services.pool.session(realm, self.version, self.settings, ca_file=ca_file,
+                                              oauth_token=token.value)  # fmt: skip
+        except SmtpFailure as error:
+            if token.fresh or error.stage != "auth" or error.code not in AUTH_FAILURE_CODES:
+                raise
+        self.services.oauth.invalidate(realm, token.value)
+        token = oauth_token(self.services, realm, self.settings)
+        return self.services.pool.session(realm, self.version, self.settings, ca_file=ca_file,
+                                          oauth_token=token.value)  # fmt: skip
 
     # -- bookkeeping -------------------------------------------------------------------------------------
 
@@ -440,8 +457,8 @@ class ChunkRun:
         self.result.error = failure.error
         return self._finish()
 
-    def _session_down(self, error: SmtpFailure, remaining: list[Recipient]) -> ChunkResult:
-        failure = failure_from_smtp(error)
+    def _session_down(self, error: SmtpFailure | DeliveryFailure, remaining: list[Recipient]) -> ChunkResult:
+        failure = error if isinstance(error, DeliveryFailure) else failure_from_smtp(error)
         if failure.reason == "settings":
             # Wrong password, TLS or AUTH setup: every chunk would fail the same way (and hammer the
             # provider's login): the job stops, the rest of it is dead-lettered without connecting.

@@ -16,9 +16,16 @@ gets `TokenNotReady` at once (a transient failure: the job is retried later) ins
 has deadlines: connect (and TLS handshake) within the realm's connect_timeout, each read within its
 timeout, the whole body within connect_timeout + timeout.
 
+Where it may go: the token URL passes config.urls.check_public_url on every fetch (the operator may have
+turned MAILWORKER_ALLOW_PRIVATE_URLS off since the save), and so does every address its host resolves
+to; the connection then goes to exactly those checked addresses, so a name that resolves to a public
+address for the check and to an internal one a moment later (DNS rebinding) gains nothing. Through a
+proxy (HTTPS_PROXY) the proxy resolves the name: the local answer, when there is one, is checked.
+
 Failures are `TokenError`s with one line a person can act on (HTTP status, the endpoint's `error` and
-`error_description`; never the client secret) and `transient`: unreachable, timeout, 408, 429, 5xx are
-worth retrying; anything else (400/401 invalid_client, a wrong URL, not JSON) is a settings problem.
+`error_description` as a short cleaned excerpt; never the client secret) and `transient`: unreachable,
+timeout, 408, 429, 5xx are worth retrying; anything else (400/401 invalid_client, a wrong or refused URL,
+not JSON) is a settings problem.
 """
 
 from __future__ import annotations
@@ -31,9 +38,7 @@ import math
 import socket
 import ssl
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -42,9 +47,11 @@ from typing import Any
 import redis
 
 from config.crypto import SecretBox
-from config.errors import ConfigError, MailWorkerError
+from config.errors import ConfigError, InvalidInput, MailWorkerError
 from config.keys import Keys
 from config.smtp import SmtpSettings
+from config.urls import ParsedUrl, check_public_url, check_resolved
+from worker.oauth_http import MAX_EXCERPT, Pinned, excerpt, network_reason, one_line, post_form, proxy_for
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +61,6 @@ MARGIN_FRACTION = 0.1
 MAX_MARGIN_S = 60.0
 # RFC 6749 only recommends expires_in; without it, assume a short life rather than a long one.
 DEFAULT_EXPIRES_IN_S = 300
-MAX_BODY_BYTES = 64 * 1024
 # The fetch lock outlives the slowest fetch (connect + a few reads) by this much, then frees itself
 # even when its holder died.
 LOCK_SLACK_S = 5.0
@@ -134,87 +140,6 @@ def is_transient_status(status: int) -> bool:
     return status >= 500 or status in TRANSIENT_STATUSES
 
 
-# ---- HTTP with a connect deadline and a read deadline -----------------------------------------------------
-
-
-class _TimedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, host: str, /, *args: Any, read_timeout: float = 10.0, **kwargs: Any) -> None:
-        super().__init__(host, *args, **kwargs)
-        self._read_timeout = read_timeout
-
-    def connect(self) -> None:
-        super().connect()  # under the connect timeout given to urlopen
-        self.sock.settimeout(self._read_timeout)
-
-
-class _TimedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, host: str, /, *args: Any, read_timeout: float = 10.0, **kwargs: Any) -> None:
-        super().__init__(host, *args, **kwargs)
-        self._read_timeout = read_timeout
-
-    def connect(self) -> None:
-        super().connect()  # TCP and the TLS handshake, under the connect timeout
-        self.sock.settimeout(self._read_timeout)
-
-
-class _HTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, read_timeout: float) -> None:
-        super().__init__()
-        self.read_timeout = read_timeout
-
-    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(_TimedHTTPConnection, req, read_timeout=self.read_timeout)
-
-
-class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, read_timeout: float) -> None:
-        super().__init__(context=ssl.create_default_context())
-        self.read_timeout = read_timeout
-
-    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(
-            _TimedHTTPSConnection,
-            req,
-            context=self._context,  # type: ignore[attr-defined]
-            read_timeout=self.read_timeout,
-        )
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A token endpoint answers, it does not redirect: a 3xx is reported, the form is not re-sent."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-def _read_body(response: Any, deadline: float) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the response took too long")
-        chunk = response.read1(8192)
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise ValueError(f"the response is larger than {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _network_reason(error: BaseException) -> BaseException:
-    return (
-        error.reason
-        if isinstance(error, urllib.error.URLError) and isinstance(error.reason, BaseException)
-        else error
-    )
-
-
 # ---- the provider --------------------------------------------------------------------------------------
 
 
@@ -222,11 +147,18 @@ class TokenProvider:
     """Access tokens per realm: from this process's cache, Redis, or the token endpoint (one fetcher)."""
 
     def __init__(
-        self, redis_client: redis.Redis, keys: Keys, box: SecretBox, *, clock: Callable[[], float] = time.time
+        self,
+        redis_client: redis.Redis,
+        keys: Keys,
+        box: SecretBox,
+        *,
+        allow_private: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = redis_client
         self._keys = keys
         self._box = box
+        self._allow_private = allow_private  # MAILWORKER_ALLOW_PRIVATE_URLS
         self._clock = clock
         self._local: dict[str, AccessToken] = {}
         self._release = redis_client.register_script(_RELEASE_LOCK)
@@ -280,43 +212,52 @@ class TokenProvider:
         url = settings.oauth_token_url or ""
         secret = settings.secret("oauth_client_secret") or ""
         where = endpoint_name(url)
+        pinned = self._destination(url, settings)
         form = {"grant_type": "client_credentials", "client_id": settings.oauth_client_id or "",
                 "client_secret": secret}  # fmt: skip
         if settings.oauth_scope:
             form["scope"] = settings.oauth_scope
-        request = urllib.request.Request(
-            url,
-            data=urllib.parse.urlencode(form).encode(),
-            headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
-            method="POST",
-        )
         if url.startswith("http://"):
             log.warning(
                 "OAuth2 token endpoint %s is plain http: the client secret travels unencrypted", where
             )
-        opener = urllib.request.build_opener(
-            _HTTPHandler(settings.timeout), _HTTPSHandler(settings.timeout), _NoRedirect()
-        )
-        deadline = time.monotonic() + settings.connect_timeout + settings.timeout
         try:
-            try:
-                with opener.open(request, timeout=settings.connect_timeout) as response:
-                    status, body = response.status, _read_body(response, deadline)
-            except urllib.error.HTTPError as error:
-                status = error.code
-                try:
-                    body = _read_body(error, deadline)
-                except (OSError, ValueError, http.client.HTTPException):
-                    body = b""
-                finally:
-                    error.close()
+            status, body = post_form(url, form, pinned=pinned, connect_timeout=settings.connect_timeout,
+                                     timeout=settings.timeout)  # fmt: skip
         except (OSError, http.client.HTTPException, ValueError) as error:
-            raise self._network_error(_network_reason(error), where, settings) from None
+            raise self._network_error(network_reason(error), where, settings) from None
         if status != 200:
-            raise _scrub(self._http_error(status, body, where), secret)
+            raise _scrub(self._http_error(status, body, where, secret), secret)
         return self._parse(body, where, secret, fingerprint(settings))
 
     # ---- internals ------------------------------------------------------------------------------------
+
+    def _destination(self, url: str, settings: SmtpSettings) -> Pinned:
+        """Check the token URL and the addresses its host resolves to; what to connect to (nothing pinned
+        when a proxy connects for us)."""
+        try:
+            parsed: ParsedUrl = check_public_url("oauth_token_url", url, allow_private=self._allow_private)
+        except InvalidInput as error:
+            raise TokenError(str(error), transient=False) from None
+        proxy = proxy_for(url, parsed.host)
+        try:
+            infos = socket.getaddrinfo(parsed.host, parsed.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as error:
+            if proxy is not None:  # the proxy may know names this machine's DNS does not
+                return {}
+            raise self._network_error(error, endpoint_name(url), settings) from None
+        except UnicodeError:
+            raise TokenError(
+                f"oauth_token_url: {parsed.host} is not a valid host name", transient=False
+            ) from None
+        try:
+            check_resolved("oauth_token_url", url, [str(info[4][0]) for info in infos],
+                           allow_private=self._allow_private)  # fmt: skip
+        except InvalidInput as error:
+            raise TokenError(str(error), transient=False) from None
+        if proxy is not None:
+            return {}
+        return {(parsed.host.lower(), parsed.port): [(info[0], info[4]) for info in infos]}
 
     def _read_shared(self, realm: str, wanted: str) -> AccessToken | None:
         token = self._decode(self._redis.get(self._keys.token(realm)))
@@ -358,7 +299,7 @@ class TokenProvider:
         token_type = data.get("token_type")
         if token_type is not None and str(token_type).lower() != "bearer":
             raise _scrub(TokenError(
-                f"OAuth2 token endpoint {where} issued a {_one_line(str(token_type), 40)} token; XOAUTH2 needs a Bearer token",
+                f"OAuth2 token endpoint {where} issued a {one_line(str(token_type), 40)} token; XOAUTH2 needs a Bearer token",
                 transient=False, status=200,
             ), secret)  # fmt: skip
         try:
@@ -369,7 +310,7 @@ class TokenProvider:
             expires_in = DEFAULT_EXPIRES_IN_S
         return AccessToken(value, self._clock() + lifetime(expires_in), bound_to, fresh=True)
 
-    def _http_error(self, status: int, body: bytes, where: str) -> TokenError:
+    def _http_error(self, status: int, body: bytes, where: str, secret: str) -> TokenError:
         try:
             data = json.loads(body)
         except ValueError:
@@ -377,11 +318,13 @@ class TokenProvider:
         detail = ""
         hint = ""
         if isinstance(data, dict) and data.get("error"):
-            code = _one_line(str(data["error"]), 60)
+            code = excerpt(str(data["error"]), [secret], 60)
             detail = f": {code}"
             if data.get("error_description"):
-                detail += f" ({_one_line(str(data['error_description']))})"
+                detail += f" ({excerpt(str(data['error_description']), [secret], MAX_EXCERPT - len(code))})"
             hint = ERROR_HINTS.get(code, "")
+        elif body.strip():
+            detail = f": {excerpt(body.decode('utf-8', 'replace'), [secret])}"
         transient = is_transient_status(status)
         if not hint and not transient:
             hint = "check oauth_token_url" if status in (404, 405) or 300 <= status < 400 else ""
@@ -412,11 +355,9 @@ class TokenProvider:
                 f"cannot resolve {host} (oauth_token_url): {reason.strerror}; retried later", transient=True
             )
         if isinstance(reason, ValueError):  # an oversized or otherwise unusable response
-            return TokenError(f"OAuth2 token endpoint {where}: {_one_line(str(reason))}", transient=False)
+            return TokenError(f"OAuth2 token endpoint {where}: {one_line(str(reason))}", transient=False)
         detail = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
-        return TokenError(
-            f"OAuth2 token endpoint {where}: {_one_line(detail)}; retried later", transient=True
-        )
+        return TokenError(f"OAuth2 token endpoint {where}: {one_line(detail)}; retried later", transient=True)
 
 
 def _scrub(error: TokenError, secret: str) -> TokenError:

@@ -49,7 +49,9 @@ class Runtime:
     def store(self) -> SettingsStore:
         from config.store import SettingsStore
 
-        return SettingsStore(self.redis, self.keys, lambda: self.box)
+        return SettingsStore(
+            self.redis, self.keys, lambda: self.box, allow_private_urls=self.settings.allow_private_urls
+        )
 
     @cached_property
     def renderer(self) -> TemplateRenderer:
@@ -67,7 +69,7 @@ class Runtime:
     def oauth(self) -> TokenProvider:
         from worker.oauth import TokenProvider
 
-        return TokenProvider(self.redis, self.keys, self.box)
+        return TokenProvider(self.redis, self.keys, self.box, allow_private=self.settings.allow_private_urls)
 
     @cached_property
     def ledger(self) -> DeliveryLedger:

@@ -2,6 +2,8 @@
 
 Also `mailworker secret-key` (a new Fernet key for MAILWORKER_SECRET_KEY) and `mailworker secrets rotate`.
 Secrets never come from argv (other users see it in `ps`): the password is read from stdin. Output masks them.
+A save prints what it changed; while a draft is pending, a save with options must name it (`--draft ID`,
+shown by `set` and `show --draft`), so nobody saves another admin's pending edits unseen.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from typing import Any
 import redis
 
 from config.crypto import new_key
+from config.edits import Change, diff_settings
 from config.errors import ConfigError, InvalidInput, NotFound
 from config.redis import redact_url
 from config.smtp import SmtpSettings
-from config.store import SavedSettings, open_store
+from config.store import DraftSettings, SavedSettings, SettingsStore, open_store
 from worker.cli.common import print_json, table
 
 Handler = Callable[[argparse.Namespace], int]
@@ -77,6 +80,14 @@ def register(subparsers: Any) -> None:
     _add_field_options(save)
     save.add_argument(
         "--expect-version", type=int, help="refuse to save unless the saved version is this one"
+    )
+    save.add_argument(
+        "--draft",
+        metavar="ID",
+        dest="draft_id",
+        help="the pending draft you reviewed (from `set` or `show --draft`): save it, with your options "
+        "applied on top; needed for options while a draft is pending. Without options the draft is saved "
+        "as it is",
     )
     save.add_argument("--note", help="a note kept with this version in the history")
     _add_json(save)
@@ -206,15 +217,17 @@ def handle_set(args: argparse.Namespace) -> int:
     changes = changes_from_args(args)
     if not changes:
         raise InvalidInput.one("", "nothing to change: give at least one field option (see --help)")
-    draft = open_store().set_draft(args.realm, changes)
+    store = open_store()
+    draft = store.set_draft(args.realm, changes)
     if args.json:
-        print_json(settings_json(draft.settings, "draft", draft.base_version))
+        print_json({**settings_json(draft.settings, "draft", draft.base_version), "draft_id": draft.draft_id})
         return 0
     since = f"from version {draft.base_version}" if draft.base_version else "nothing saved yet"
     print(
-        f"draft of {args.realm} updated ({since}); test it with `mailworker settings test --realm "
-        f"{args.realm}`, then `mailworker settings save --realm {args.realm}`"
+        f"draft {draft.draft_id} of {args.realm} updated ({since}); test it with `mailworker settings test "
+        f"--realm {args.realm}`, then `mailworker settings save --realm {args.realm} --draft {draft.draft_id}`"
     )
+    print_changes("pending changes", pending_changes(store, draft))
     return 0
 
 
@@ -222,11 +235,13 @@ def handle_set(args: argparse.Namespace) -> int:
 def handle_save(args: argparse.Namespace) -> int:
     store = open_store()
     changes = changes_from_args(args)
-    if not changes and store.draft(args.realm) is None and store.version(args.realm) > 0:
+    if not changes and store.draft(args.realm, lenient=True) is None and store.version(args.realm) > 0:
         raise InvalidInput.one(
             "", f"nothing to save: {args.realm} has no draft and no field option was given (see --help)"
         )
-    saved = store.save(args.realm, changes, expected_version=args.expect_version, note=args.note)
+    saved = store.save(
+        args.realm, changes, expected_version=args.expect_version, draft_id=args.draft_id, note=args.note
+    )
     print_saved(saved, args.json)
     return 0
 
@@ -243,26 +258,42 @@ def handle_revert(args: argparse.Namespace) -> int:
 @store_errors
 def handle_show(args: argparse.Namespace) -> int:
     store = open_store()
+    # Lenient: settings whose stored secret cannot be used any more are shown, with the reason.
+    shown_entry: DraftSettings | SavedSettings | None
     if args.draft:
-        draft = store.draft(args.realm)
-        if draft is None:
+        shown_entry = store.draft(args.realm, lenient=True)
+        if shown_entry is None:
             raise _no_draft(args.realm)
-        settings, source, version = draft.settings, "draft", draft.base_version
+        data = {**settings_json(shown_entry.settings, "draft", shown_entry.base_version),
+                "draft_id": shown_entry.draft_id}  # fmt: skip
     else:
-        settings, source, version = store.effective(args.realm, use_draft=False)
-    data = settings_json(settings, source, version)
+        shown_entry = store.saved(args.realm, lenient=True)
+        if shown_entry is None:
+            store.effective(args.realm, use_draft=False)  # raises NotFound, saying what to do
+            raise _no_draft(args.realm)
+        data = settings_json(shown_entry.settings, "saved", shown_entry.version)
+    if shown_entry.unusable:
+        data["unusable"] = dict(shown_entry.unusable)
     if args.json:
         print_json(data)
         return 0
-    print(aligned(data))
-    if source == "saved" and store.draft(args.realm) is not None:
-        print(f"(a draft is pending: `mailworker settings show --realm {args.realm} --draft`)")
+    print(aligned({k: v for k, v in data.items() if k != "unusable"}))
+    for name, why in shown_entry.unusable.items():
+        print(f"warning: the stored {name} cannot be used: {why}; enter it again")
+    if isinstance(shown_entry, DraftSettings):
+        print_changes("pending changes", pending_changes(store, shown_entry))
+    else:
+        draft = store.draft(args.realm, lenient=True)
+        if draft is not None:
+            print(
+                f"(draft {draft.draft_id} is pending: `mailworker settings show --realm {args.realm} --draft`)"
+            )
     return 0
 
 
 @store_errors
 def handle_history(args: argparse.Namespace) -> int:
-    entries = open_store().history(args.realm)
+    entries = open_store().history(args.realm, lenient=True)
     if args.json:
         print_json([history_json(entry) for entry in entries])
         return 0
@@ -297,9 +328,14 @@ def handle_secret_key(args: argparse.Namespace) -> int:
 
 @store_errors
 def handle_rotate(args: argparse.Namespace) -> int:
-    count = open_store().rotate_secrets()
-    print(f"re-encrypted {count} stored secret(s) with the first key of MAILWORKER_SECRET_KEY")
-    return 0
+    rotation = open_store().rotate_secrets()
+    migrated = f" ({rotation.migrated} of them from the old unbound format)" if rotation.migrated else ""
+    print(
+        f"re-encrypted {rotation.resealed} stored secret(s) with the first key of MAILWORKER_SECRET_KEY{migrated}"
+    )
+    for problem in rotation.skipped:
+        print(f"not re-encrypted: {problem}")
+    return 1 if rotation.skipped else 0
 
 
 # ---- output -------------------------------------------------------------------------------------------
@@ -321,10 +357,24 @@ def history_json(entry: SavedSettings) -> dict[str, Any]:
 
 def print_saved(saved: SavedSettings, as_json: bool) -> None:
     if as_json:
-        print_json(settings_json(saved.settings, "saved", saved.version))
+        changes = [change.to_json() for change in saved.changes]
+        print_json({**settings_json(saved.settings, "saved", saved.version), "changes": changes})
         return
     suffix = f" ({saved.note})" if saved.note else ""
     print(f"saved {saved.realm} version {saved.version}{suffix}")
+    print_changes("changes", list(saved.changes))
+
+
+def pending_changes(store: SettingsStore, draft: DraftSettings) -> list[Change]:
+    """What saving the draft would change."""
+    saved = store.saved(draft.realm, lenient=True)
+    return diff_settings(saved.settings if saved is not None else None, draft.settings)
+
+
+def print_changes(title: str, changes: list[Change]) -> None:
+    print(f"{title}: none" if not changes else f"{title}:")
+    for change in changes:
+        print(f"  {change}")
 
 
 def aligned(data: dict[str, Any]) -> str:
