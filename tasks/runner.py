@@ -16,13 +16,13 @@ from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 
 from config.errors import NotFound, StoreUnavailable
 from config.smtp import SmtpSettings
-from worker.breaker import PROBING, CircuitBreaker, Verdict, counts_against
+from worker.breaker import PROBING, CircuitBreaker, Verdict
 from worker.delivery import DeliveryFailure, dead_letter, deliver
 from worker.jobs import EmailJob
 from worker.ledger import DEAD, DROPPED, died_after_data
 from worker.liveness import BUSY, TAKEN_OVER
 from worker.logs import log_attempt
-from worker.retry import Decision
+from worker.policy import Decision, counts_against
 from worker.runtime import runtime
 from worker.smtp import SmtpFailure
 

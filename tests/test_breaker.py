@@ -9,15 +9,10 @@ from __future__ import annotations
 import pytest
 
 from config.keys import Keys
-from worker.breaker import CLOSED, OPEN, PROBE, PROBING, CircuitBreaker, counts_against
+from worker.breaker import CLOSED, OPEN, PROBE, PROBING, CircuitBreaker
+from worker.policy import counts_against
 from worker.smtp import (
-    KIND_AUTH_UNAVAILABLE,
-    KIND_DISCONNECTED,
-    KIND_NETWORK,
-    KIND_REFUSED,
-    KIND_SMTPUTF8,
-    KIND_TIMEOUT,
-    KIND_TLS,
+    Kind,
     SmtpFailure,
 )
 
@@ -130,20 +125,20 @@ def _silent(stage: str, kind: str, *, ambiguous: bool = False) -> SmtpFailure:
     [
         # setting up a session and nobody answers: counted (each may have held a worker for a timeout)
         *[(_silent(stage, kind), True) for stage in ("connect", "tls", "ehlo", "auth", "noop")
-          for kind in (KIND_TIMEOUT, KIND_REFUSED, KIND_NETWORK)],
+          for kind in (Kind.TIMEOUT, Kind.REFUSED, Kind.NETWORK)],
         # within a transaction: the server answered the set-up, so it is there (slow, or it hung up)
         *[(_silent(stage, kind), False) for stage in ("mail", "rcpt", "data")
-          for kind in (KIND_TIMEOUT, KIND_REFUSED, KIND_NETWORK, KIND_DISCONNECTED)],
+          for kind in (Kind.TIMEOUT, Kind.REFUSED, Kind.NETWORK, Kind.CLOSED)],
         # the reply to the end of DATA never came: the message may be delivered, whatever the stage says
-        (_silent("data", KIND_TIMEOUT, ambiguous=True), False),
-        (_silent("data", KIND_DISCONNECTED, ambiguous=True), False),
-        (_silent("connect", KIND_TIMEOUT, ambiguous=True), False),
+        (_silent("data", Kind.TIMEOUT, ambiguous=True), False),
+        (_silent("data", Kind.CLOSED, ambiguous=True), False),
+        (_silent("connect", Kind.TIMEOUT, ambiguous=True), False),
         # it answered, then hung up; or it answered with something we refuse: alive
-        (_silent("connect", KIND_DISCONNECTED), False),
-        (_silent("ehlo", KIND_DISCONNECTED), False),
-        (SmtpFailure(None, "certificate", "tls", kind=KIND_TLS), False),
-        (SmtpFailure(None, "no AUTH offered", "auth", kind=KIND_AUTH_UNAVAILABLE), False),
-        (SmtpFailure(None, "needs SMTPUTF8", "mail", kind=KIND_SMTPUTF8), False),
+        (_silent("connect", Kind.CLOSED), False),
+        (_silent("ehlo", Kind.CLOSED), False),
+        (SmtpFailure(None, "certificate", "tls", kind=Kind.TLS_HANDSHAKE), False),
+        (SmtpFailure(None, "no AUTH offered", "auth", kind=Kind.NO_AUTH), False),
+        (SmtpFailure(None, "needs SMTPUTF8", "mail", kind=Kind.SMTPUTF8), False),
         # any reply code proves the server alive
         (SmtpFailure(421, "closing", "connect"), False),
         (SmtpFailure(421, "closing", "noop"), False),
@@ -171,5 +166,5 @@ def test_delivery_failures_carry_the_smtp_failure_the_runner_reports(realm):
     with pytest.raises(DeliveryFailure) as caught:
         deliver(job, runtime().services, attempt=1)
     cause = caught.value.__cause__ or caught.value.__context__
-    assert isinstance(cause, SmtpFailure) and cause.kind == KIND_REFUSED
+    assert isinstance(cause, SmtpFailure) and cause.kind == Kind.REFUSED
     assert counts_against(cause)

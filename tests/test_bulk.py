@@ -26,7 +26,7 @@ from worker.cli.worker_cmd import BULK_NICENESS, child_commands
 from worker.jobs import MAX_JSON_DEPTH
 from worker.progress import BulkJob, BulkJobs
 from worker.render import TemplateRenderer
-from worker.smtp import _dot_stuffed
+from worker.smtp.wire import dot_stuffed
 
 
 def nested(levels: int) -> dict:
@@ -215,8 +215,8 @@ def test_the_template_is_rendered_once_per_locale_and_per_recipient_context():
         (b"no dots\r\n", b"no dots\r\n.\r\n"),
     ],
 )
-def test_a_pipelined_body_is_dot_stuffed_and_terminated(data, wire):
-    assert _dot_stuffed(data) == wire
+def test_a_pipelined_body_isdot_stuffed_and_terminated(data, wire):
+    assert dot_stuffed(data) == wire
 
 
 # ---- CLI ------------------------------------------------------------------------------------------------------

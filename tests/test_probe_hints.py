@@ -9,25 +9,9 @@ import pytest
 from config.smtp import SmtpSettings, parse_smtp_settings
 from worker.probe import (
     HINTS,
-    KIND_AUTH_MECHANISM,
-    KIND_CERT_EXPIRED,
-    KIND_CERT_HOSTNAME,
-    KIND_CERT_UNTRUSTED,
-    KIND_CLOSED,
-    KIND_DEADLINE,
-    KIND_DNS,
-    KIND_MESSAGE,
-    KIND_NETWORK,
-    KIND_NO_AUTH,
-    KIND_NO_GREETING,
-    KIND_NO_STARTTLS,
-    KIND_REFUSED,
-    KIND_REPLY,
-    KIND_TIMEOUT,
-    KIND_TLS_HANDSHAKE,
-    KIND_TOKEN,
     hint_for,
 )
+from worker.smtp import Kind
 
 
 def settings(**fields: Any) -> SmtpSettings:
@@ -52,46 +36,46 @@ WRONG_VERSION = (
     "stage, kind, config, text, code, expected",
     [
         # SSL on a port that starts in plaintext (587/25)
-        ("tls", KIND_TLS_HANDSHAKE, SSL_587, WRONG_VERSION, None, "Turn ssl off and starttls on"),
-        ("tls", KIND_TLS_HANDSHAKE, SSL_25, "[SSL: RECORD_LAYER_FAILURE] record layer failure", None,
+        ("tls", Kind.TLS_HANDSHAKE, SSL_587, WRONG_VERSION, None, "Turn ssl off and starttls on"),
+        ("tls", Kind.TLS_HANDSHAKE, SSL_25, "[SSL: RECORD_LAYER_FAILURE] record layer failure", None,
          "Turn ssl off and starttls on"),
-        ("tls", KIND_TIMEOUT, SSL_587, "no answer within 10s (tls)", None, "the handshake got no answer"),
+        ("tls", Kind.TIMEOUT, SSL_587, "no answer within 10s (tls)", None, "the handshake got no answer"),
         # plaintext / StartTLS on an implicit-TLS port
-        ("ehlo", KIND_NO_GREETING, STARTTLS_465, "", None, "port 465 expects implicit TLS"),
-        ("ehlo", KIND_NO_GREETING, PLAIN_587, "", None, "turn ssl on"),
+        ("ehlo", Kind.NO_GREETING, STARTTLS_465, "", None, "port 465 expects implicit TLS"),
+        ("ehlo", Kind.NO_GREETING, PLAIN_587, "", None, "turn ssl on"),
         # StartTLS on but not offered
-        ("tls", KIND_NO_STARTTLS, STARTTLS_587, "", None, "does not offer STARTTLS"),
+        ("tls", Kind.NO_STARTTLS, STARTTLS_587, "", None, "does not offer STARTTLS"),
         # certificates
-        ("tls", KIND_CERT_UNTRUSTED, STARTTLS_587, "self-signed certificate", None, "MAILWORKER_SMTP_CA_FILE"),
-        ("tls", KIND_CERT_HOSTNAME, STARTTLS_587, "Hostname mismatch", None, "not for 'smtp.acme.example'"),
-        ("tls", KIND_CERT_EXPIRED, SSL_465, "certificate has expired", None, "renew it"),
-        ("tls", KIND_REPLY, STARTTLS_587, "454 TLS not available", 454, "refused it (454)"),
-        ("tls", KIND_TLS_HANDSHAKE, SSL_465, "[SSL: UNSUPPORTED_PROTOCOL] unsupported protocol", None,
+        ("tls", Kind.CERT_UNTRUSTED, STARTTLS_587, "self-signed certificate", None, "MAILWORKER_SMTP_CA_FILE"),
+        ("tls", Kind.CERT_HOSTNAME, STARTTLS_587, "Hostname mismatch", None, "not for 'smtp.acme.example'"),
+        ("tls", Kind.CERT_EXPIRED, SSL_465, "certificate has expired", None, "renew it"),
+        ("tls", Kind.REPLY, STARTTLS_587, "454 TLS not available", 454, "refused it (454)"),
+        ("tls", Kind.TLS_HANDSHAKE, SSL_465, "[SSL: UNSUPPORTED_PROTOCOL] unsupported protocol", None,
          "old TLS versions"),
         # authentication
-        ("auth", KIND_NO_AUTH, PLAIN_AUTH, "", None, "Turn on StartTLS"),
-        ("auth", KIND_NO_AUTH, TLS_AUTH, "", None, "turn auth off"),
-        ("auth", KIND_AUTH_MECHANISM, TLS_AUTH, "", None, "not a mechanism"),
-        ("auth", KIND_REPLY, TLS_AUTH, "5.7.8 Username and Password not accepted", 535, "user name or password"),
-        ("auth", KIND_REPLY, TLS_AUTH, "5.7.9 Application-specific password required", 534, "app password"),
-        ("auth", KIND_REPLY, PLAIN_AUTH, "5.7.0 Must issue a STARTTLS command first", 530, "turn on StartTLS"),
-        ("auth", KIND_TOKEN, TLS_AUTH, "", None, "oauth_token_url"),
+        ("auth", Kind.NO_AUTH, PLAIN_AUTH, "", None, "Turn on StartTLS"),
+        ("auth", Kind.NO_AUTH, TLS_AUTH, "", None, "turn auth off"),
+        ("auth", Kind.AUTH_MECHANISM, TLS_AUTH, "", None, "not a mechanism"),
+        ("auth", Kind.REPLY, TLS_AUTH, "5.7.8 Username and Password not accepted", 535, "user name or password"),
+        ("auth", Kind.REPLY, TLS_AUTH, "5.7.9 Application-specific password required", 534, "app password"),
+        ("auth", Kind.REPLY, PLAIN_AUTH, "5.7.0 Must issue a STARTTLS command first", 530, "turn on StartTLS"),
+        ("auth", Kind.TOKEN, TLS_AUTH, "", None, "oauth_token_url"),
         # network
-        ("connect", KIND_REFUSED, PLAIN_587, "", None, "connection refused"),
-        ("connect", KIND_TIMEOUT, PLAIN_587, "", None, "firewall"),
-        ("resolve", KIND_TIMEOUT, PLAIN_587, "", None, "firewall"),
-        ("resolve", KIND_DNS, PLAIN_587, "", None, "'smtp.acme.example' does not resolve"),
-        ("connect", KIND_NETWORK, PLAIN_587, "Network is unreachable", None, "cannot reach"),
-        ("ehlo", KIND_DEADLINE, PLAIN_587, "", None, "ran out of time"),
-        ("auth", KIND_TIMEOUT, TLS_AUTH, "", None, "stopped answering"),
-        ("auth", KIND_CLOSED, TLS_AUTH, "", None, "dropped the connection"),
-        ("ehlo", KIND_REPLY, PLAIN_587, "554 no SMTP service here", 554, "refuses to talk to this worker"),
-        ("ehlo", KIND_REPLY, PLAIN_587, "421 too busy", 421, "try again later"),
+        ("connect", Kind.REFUSED, PLAIN_587, "", None, "connection refused"),
+        ("connect", Kind.TIMEOUT, PLAIN_587, "", None, "firewall"),
+        ("resolve", Kind.TIMEOUT, PLAIN_587, "", None, "firewall"),
+        ("resolve", Kind.DNS, PLAIN_587, "", None, "'smtp.acme.example' does not resolve"),
+        ("connect", Kind.NETWORK, PLAIN_587, "Network is unreachable", None, "cannot reach"),
+        ("ehlo", Kind.DEADLINE, PLAIN_587, "", None, "ran out of time"),
+        ("auth", Kind.TIMEOUT, TLS_AUTH, "", None, "stopped answering"),
+        ("auth", Kind.CLOSED, TLS_AUTH, "", None, "dropped the connection"),
+        ("ehlo", Kind.REPLY, PLAIN_587, "554 no SMTP service here", 554, "refuses to talk to this worker"),
+        ("ehlo", Kind.REPLY, PLAIN_587, "421 too busy", 421, "try again later"),
         # sending
-        ("send", KIND_REPLY, PLAIN_587, "MAIL: 530 5.7.0 Authentication required", 530, "turn auth on"),
-        ("send", KIND_REPLY, PLAIN_587, "RCPT: 550 5.7.1 Relaying denied", 550, "refused to relay"),
-        ("send", KIND_REPLY, PLAIN_587, "MAIL: 553 5.7.1 Sender address rejected", 553, "refused the sender"),
-        ("send", KIND_MESSAGE, PLAIN_587, "to: must be a plain e-mail address", None, "could not be built"),
+        ("send", Kind.REPLY, PLAIN_587, "MAIL: 530 5.7.0 Authentication required", 530, "turn auth on"),
+        ("send", Kind.REPLY, PLAIN_587, "RCPT: 550 5.7.1 Relaying denied", 550, "refused to relay"),
+        ("send", Kind.REPLY, PLAIN_587, "MAIL: 553 5.7.1 Sender address rejected", 553, "refused the sender"),
+        ("send", Kind.MESSAGE, PLAIN_587, "to: must be a plain e-mail address", None, "could not be built"),
     ],
 )  # fmt: skip
 def test_hint_table(
@@ -105,8 +89,8 @@ def test_hint_table(
 @pytest.mark.parametrize(
     "stage, kind, code",
     [
-        ("send", KIND_REPLY, 552),  # message too big: the reply says it all
-        ("send", KIND_REPLY, 451),
+        ("send", Kind.REPLY, 552),  # message too big: the reply says it all
+        ("send", Kind.REPLY, 451),
     ],
 )
 def test_no_hint_when_the_error_says_it_all(stage: str, kind: str, code: int) -> None:
@@ -114,14 +98,14 @@ def test_no_hint_when_the_error_says_it_all(stage: str, kind: str, code: int) ->
 
 
 def test_a_tls_handshake_failure_with_ssl_off_is_not_blamed_on_the_port() -> None:
-    hint = hint_for("tls", KIND_TLS_HANDSHAKE, STARTTLS_587, text=WRONG_VERSION)
+    hint = hint_for("tls", Kind.TLS_HANDSHAKE, STARTTLS_587, text=WRONG_VERSION)
     assert hint is not None and "Turn ssl off" not in hint
 
 
 def test_hints_never_show_a_password() -> None:
     secret = settings(port=25, auth=True, username="u", password="Sup3r-secret")
     for stage in ("resolve", "connect", "ehlo", "tls", "auth", "send"):
-        for kind in (KIND_REPLY, KIND_TIMEOUT, KIND_NO_AUTH, KIND_CERT_HOSTNAME, KIND_REFUSED, KIND_DNS):
+        for kind in (Kind.REPLY, Kind.TIMEOUT, Kind.NO_AUTH, Kind.CERT_HOSTNAME, Kind.REFUSED, Kind.DNS):
             assert "Sup3r-secret" not in (hint_for(stage, kind, secret, code=535) or "")
 
 

@@ -1,32 +1,26 @@
-"""classify_smtp_error as a table: what is retried, what is dead-lettered, what flags the settings."""
+"""classify as a table: what is retried, what is dead-lettered, what flags the settings."""
 
 from __future__ import annotations
 
 import pytest
 
+from worker.policy import Outcome, classify
 from worker.smtp import (
-    KIND_AUTH_UNAVAILABLE,
-    KIND_DISCONNECTED,
-    KIND_REFUSED,
-    KIND_SMTPUTF8,
-    KIND_TIMEOUT,
-    KIND_TLS,
-    Outcome,
+    Kind,
     SmtpFailure,
-    classify_smtp_error,
 )
 
-RETRY, PERMANENT, SETTINGS = Outcome.RETRY, Outcome.PERMANENT, Outcome.SETTINGS_PROBLEM
+RETRY, PERMANENT, SETTINGS = Outcome.RETRY, Outcome.PERMANENT, Outcome.SETTINGS
 
 
 @pytest.mark.parametrize(
     ("code", "stage", "kind", "outcome"),
     [
         # no reply at all: the network or the server is down for now
-        (None, "connect", KIND_REFUSED, RETRY),
-        (None, "connect", KIND_TIMEOUT, RETRY),
-        (None, "data", KIND_TIMEOUT, RETRY),
-        (None, "rcpt", KIND_DISCONNECTED, RETRY),
+        (None, "connect", Kind.REFUSED, RETRY),
+        (None, "connect", Kind.TIMEOUT, RETRY),
+        (None, "data", Kind.TIMEOUT, RETRY),
+        (None, "rcpt", Kind.CLOSED, RETRY),
         (None, "connect", None, RETRY),
         # 4xx: transient, whatever the stage
         (421, "connect", None, RETRY),
@@ -42,9 +36,9 @@ RETRY, PERMANENT, SETTINGS = Outcome.RETRY, Outcome.PERMANENT, Outcome.SETTINGS_
         (538, "auth", None, SETTINGS),
         (530, "mail", None, SETTINGS),
         (504, "auth", None, SETTINGS),
-        (None, "auth", KIND_AUTH_UNAVAILABLE, SETTINGS),
+        (None, "auth", Kind.NO_AUTH, SETTINGS),
         # TLS: certificates, host names, handshakes, StartTLS missing
-        (None, "tls", KIND_TLS, SETTINGS),
+        (None, "tls", Kind.TLS_HANDSHAKE, SETTINGS),
         # the server refuses us before any message: settings (host, port, allowed IP)
         (554, "connect", None, SETTINGS),
         (550, "ehlo", None, SETTINGS),
@@ -54,13 +48,13 @@ RETRY, PERMANENT, SETTINGS = Outcome.RETRY, Outcome.PERMANENT, Outcome.SETTINGS_
         (553, "mail", None, PERMANENT),
         (552, "data", None, PERMANENT),
         (554, "data", None, PERMANENT),
-        (None, "mail", KIND_SMTPUTF8, PERMANENT),
+        (None, "mail", Kind.SMTPUTF8, PERMANENT),
         # nonsense codes: try again later rather than lose the message
         (354, "data", None, RETRY),
     ],
 )
 def test_classify(code: int | None, stage: str, kind: str | None, outcome: Outcome) -> None:
-    assert classify_smtp_error(SmtpFailure(code, "text", stage, kind=kind)) is outcome
+    assert classify(SmtpFailure(code, "text", stage, kind=kind)) is outcome
 
 
 def test_positional_form_and_text() -> None:
@@ -82,8 +76,8 @@ def test_positional_form_and_text() -> None:
     ("code", "kind", "reconnect"),
     [
         (421, None, True),
-        (None, KIND_DISCONNECTED, True),
-        (None, KIND_TIMEOUT, True),
+        (None, Kind.CLOSED, True),
+        (None, Kind.TIMEOUT, True),
         (451, None, False),
         (550, None, False),
     ],

@@ -30,17 +30,11 @@ from typing import Any
 import redis
 
 from config.keys import Keys
-from worker.smtp import KIND_NETWORK, KIND_REFUSED, KIND_TIMEOUT, SmtpFailure
 
 CLOSED = "closed"  # connect freely (possibly with a few failures counted)
 OPEN = "open"  # do not connect until the cool-off is over
 PROBE = "probe"  # half-open, and this caller holds the probe: connect, then report success or failure
 PROBING = "probing"  # half-open, another worker's probe is in flight: wait for it
-
-# Failures that say "nobody answers there": each may have held a worker process for a full timeout.
-COUNTED_KINDS = frozenset({KIND_TIMEOUT, KIND_REFUSED, KIND_NETWORK})
-# Setting up a session. Later stages follow answers from the same server: it is there, just slow or fussy.
-COUNTED_STAGES = frozenset({"connect", "tls", "ehlo", "auth", "noop"})
 
 # KEYS[1] the realm's hash. ARGV: now, endpoint, probe_ttl, key_ttl.
 # Returns {state, failures, wait (string, seconds), last error}.
@@ -118,17 +112,6 @@ class Verdict:
     def tracked(self) -> bool:
         """True when the realm has breaker state: a success must then be reported to clear it."""
         return self.failures > 0 or self.state == PROBE
-
-
-def counts_against(error: SmtpFailure) -> bool:
-    """A session could not be set up because the server never answered (it may have held a worker for a
-    full timeout). Never a failure within a transaction, never an ambiguous one."""
-    return (
-        error.code is None
-        and error.kind in COUNTED_KINDS
-        and error.stage in COUNTED_STAGES
-        and not error.ambiguous
-    )
 
 
 class CircuitBreaker:

@@ -34,11 +34,11 @@ from worker.jobs import EmailJob, check_depth, check_line, check_links, check_lo
 from worker.liveness import BUSY, Claims
 from worker.message import OutgoingMessage, build_message
 from worker.oauth import uses_xoauth2
+from worker.policy import AUTH_FAILURE_CODES, ChunkAction, Decision, chunk_action
 from worker.progress import CANCELLED, FAILED, BulkJob, BulkJobs
 from worker.ratelimit import RateLimiter
 from worker.render import RenderedEmail, RenderError, TemplateRenderer
-from worker.retry import Decision
-from worker.smtp import AUTH_FAILURE_CODES, Outcome, SendResult, SmtpFailure, SmtpSession, classify_smtp_error
+from worker.smtp import SendResult, SmtpFailure, SmtpSession
 
 log = logging.getLogger(__name__)
 
@@ -331,18 +331,17 @@ class ChunkRun:
                 if isinstance(outcome, SendResult):
                     result.sent.append(recipient)
                     continue
+                action = chunk_action(outcome)
                 if outcome.ambiguous:
                     # The data went out, the reply never came: the server may have it. Never again on
                     # a fresh session at once (that is how one recipient got 16 copies); the chunk's
                     # retry, with backoff and the same Message-ID, takes it up.
                     result.ambiguous.append((recipient, outcome))
-                    continue
-                verdict = classify_smtp_error(outcome)
-                if verdict is Outcome.PERMANENT:
+                elif action is ChunkAction.FAILED:
                     result.failed.append((recipient, failure_from_smtp(outcome)))
-                elif verdict is Outcome.SETTINGS_PROBLEM or outcome.reconnect:
+                elif action in (ChunkAction.STOP, ChunkAction.RECONNECT):
                     unsent.append((recipient, message))
-                    ended = outcome if ended is None or verdict is Outcome.SETTINGS_PROBLEM else ended
+                    ended = outcome if ended is None or action is ChunkAction.STOP else ended
                 else:
                     result.deferred.append(recipient)
             if session.closed:
@@ -351,7 +350,7 @@ class ChunkRun:
                 # The server ended the session (a limit of messages per session, an idle timeout): a
                 # session that was accepting is replaced at once; one that accepted nothing, once.
                 fresh_tries = 2 if session.messages_sent > before else fresh_tries - 1
-                if fresh_tries == 0 or classify_smtp_error(ended) is Outcome.SETTINGS_PROBLEM:
+                if fresh_tries == 0 or chunk_action(ended) is ChunkAction.STOP:
                     result.unsent, result.down = [r for r, _ in unsent], ended
                     return result
             outgoing = unsent

@@ -12,19 +12,10 @@ import redis
 from config.errors import NotFound
 from config.keys import Keys
 from config.names import SEND_TASK
+from worker.policy import REASONS as POLICY_REASONS
 
-# Why a job died. Each is a word ops can filter on.
-REASONS = (
-    "permanent",  # the server refused this message or recipient for good (5xx)
-    "settings",  # the realm's SMTP settings are wrong (auth, TLS) or missing
-    "template",  # the template failed to render (a missing variable, a realm template's bomb)
-    "expired",  # the link would be dead before another attempt could deliver it
-    "exhausted",  # retried for MAILWORKER_RETRY_MAX_AGE (or MAILWORKER_MAX_ATTEMPTS) without success
-    "ambiguous",  # the server took the data twice without confirming: it may have delivered it
-    "invalid",  # input that could not become a job (an ingest entry, a bad address in bulk)
-    "internal",  # an unexpected error (the exception type is in the error): a bug to report
-    "cancelled",
-)
+# Why a job died: the words and what they mean live with the policy that decides them.
+REASONS = tuple(POLICY_REASONS)
 
 
 @dataclass

@@ -19,10 +19,10 @@ from worker.jobs import EmailJob
 from worker.ledger import DEAD, DeliveryLedger
 from worker.message import OutgoingMessage, build_message
 from worker.oauth import AccessToken, TokenError, TokenProvider, uses_xoauth2
+from worker.policy import AUTH_FAILURE_CODES, RetryPolicy, reason_of
 from worker.render import RenderError, TemplateRenderer
-from worker.retry import RetryPolicy
 from worker.settings_cache import SettingsCache
-from worker.smtp import AUTH_FAILURE_CODES, Outcome, SendResult, SessionPool, SmtpFailure, classify_smtp_error
+from worker.smtp import SendResult, SessionPool, SmtpFailure
 from worker.stats import Stats
 
 
@@ -100,20 +100,10 @@ class DeliveryFailure(Exception):
         return DeliveryFailure(self.reason, self.error + note, self.smtp_code, ambiguous=self.ambiguous)
 
 
-_REASON_OF_OUTCOME = {
-    Outcome.RETRY: "retry",
-    Outcome.PERMANENT: "permanent",
-    Outcome.SETTINGS_PROBLEM: "settings",
-}
-
-
 def failure_from_smtp(error: SmtpFailure) -> DeliveryFailure:
-    ambiguous = getattr(error, "ambiguous", False)
-    # An ambiguous attempt is retried whatever else it looks like: nothing proves the mail did not arrive,
-    # and the retry carries the same Message-ID so the server and the user's client can tell.
-    reason = "retry" if ambiguous else _REASON_OF_OUTCOME[classify_smtp_error(error)]
+    """The attempt's failure, with the policy's reason (worker/policy.py)."""
     text = f"{error.stage}: {error.code} {error.text}" if error.code else f"{error.stage}: {error.text}"
-    return DeliveryFailure(reason, text, error.code, ambiguous=ambiguous)
+    return DeliveryFailure(reason_of(error), text, error.code, ambiguous=error.ambiguous)
 
 
 def prepare_message(job: EmailJob, settings: SmtpSettings, renderer: TemplateRenderer) -> OutgoingMessage:

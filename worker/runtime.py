@@ -102,7 +102,7 @@ class Runtime:
     @cached_property
     def services(self) -> Services:
         from worker.delivery import Services, ThreadPools
-        from worker.retry import RetryPolicy
+        from worker.policy import RetryPolicy
         from worker.settings_cache import SettingsCache
         from worker.stats import Stats
 

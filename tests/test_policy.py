@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from worker.retry import Decision, RetryPolicy
+from worker.policy import Decision, RetryPolicy
 
 POLICY = RetryPolicy(max_attempts=5, base_delay=2.0, max_delay=30.0, max_age=3600.0, min_useful_life=10.0)
 DEFAULTS = RetryPolicy()
