@@ -22,6 +22,7 @@ from pydantic import (
 from config.crypto import MASK
 from config.errors import InvalidInput
 from config.urls import parse_url
+from templates.catalogue import DEFAULT_NOTIFY_EVENTS
 
 # Fields whose value goes into a header or an SMTP command: CR, LF or NUL there would inject headers or
 # commands. The password is sent base64-encoded, but AUTH PLAIN separates with NUL, so it is checked too.
@@ -59,15 +60,6 @@ SECRET_FIELDS = ("password", "oauth_client_secret")
 # How long the reply to the end of DATA may take: RFC 5321 4.5.3.2.6 gives the server 10 minutes, since it
 # may scan or queue the message before answering. The worker's task time limit must exceed it.
 DEFAULT_DATA_TIMEOUT = 600.0
-
-DEFAULT_NOTIFY_EVENTS = (
-    "LOGIN_ERROR",
-    "UPDATE_PASSWORD",
-    "UPDATE_TOTP",
-    "REMOVE_TOTP",
-    "UPDATE_CREDENTIAL",
-    "REMOVE_CREDENTIAL",
-)
 
 
 def has_line_break(value: str) -> bool:

@@ -21,15 +21,14 @@ from celery.result import AsyncResult
 
 from config.epoch import store_empty_error
 from config.errors import InvalidInput
-from config.smtp import DEFAULT_NOTIFY_EVENTS
+from config.names import check_locale, check_template_name
 from tasks.connection import test_connection  # noqa: F401  (re-exported: callers find it with the rest)
 from tasks.waiting import POLL_S, require_worker, wait_result
+from templates.catalogue import DEFAULT_NOTIFY_EVENTS, TEMPLATE_NAMES, event_template
 from worker.app import BULK, BULK_START_TASK, EVENT_TASK, SEND_TASK, TRANSACTIONAL, app
 from worker.bulk import DEFAULT_CHUNK_SIZE
-from worker.events import event_job, event_template, parse_event
+from worker.events import event_job, parse_event
 from worker.jobs import (
-    LOCALE_PATTERN,
-    TEMPLATE_PATTERN,
     EmailJob,
     check_context,
     check_line,
@@ -38,7 +37,6 @@ from worker.jobs import (
     new_job,
 )
 from worker.lanes import lane_for
-from worker.render import TEMPLATE_NAMES
 from worker.runtime import runtime
 
 log = logging.getLogger(__name__)
@@ -208,13 +206,11 @@ def send_bulk(
     from worker.progress import BULK_JOB_PREFIX, bulk_jobs
 
     settings = _realm_settings(realm)
-    if not isinstance(template, str) or not TEMPLATE_PATTERN.match(template):
-        raise InvalidInput.one("template", "must be a template name like 'password-reset'")
+    check_template_name(template)
     _check_template(realm, template)
     context = check_context(context)
     check_links(context)
-    if locale is not None and (not isinstance(locale, str) or not LOCALE_PATTERN.match(locale)):
-        raise InvalidInput.one("locale", "must be a language tag like 'en', 'de' or 'pt-BR'")
+    check_locale("locale", locale)
     if (
         isinstance(chunk_size, bool)
         or not isinstance(chunk_size, int)

@@ -1,7 +1,7 @@
 import pytest
 
 from config.errors import InvalidInput
-from config.smtp import DEFAULT_NOTIFY_EVENTS
+from templates.catalogue import DEFAULT_NOTIFY_EVENTS
 from worker.events import event_job, parse_event
 
 KEYCLOAK_EVENT = {

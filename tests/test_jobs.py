@@ -3,11 +3,11 @@ import json
 import pytest
 
 from config.errors import InvalidInput
+from config.names import check_locale
 from worker.events import event_job, parse_event
 from worker.jobs import (
     MAX_CONTEXT_BYTES,
     MAX_JSON_DEPTH,
-    check_locale,
     job_id_for,
     json_depth,
     new_job,

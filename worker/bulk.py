@@ -26,11 +26,11 @@ from functools import lru_cache
 from typing import Any
 
 from config.errors import InvalidInput, NotFound, StoreUnavailable
-from config.names import BULK_CHUNK_TASK
+from config.names import BULK_CHUNK_TASK, check_locale
 from config.smtp import SmtpSettings, check_address
 from worker.deadletters import DeadLetter
 from worker.delivery import DeliveryFailure, Services, failure_from_smtp, oauth_token
-from worker.jobs import EmailJob, check_depth, check_line, check_links, check_locale
+from worker.jobs import EmailJob, check_depth, check_line, check_links
 from worker.liveness import BUSY, Claims
 from worker.message import OutgoingMessage, build_message
 from worker.oauth import uses_xoauth2

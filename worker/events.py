@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from config.errors import InvalidInput
+from templates.catalogue import event_template
 from worker.jobs import MAX_JSON_DEPTH, EmailJob, new_job
 
 EVENT_TYPE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}\Z")
@@ -52,10 +53,6 @@ def parse_event(data: Any) -> IamEvent:
     if not EVENT_TYPE.match(event.type):
         raise InvalidInput.one("event.type", "must be an upper-case event type like LOGIN_ERROR")
     return event
-
-
-def event_template(event_type: str) -> str:
-    return f"event-{event_type.lower()}"
 
 
 def recipient_of(event: IamEvent) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 import uuid
 from typing import Any
@@ -15,8 +14,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from config.errors import InvalidInput
-from config.names import check_realm
+from config.names import check_locale, check_realm, check_template_name
 from config.smtp import check_address, has_line_break
+from templates.catalogue import LINK_TEMPLATES
 
 MAX_CONTEXT_BYTES = 64 * 1024
 MAX_EXPIRES_IN = 7 * 86_400
@@ -25,21 +25,6 @@ MAX_LINK_EXPIRATION = MAX_EXPIRES_IN // 60
 # Deep enough for any template's context; shallow enough that json, pydantic and Jinja2, which all
 # recurse, stay far from Python's recursion limit (pydantic gives up serializing at a few hundred levels).
 MAX_JSON_DEPTH = 32
-# RFC 5646 4.4.1: 35 characters hold any tag a registry can produce. The renderer's locale fallback is
-# quadratic in the tag's length, so the limit is part of the pattern (checked before the rest of it).
-MAX_LOCALE_LENGTH = 35
-TEMPLATE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
-LOCALE_PATTERN = re.compile(rf"^(?=.{{2,{MAX_LOCALE_LENGTH}}}\Z)[A-Za-z]{{2,3}}([_-][A-Za-z0-9]{{2,8}})*\Z")
-# Templates whose mail carries a link with a lifetime: by default the job expires with the link.
-LINK_TEMPLATES = frozenset(
-    {
-        "email-verification",
-        "password-reset",
-        "execute-actions",
-        "email-update-confirmation",
-        "identity-provider-link",
-    }
-)
 
 
 class EmailJob(BaseModel):
@@ -76,16 +61,6 @@ def check_line(field: str, value: Any, *, max_length: int = 256) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidInput.one(field, "is not valid Unicode (lone surrogate)") from None
-    return value
-
-
-def check_locale(field: str, value: Any) -> str | None:
-    """A language tag (or None: the realm's default)."""
-    if value is not None and (not isinstance(value, str) or not LOCALE_PATTERN.match(value)):
-        raise InvalidInput.one(
-            field,
-            f"must be a language tag like 'en', 'de' or 'pt-BR' (at most {MAX_LOCALE_LENGTH} characters)",
-        )
     return value
 
 
@@ -191,8 +166,7 @@ def new_job(
     `context_depth` is for contexts the service builds around checked input (an event's notice).
     """
     check_realm(realm)
-    if not isinstance(template, str) or not TEMPLATE_PATTERN.match(template):
-        raise InvalidInput.one("template", "must be a template name like 'password-reset'")
+    check_template_name(template)
     check_line("to", to, max_length=254)
     try:
         to = check_address(to, allow_utf8=allow_utf8)

@@ -31,6 +31,8 @@ from typing import Any, cast
 from jinja2 import ChoiceLoader, FileSystemLoader, TemplateError, TemplateNotFound, TemplateSyntaxError
 from jinja2.sandbox import SecurityError
 
+from config.names import valid_realm, valid_template
+from templates.catalogue import CATALOGUE, TEMPLATE_NAMES
 from worker.i18n import (
     DEFAULT_BUNDLES,
     DEFAULT_LOCALE,
@@ -75,22 +77,6 @@ __all__ = [
     "single_line",
 ]
 
-TEMPLATE_NAMES = (
-    "email-verification",
-    "password-reset",
-    "execute-actions",
-    "email-update-confirmation",
-    "identity-provider-link",
-    "email-test",
-    "event-login_error",
-    "event-update_password",
-    "event-update_totp",
-    "event-remove_totp",
-    "event-update_credential",
-    "event-remove_credential",
-    "notice",
-)
-
 
 @dataclass(frozen=True)
 class RenderedEmail:
@@ -101,10 +87,6 @@ class RenderedEmail:
 
 PARTS = {"text": "txt", "html": "html"}
 
-# A realm name becomes a path component: letters, digits, '.', '_', '-', never '..' (same rule as jobs).
-REALM_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
-# Same rule as worker/jobs.py; names starting with '_' (layouts, macros) cannot be rendered directly.
-TEMPLATE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
 _BLANK_RUNS = re.compile(r"\n[ \t]*(?:\n[ \t]*)+\n")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # Names the renderer puts into every template's context (they win over the job's context).
@@ -119,24 +101,8 @@ class TemplateVariables:
     optional: tuple[str, ...]
 
 
-_LINK_MAIL = TemplateVariables(required=("user", "link"), optional=("realm_name", "link_expiration"))
-_EVENT_MAIL = TemplateVariables(required=("user", "event"), optional=("realm_name",))
 TEMPLATE_VARIABLES: dict[str, TemplateVariables] = {
-    "email-verification": _LINK_MAIL,
-    "password-reset": _LINK_MAIL,
-    "execute-actions": TemplateVariables(
-        required=("user", "link", "required_actions"), optional=("realm_name", "link_expiration")
-    ),
-    "email-update-confirmation": TemplateVariables(
-        required=("user", "link", "new_email"), optional=("realm_name", "link_expiration")
-    ),
-    "identity-provider-link": TemplateVariables(
-        required=("user", "link", "identity_provider"),
-        optional=("realm_name", "link_expiration", "identity_provider_username"),
-    ),
-    "email-test": TemplateVariables(required=(), optional=("realm_name", "user")),
-    "notice": TemplateVariables(required=("notice",), optional=("realm_name", "user")),
-    **{name: _EVENT_MAIL for name in TEMPLATE_NAMES if name.startswith("event-")},
+    name: TemplateVariables(template.required, template.optional) for name, template in CATALOGUE.items()
 }
 
 
@@ -256,7 +222,7 @@ class TemplateRenderer:
 
     def exists(self, realm: str | None, template: str) -> bool:
         """True when both bodies (text and HTML) exist for the realm (override or default)."""
-        if not isinstance(template, str) or not TEMPLATE_PATTERN.match(template):
+        if not valid_template(template):
             return False
         if realm is not None and not _valid_realm(realm):
             return False
@@ -378,7 +344,7 @@ class TemplateRenderer:
 
 
 def _valid_realm(realm: object) -> bool:
-    return isinstance(realm, str) and REALM_PATTERN.match(realm) is not None and ".." not in realm
+    return valid_realm(realm)
 
 
 def _file_name(template: str, part: str) -> str:
@@ -386,7 +352,7 @@ def _file_name(template: str, part: str) -> str:
 
 
 def _check_template(template: str) -> None:
-    if not isinstance(template, str) or not TEMPLATE_PATTERN.match(template):
+    if not valid_template(template):
         raise RenderError(f"template {template!r}: not a template name like 'password-reset'")
 
 
