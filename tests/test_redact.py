@@ -7,6 +7,7 @@ command in a process of its own, as an operator or a probe runs it) against the 
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from config.errors import ConfigError
 from config.redis import connect, redact_url, redact_urls_in
 from tests.support.smtp_server import closed_port
+from worker.logs import JsonFormatter, TextFormatter
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "s3cret-PW"
@@ -188,3 +190,14 @@ def test_status_reports_a_result_backend_celery_cannot_load_in_one_line() -> Non
     assert done.returncode == 1
     assert done.stderr.startswith("error: MAILWORKER_RESULT_BACKEND: ") and done.stderr.count("\n") == 1
     assert SECRET not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter("%(message)s", secret_urls=(f"redis://:{SECRET}@h/0",)),
+                                       JsonFormatter(secret_urls=(f"redis://:{SECRET}@h/0",))])  # fmt: skip
+def test_log_lines_hide_url_credentials(formatter: logging.Formatter) -> None:
+    record = logging.LogRecord(
+        "kombu", logging.ERROR, __file__, 1, "cannot connect to %s: %s", (f"redis://:{SECRET}@h/0",
+        f"AUTH {SECRET} refused; retrying rediss://u:other-pw@127.0.0.1/0"), None,
+    )  # fmt: skip
+    line = formatter.format(record)
+    assert SECRET not in line and "other-pw" not in line and "redis://:***@h/0" in line
