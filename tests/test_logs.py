@@ -193,3 +193,18 @@ def test_an_ingest_field_name_with_a_line_feed_cannot_forge_a_log_line(key_prefi
     [line] = out.splitlines()
     assert " WARNING mailworker.ingest: ingest entry invalid: x\\n2026-01-01" in line
     assert "outcome=invalid" in line
+
+
+def test_an_ingest_entry_cannot_flood_the_log_with_a_huge_field_name(key_prefix: str, redis_url: str) -> None:
+    from config.keys import Keys
+    from worker.ingest import ERROR_KEPT, IngestConsumer, ingest_client
+
+    client = ingest_client(redis_url, block=0.2)
+    consumer = IngestConsumer(client, Keys(key_prefix), runtime().dead_letters, name="flood")
+    entry = json.dumps({"realm": "acme", "template": "password-reset", "to": "a@example.com", "x" * 200_000: 1})
+    out = written("text", lambda: consumer.handle(entry.encode()))
+    client.close()
+    [line] = out.splitlines()
+    assert len(line) < ERROR_KEPT + 300 and "... (2" in line  # says how long the error was
+    [letter] = [lt for lt in runtime().dead_letters.list(reason="invalid", limit=50) if "x" * 1000 in lt.error]
+    assert len(letter.error) > 200_000  # the dead letter keeps the whole rule
