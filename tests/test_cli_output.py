@@ -176,3 +176,29 @@ def test_settings_history_prints_a_hostile_note_escaped(capsys: pytest.CaptureFi
     assert (code, err) == (0, "")
     assert_printable(out)
     assert len(out.splitlines()) == 2  # the header and one version, whatever the note holds
+
+
+# ---- output of commands in files owned elsewhere --------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="worker/cli/settings_test_cmd.py verdict() and format_status() print "
+                   "the SMTP server's reply (status['error'], the hint) raw: a hostile server writes escape "
+                   "sequences into `mailworker settings test`; wrap them in worker.cli.common.shown")  # fmt: skip
+def test_settings_test_prints_the_servers_reply_escaped() -> None:
+    from worker.cli.settings_test_cmd import format_status
+
+    out = format_status({"realm": "acme", "ok": False, "failed_stage": "ehlo", "error": f"550 {TITLE_AND_CLEAR}",
+                         "hint": f"see {TITLE_AND_CLEAR}", "stages": []})  # fmt: skip
+    assert not any(UNSAFE.search(line) for line in out.splitlines())
+
+
+@pytest.mark.xfail(strict=True, reason="worker/cli/settings_cmd.py aligned()/shown() (`settings show`) and "
+                   "print_saved() (the note) print stored values raw; config/smtp.py accepts ESC in a host "
+                   "name, so `settings show` replays it; use worker.cli.common.shown")  # fmt: skip
+def test_settings_show_prints_stored_values_escaped() -> None:
+    from config.smtp import parse_smtp_settings
+    from worker.cli.settings_cmd import aligned, settings_json
+
+    stored = parse_smtp_settings({"from": "a@example.com", "host": f"h{TITLE_AND_CLEAR}"})
+    out = aligned(settings_json(stored, "saved", 1))
+    assert not any(UNSAFE.search(line) for line in out.splitlines())
