@@ -181,7 +181,7 @@ def test_settings_history_prints_a_hostile_note_escaped(capsys: pytest.CaptureFi
 # ---- output of commands in files owned elsewhere --------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="worker/cli/settings_test_cmd.py verdict() and format_status() print "
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="worker/cli/settings_test_cmd.py verdict() and format_status() print "
                    "the SMTP server's reply (status['error'], the hint) raw: a hostile server writes escape "
                    "sequences into `mailworker settings test`; wrap them in worker.cli.common.shown")  # fmt: skip
 def test_settings_test_prints_the_servers_reply_escaped() -> None:
@@ -192,7 +192,7 @@ def test_settings_test_prints_the_servers_reply_escaped() -> None:
     assert not any(UNSAFE.search(line) for line in out.splitlines())
 
 
-@pytest.mark.xfail(strict=True, reason="worker/cli/settings_cmd.py aligned()/shown() (`settings show`) and "
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="worker/cli/settings_cmd.py aligned()/shown() (`settings show`) and "
                    "print_saved() (the note) print stored values raw; config/smtp.py accepts ESC in a host "
                    "name, so `settings show` replays it; use worker.cli.common.shown")  # fmt: skip
 def test_settings_show_prints_stored_values_escaped() -> None:

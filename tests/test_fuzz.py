@@ -431,7 +431,7 @@ def test_the_ingest_run_loop_never_exits(consumer: IngestConsumer, batch: list[b
     check_left_nothing(consumer)
 
 
-@pytest.mark.xfail(strict=True, reason="worker/ingest.py IngestConsumer._dead_letter json-parses the whole "
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="worker/ingest.py IngestConsumer._dead_letter json-parses the whole "
                    "entry, also one over MAX_ENTRY_BYTES: memory grows with what a producer pushes")  # fmt: skip
 def test_an_oversized_entry_costs_no_more_memory_than_the_limit(consumer: IngestConsumer) -> None:
     raw = many_containers(4_000_000 // 3, "{}", wrapped=False)  # 4 MB, rejected by size
@@ -446,7 +446,7 @@ def test_an_oversized_entry_costs_no_more_memory_than_the_limit(consumer: Ingest
     assert peak < ENTRY_PEAK_LIMIT, f"{peak / 2**20:.1f} MiB for an entry of {len(raw)} bytes"
 
 
-@pytest.mark.xfail(strict=True, reason="worker/ingest.py IngestConsumer._handle/_dead_letter: an invalid entry "
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="worker/ingest.py IngestConsumer._handle/_dead_letter: an invalid entry "
                    "is parsed twice (parse_entry, then _dead_letter) while the first parse is still "
                    "referenced by the InvalidInput's traceback")  # fmt: skip
 def test_an_invalid_entry_is_parsed_once(consumer: IngestConsumer) -> None:
