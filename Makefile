@@ -31,9 +31,10 @@ demo: install
 bench: install
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
-# Every fault scenario, the hostile-input and secrets runs included, with their figures (-s).
+# Every fault scenario, the hostile-input and secrets runs included, with their figures (-s); the fuzz
+# suite (tests/test_fuzz.py) with its large hypothesis profile.
 reliability: install
-	$(BIN)/python -m pytest tests/reliability tests/test_hostile_input.py tests/test_secrets_scan.py tests/test_breaker.py -q -s
+	HYPOTHESIS_PROFILE=reliability $(BIN)/python -m pytest tests/reliability tests/test_hostile_input.py tests/test_secrets_scan.py tests/test_breaker.py tests/test_fuzz.py -q -s
 
 clean:
 	rm -rf $(VENV) outbox .pytest_cache .mypy_cache .ruff_cache

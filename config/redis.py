@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import Any
 
 import redis
 
 from config.errors import ConfigError
+
+MASK = "***"
+# kombu and Sentinel take `;`-separated URLs. Split only where a scheme follows, so that a password holding
+# a `;` stays in one piece, and masked.
+_URL_LIST = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+# A credential in the query; a quote closing the value is where a message quoted the URL, and stays.
+_SECRET_PARAM = re.compile(
+    r"(?P<lead>[?&;])(?P<name>[^=&;?#]*(?:pass|pwd|secret|token|auth|cred)[^=&;?#]*)=(?P<value>[^&;#]*?)(?=['\"]?(?:[&;#\s]|\Z))",
+    re.IGNORECASE,
+)
+_PLAIN_USER = re.compile(r"[^/?#@\s]*\Z")
+# A URL inside free text ends at white space: not at a quote, which a password may hold (a quote after
+# the URL is left as it is, since only what precedes the last `@` is masked).
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
+_DELIMITERS = re.compile(r"[/?#@:;&=%]")
+_QUOTED = re.compile(r"'([^']+)'|\"([^\"]+)\"")
+# Shorter pieces of a password are left in free text: masking them would mask ordinary words and numbers.
+_MIN_PIECE = 4
 
 
 def connect(url: str, *, variable: str = "MAILWORKER_STORE_URL", check: bool = True) -> redis.Redis:
@@ -26,12 +47,14 @@ def connect(url: str, *, variable: str = "MAILWORKER_STORE_URL", check: bool = T
             retry_on_timeout=True,
         )
     except ValueError as error:
-        raise ConfigError(f"{variable}: {url!r} is not a Redis URL ({error})") from None
+        reason = redact_urls_in(str(error), url)
+        raise ConfigError(f"{variable}: {redact_url(url)!r} is not a Redis URL ({reason})") from None
     if check:
         try:
             client.ping()
         except redis.RedisError as error:
-            raise ConfigError(f"{variable}: cannot reach Redis at {redact_url(url)} ({error})") from None
+            reason = redact_urls_in(str(error), url)
+            raise ConfigError(f"{variable}: cannot reach Redis at {redact_url(url)} ({reason})") from None
     return client
 
 
@@ -57,14 +80,80 @@ def persistence(client: Any) -> tuple[bool | None, str]:
     )
 
 
-def redact_url(url: str) -> str:
-    """A Redis URL with its password hidden, for messages and logs."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://***@{host}"
+def redact_url(url: object) -> str:
+    """A Redis URL, or a `;`-separated list of them (Sentinel), with every credential hidden.
+
+    For messages and logs, so it never raises and never trusts the URL to be well-formed: whatever comes
+    before the last `@` of a URL is a credential (a password may hold `/`, `?`, `#` or `@` unescaped, and
+    then no two parsers agree where it ends); only a plain user name before a `:` is kept. Query
+    parameters named like a credential (`?password=...`, redis-py reads it) are masked too.
+    """
+    text = url if isinstance(url, str) else str(url)
+    return ";".join(_redact_one(part) for part in _URL_LIST.split(text))
+
+
+def redact_urls_in(text: str, *urls: str) -> str:
+    """`text` (an exception's message, a log line) with the credentials of `urls` and of any URL in it hidden.
+
+    A library's error may quote a piece of a malformed URL ("Port could not be cast to integer value as
+    'pa'" for `redis://:pa/ss@host`): pieces of the known URLs' credentials are masked wherever they appear,
+    and any quoted piece of one.
+    """
+    for url in urls:
+        if not url:
+            continue
+        text = text.replace(url, redact_url(url))
+        secrets, pieces = _secrets(url)
+        for piece in pieces:
+            text = text.replace(piece, MASK)
+        if secrets:
+            text = _QUOTED.sub(functools.partial(_mask_quoted, secrets=secrets), text)
+    if "://" in text:
+        text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+    return text
+
+
+def _parts(url: str) -> tuple[str, str | None, str]:
+    """(scheme://, credentials or None, the rest from the `@` on) of one URL of a list."""
+    scheme = _SCHEME.match(url)
+    prefix = scheme.group(0) if scheme else ""
+    rest = url[len(prefix) :]
+    at = rest.rfind("@")
+    return (prefix, None, rest) if at < 0 else (prefix, rest[:at], rest[at:])
+
+
+def _user_kept(prefix: str, credentials: str) -> str | None:
+    user, colon, _ = credentials.partition(":")
+    return user if prefix and colon and _PLAIN_USER.match(user) else None
+
+
+def _redact_one(url: str) -> str:
+    prefix, credentials, rest = _parts(url)
+    rest = _SECRET_PARAM.sub(lambda m: f"{m['lead']}{m['name']}={MASK}", rest)
+    if credentials is None:
+        return prefix + rest
+    user = _user_kept(prefix, credentials)
+    return prefix + (f"{user}:{MASK}" if user is not None else MASK) + rest
+
+
+@functools.lru_cache(maxsize=16)
+def _secrets(url: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the credentials in `url`, the pieces of them to mask in free text, longest first)."""
+    found: list[str] = []
+    for part in _URL_LIST.split(url):
+        prefix, credentials, rest = _parts(part)
+        if credentials:
+            user = _user_kept(prefix, credentials)
+            found.append(credentials if user is None else credentials[len(user) + 1 :])
+        found += [m["value"] for m in _SECRET_PARAM.finditer(rest)]
+    secrets = tuple(secret for secret in found if secret)
+    pieces = {piece for secret in secrets for piece in (secret, *_DELIMITERS.split(secret))}
+    return secrets, tuple(sorted((p for p in pieces if len(p) >= _MIN_PIECE), key=len, reverse=True))
+
+
+def _mask_quoted(match: re.Match[str], secrets: tuple[str, ...]) -> str:
+    quoted = match.group(1) or match.group(2)
+    return match.group(0) if not any(quoted in secret for secret in secrets) else f"'{MASK}'"
 
 
 def _memory_redis() -> redis.Redis:

@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import logging
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ import pytest
 
 from tasks import api
 from tests.support.smtp_server import SmtpTestServer
+from worker.cli.common import UNSAFE
 from worker.logs import configure_logging
 from worker.runtime import runtime
 
@@ -113,3 +115,96 @@ def test_text_format_keeps_the_fields_as_key_value_pairs() -> None:
         "mailworker.delivery: delivery sent job_id=j1 realm=acme template=password-reset attempt=2 "
         "outcome=sent smtp_code=250 ms=12.3"
     )
+
+
+# ---- log lines cannot be forged --------------------------------------------------------------------------
+
+# What a hostile value puts in a line: a record of its own, a carriage return over the line, a terminal
+# sequence, a bidi override, and a lone surrogate (which the stream's UTF-8 encoder refuses).
+FORGED = "2026-01-01 00:00:00,000 INFO mailworker.delivery: delivery sent job_id=forged"
+HOSTILE = f"x\n{FORGED}\r{FORGED}\x1b[2K\u202e\u2028\x85\ud800"
+
+
+def hostile_record(exc_info: Any = None) -> logging.LogRecord:
+    record = logging.LogRecord("mailworker.ingest", logging.WARNING, __file__, 1, "ingest entry invalid: %s",
+                               (HOSTILE,), exc_info)  # fmt: skip
+    record.job_id, record.error, record.realm = HOSTILE, HOSTILE, 42
+    return record
+
+
+def written(log_format: str, emit: Any) -> str:
+    """What `configure_logging`'s handler writes to a real UTF-8 stream (stderr) while `emit` runs."""
+    with logging_as_configured(log_format):
+        [handler] = logging.getLogger().handlers
+        raw = io.BytesIO()
+        stream = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
+        handler.setStream(stream)  # type: ignore[attr-defined]
+        emit()
+        return raw.getvalue().decode("utf-8")
+
+
+def test_text_lines_escape_every_field_so_one_record_is_one_line() -> None:
+    out = written("text", lambda: logging.getLogger().handle(hostile_record()))
+    [line] = out.splitlines()  # str.splitlines splits at \r, \x85, \u2028 as well
+    assert "\\n2026-01-01" in line and "\\r2026" in line and "\\x1b[2K\\u202e\\u2028\\x85\\ud800" in line
+    assert "error=x\\n2026" in line and "job_id=x\\n2026" in line and "realm=42" in line
+
+
+def test_a_traceback_keeps_its_lines_but_none_can_pass_for_a_record() -> None:
+    def emit() -> None:
+        try:
+            raise ValueError(HOSTILE)
+        except ValueError:
+            logging.getLogger("mailworker.ingest").exception("ingest entry dead-lettered: %s", "ValueError")
+
+    first, *rest = written("text", emit).splitlines()
+    assert "ERROR mailworker.ingest: ingest entry dead-lettered: ValueError" in first
+    assert rest[0] == "  | Traceback (most recent call last):"
+    assert all(line.startswith("  | ") for line in rest), rest
+    assert f"  | {FORGED}\\r{FORGED}\\x1b[2K\\u202e\\u2028\\x85\\ud800" in rest  # its LF kept, under the prefix
+
+
+def test_json_lines_stay_one_object_each_with_the_hostile_values_intact() -> None:
+    def emit() -> None:
+        try:
+            raise ValueError(HOSTILE)
+        except ValueError:
+            logging.getLogger().handle(hostile_record(exc_info=sys.exc_info()))
+
+    out = written("json", emit)
+    [line] = out.split("\n")[:-1]  # one object, one line feed: nothing lost to the encoder
+    assert not UNSAFE.search(line)
+    record = json.loads(line)
+    assert record["msg"] == f"ingest entry invalid: {HOSTILE}" and record["error"] == HOSTILE
+    assert record["exc"].endswith(f"ValueError: {HOSTILE}")
+
+
+def test_an_ingest_field_name_with_a_line_feed_cannot_forge_a_log_line(key_prefix: str, redis_url: str) -> None:
+    """As `mailworker ingest` logs with MAILWORKER_LOG_FORMAT=text, on the session's Redis."""
+    from config.keys import Keys
+    from worker.ingest import IngestConsumer, ingest_client
+
+    client = ingest_client(redis_url, block=0.2)
+    consumer = IngestConsumer(client, Keys(key_prefix), runtime().dead_letters, name="forger")
+    entry = json.dumps({"realm": "acme", "template": "password-reset", "to": "a@example.com",
+                        f"x\n{FORGED}": 1})  # fmt: skip
+    out = written("text", lambda: consumer.handle(entry.encode()))
+    client.close()
+    [line] = out.splitlines()
+    assert " WARNING mailworker.ingest: ingest entry invalid: x\\n2026-01-01" in line
+    assert "outcome=invalid" in line
+
+
+def test_an_ingest_entry_cannot_flood_the_log_with_a_huge_field_name(key_prefix: str, redis_url: str) -> None:
+    from config.keys import Keys
+    from worker.ingest import ERROR_KEPT, IngestConsumer, ingest_client
+
+    client = ingest_client(redis_url, block=0.2)
+    consumer = IngestConsumer(client, Keys(key_prefix), runtime().dead_letters, name="flood")
+    entry = json.dumps({"realm": "acme", "template": "password-reset", "to": "a@example.com", "x" * 200_000: 1})
+    out = written("text", lambda: consumer.handle(entry.encode()))
+    client.close()
+    [line] = out.splitlines()
+    assert len(line) < ERROR_KEPT + 300 and "... (2" in line  # says how long the error was
+    [letter] = [lt for lt in runtime().dead_letters.list(reason="invalid", limit=50) if "x" * 1000 in lt.error]
+    assert len(letter.error) > 200_000  # the dead letter keeps the whole rule

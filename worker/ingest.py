@@ -125,6 +125,13 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
+def logged(error: str | None) -> str:
+    """An entry's error for a log line: the rule it broke may quote a field name of 200 KB, and a producer
+    pushing such entries must not flood the log. The dead letter keeps all of it."""
+    text = error or ""
+    return text if len(text) <= ERROR_KEPT else f"{text[:ERROR_KEPT]}... ({len(text)} characters)"
+
+
 def digest_of(raw: bytes | str) -> str:
     data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
     return hashlib.sha256(data).hexdigest()
@@ -234,7 +241,7 @@ class IngestConsumer:
                 raise
         extra = {"outcome": handled.outcome, "job_id": handled.job_id}
         if handled.outcome == "invalid":
-            log.warning("ingest entry invalid: %s", handled.error, extra=extra)
+            log.warning("ingest entry invalid: %s", logged(handled.error), extra=extra)
         elif handled.outcome != "internal":  # logged where it happened, with its traceback
             log.info("ingest entry %s", handled.outcome, extra=extra)
         return handled

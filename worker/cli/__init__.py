@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from importlib import import_module
 
 from config.errors import MailWorkerError
-from worker.cli.common import fail
+from worker.cli.common import fail, shown
 
 # Each sub-command module exposes register(subparsers); its parsers set `handler` to a function taking
 # the parsed arguments and returning the exit code.
@@ -26,7 +26,7 @@ COMMAND_MODULES = [
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         # One line and exit 1, like every other user mistake (argparse's default is usage + exit 2).
-        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        print(f"error: {shown(message)} (see `{self.prog} --help`)", file=sys.stderr)
         raise SystemExit(1)
 
 

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from config.errors import InvalidInput
-from worker.cli.common import print_json, table
+from worker.cli.common import print_json, shown, table
 from worker.deadletters import REASONS
 
 
@@ -85,7 +85,7 @@ def show_dead(args: argparse.Namespace) -> int:
         print_json(letter.public())
         return 0
     for name, value in letter.public().items():
-        print(f"{name:17} {value}")
+        print(f"{name:17} {shown(value)}")
     return 0
 
 
@@ -103,7 +103,7 @@ def requeue_dead(args: argparse.Namespace) -> int:
         raise InvalidInput.one("job_ids", "name at least one job id, or --all")
     for job_id in ids:
         requeue_dead_letter(job_id)
-        print(f"requeued {job_id}")
+        print(f"requeued {shown(job_id)}")
     if not ids:
         print("no dead letters to requeue")
     return 0

@@ -81,7 +81,8 @@ def workers_check(registry: Any, nodes: Sequence[str]) -> list[Check]:
 def check_health(timeout: float, nodes: Sequence[str] = ()) -> list[Check]:
     import redis
 
-    from config.redis import connect, persistence, redact_url
+    from config.errors import ConfigError
+    from config.redis import connect, persistence, redact_url, redact_urls_in
     from worker.runtime import runtime
 
     rt = runtime()
@@ -100,9 +101,13 @@ def check_health(timeout: float, nodes: Sequence[str] = ()) -> list[Check]:
         checks.append((OK if keeps else WARN, f"persistence {what}"))
         store_ok = True
     except (redis.RedisError, OSError) as error:
+        reason = redact_urls_in(str(error), settings.store_url)
         checks.append(
-            (FAIL, f"store   {redact_url(settings.store_url)}: {error} (check MAILWORKER_STORE_URL)")
+            (FAIL, f"store   {redact_url(settings.store_url)}: {reason} (check MAILWORKER_STORE_URL)")
         )
+        store_ok = False
+    except ConfigError as error:  # not a Redis URL: connect() says why, credentials masked
+        checks.append((FAIL, f"store   {error}"))
         store_ok = False
 
     started = time.monotonic()
@@ -114,8 +119,9 @@ def check_health(timeout: float, nodes: Sequence[str] = ()) -> list[Check]:
             conn.default_channel.client.ping()
         checks.append((OK, f"broker  {redact_url(settings.broker_url)} answers ({_ms(started)})"))
     except Exception as error:  # kombu wraps every transport error differently
+        reason = redact_urls_in(str(error), settings.broker_url)
         checks.append(
-            (FAIL, f"broker  {redact_url(settings.broker_url)}: {error} (check MAILWORKER_BROKER_URL)")
+            (FAIL, f"broker  {redact_url(settings.broker_url)}: {reason} (check MAILWORKER_BROKER_URL)")
         )
     if store_ok:
         checks += workers_check(rt.live_workers, nodes)
@@ -129,7 +135,9 @@ def _ms(started: float) -> str:
 
 
 def run_health(args: argparse.Namespace) -> int:
+    from worker.cli.common import shown
+
     checks = check_health(args.timeout, args.node)
     for status, line in checks:
-        print(f"{status:4}  {line}")
+        print(f"{status:4}  {shown(line)}")  # worker names, wipe notes and errors come from elsewhere
     return 1 if any(status == FAIL for status, _ in checks) else 0

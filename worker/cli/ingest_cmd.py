@@ -43,13 +43,14 @@ def build_consumer(name: str, block: float) -> Any:
 
 
 def run_ingest(args: argparse.Namespace) -> int:
+    from worker.cli.common import shown
     from worker.logs import configure_logging
     from worker.runtime import runtime
 
     configure_logging(runtime().settings)
     consumer = build_consumer(args.name, args.block)
     if args.once:
-        print(f"handled {consumer.drain()} ingest entry(ies) from {consumer.source}")
+        print(f"handled {consumer.drain()} ingest entry(ies) from {shown(consumer.source)}")
         return 0
     stop = threading.Event()
 

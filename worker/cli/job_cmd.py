@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from config.errors import InvalidInput
-from worker.cli.common import print_json
+from worker.cli.common import print_json, shown
 
 BAR_WIDTH = 30
 
@@ -43,16 +43,17 @@ def _duration(seconds: float) -> str:
 
 
 def render_progress(p: dict[str, Any], now: float | None = None) -> str:
-    """Three lines: what, a bar, the counters with rate and ETA."""
+    """Three lines: what, a bar, the counters with rate and ETA. The job's names and error are shown():
+    they come from the producer and the SMTP server, and --watch redraws with escape sequences of its own."""
     now = now if now is not None else time.time()
     total = p["total"] or 0
     settled = p["sent"] + p["failed"] + p["cancelled"]
     share = settled / total if total else 1.0
     filled = int(share * BAR_WIDTH)
     bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-    head = f"{p['job_id']}  realm {p['realm']}  template {p['template']}  {p['state']}"
+    head = shown(f"{p['job_id']}  realm {p['realm']}  template {p['template']}  {p['state']}")
     if p.get("error"):
-        head += f"  ({p['error']})"
+        head += f"  ({shown(p['error'])})"
     counts = (
         f"sent {p['sent']:,}  failed {p['failed']:,}  cancelled {p['cancelled']:,}  pending {p['pending']:,}"
         f"  rate {p['rate']:,.0f}/s"
@@ -72,7 +73,8 @@ def show_job(args: argparse.Namespace) -> int:
         if not args.cancel_id:
             raise InvalidInput.one("JOB_ID", "name the job to cancel: mailworker job cancel JOB_ID")
         state = api.cancel_bulk(args.cancel_id)
-        print(f"{args.cancel_id}: {state}" + ("" if state == "cancelled" else " (it had ended already)"))
+        ended = "" if state == "cancelled" else " (it had ended already)"
+        print(f"{shown(args.cancel_id)}: {shown(state)}{ended}")
         return 0
     if args.cancel_id:
         raise InvalidInput.one(

@@ -1,6 +1,7 @@
 """`mailworker status|stats`: what an operator asks a running deployment (health: health_cmd.py).
 
-Read-only. Nothing here prints a task's arguments (the job's context holds personal data) or a secret.
+Read-only. Nothing here prints a task's arguments (the job's context holds personal data) or a secret:
+a URL's credentials are masked (config/redis.py), in the errors of the libraries that read it too.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ import argparse
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from worker.cli.common import print_json, table
+from config.errors import ConfigError
+from config.redis import redact_url, redact_urls_in
+from worker.cli.common import print_json, shown, table
 
 if TYPE_CHECKING:
     from config.settings import ServiceSettings
@@ -43,9 +46,13 @@ def job_status(task_id: str) -> dict[str, Any]:
     rt = runtime()
     # Read-only bookkeeping, without `rt.services`: status must not need MAILWORKER_SECRET_KEY.
     ledger = rt.ledger
-    result = AsyncResult(task_id, app=app)
-    state = result.state
-    value = result.result
+    try:
+        result = AsyncResult(task_id, app=app)
+        state = result.state
+        value = result.result
+    except Exception as error:  # a backend Celery cannot load or reach: each raises its own kind
+        url = rt.settings.result_backend
+        raise unusable("MAILWORKER_RESULT_BACKEND", "the result backend", url, error) from None
     facts = ledger.fields(task_id)
     info: dict[str, Any] = {"job_id": task_id, "state": state, "attempts": int(facts.get("attempts") or 0)}
     if facts.get("ambiguous"):
@@ -107,7 +114,13 @@ def show_status(args: argparse.Namespace) -> int:
 def _shown(name: str, value: Any) -> str:
     if name in ("sent_at", "died_at") and isinstance(value, int | float):
         return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return str(value)
+    return shown(value)
+
+
+def unusable(variable: str, what: str, url: str, error: BaseException) -> ConfigError:
+    """One line naming the variable to check, the URL and the library's error without credentials."""
+    reason = redact_urls_in(f"{type(error).__name__}: {error}", url)
+    return ConfigError(f"{variable}: {what} at {redact_url(url)} failed ({reason})")
 
 
 # ---- stats --------------------------------------------------------------------------------------------
@@ -132,11 +145,14 @@ def queue_depths(settings: ServiceSettings) -> dict[str, Any]:
     """
     from worker.app import QUEUES
 
-    with broker_connection(settings) as conn:
-        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
-        channel = conn.default_channel
-        queues = {name: int(channel._size(name)) for name in QUEUES}
-        unacked = int(channel.client.hlen(channel.unacked_key))
+    try:
+        with broker_connection(settings) as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
+            channel = conn.default_channel
+            queues = {name: int(channel._size(name)) for name in QUEUES}
+            unacked = int(channel.client.hlen(channel.unacked_key))
+    except Exception as error:  # kombu wraps every transport and URL error differently
+        raise unusable("MAILWORKER_BROKER_URL", "the broker", settings.broker_url, error) from None
     return {"queues": queues, "unacked": unacked}
 
 
