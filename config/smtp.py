@@ -140,8 +140,10 @@ class SmtpSettings(BaseModel):
         value = value.strip()
         if not value:
             raise ValueError("is required")
-        if any(ch.isspace() for ch in value) or has_line_break(value) or "/" in value or "@" in value:
-            raise ValueError("must be a host name or an IP address (no spaces, slashes, scheme or user)")
+        if any(ch.isspace() or not ch.isprintable() for ch in value) or "/" in value or "@" in value:
+            raise ValueError(
+                "must be a host name or an IP address (no spaces, control characters, slashes, scheme or user)"
+            )
         return value
 
     @field_validator("notify_events", mode="before")
@@ -150,7 +152,8 @@ class SmtpSettings(BaseModel):
         if isinstance(value, str):
             value = [part for part in value.replace(" ", ",").split(",") if part]
         if isinstance(value, list | tuple):
-            return tuple(str(v).strip().upper() for v in value)
+            # Only strings are event types; anything else is left for the field's own rule to refuse.
+            return tuple(v.strip().upper() if isinstance(v, str) else v for v in value)
         return value
 
     @model_validator(mode="before")

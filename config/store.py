@@ -43,7 +43,7 @@ from config.conflicts import conflict_message, draft_conflict_message, save_conf
 from config.crypto import SecretBox
 from config.edits import Change, apply_changes, diff_settings, edit_settings, weakening_change
 from config.epoch import Epoch, queue_epoch, read_epoch, read_wipe, record_wipe
-from config.errors import ConflictError, NotFound
+from config.errors import ConflictError, InvalidInput, NotFound
 from config.keys import Keys
 from config.names import check_realm
 from config.rotation import retrying_transaction, rotate_secrets
@@ -82,6 +82,17 @@ class DraftSettings:
     updated_at: float
     draft_id: str = ""  # new with every edit: what a save names to say "the draft I reviewed"
     unusable: Mapping[str, str] = field(default_factory=dict)
+
+
+def check_note(note: Any) -> str | None:
+    """A save's note: one printable line (it is shown in `settings history`), valid Unicode, bounded."""
+    if note is None:
+        return None
+    if not isinstance(note, str) or len(note) > 500:
+        raise InvalidInput.one("note", "must be text of at most 500 characters")
+    if any(not ch.isprintable() for ch in note) or any("\ud800" <= ch <= "\udfff" for ch in note):
+        raise InvalidInput.one("note", "must be one line of printable text (valid Unicode)")
+    return note
 
 
 # ---- the store -----------------------------------------------------------------------------------------
@@ -213,7 +224,9 @@ class SettingsStore:
         the saved version when the write commits; otherwise ConflictError and nothing is written. While a
         draft is pending, `changes` are applied onto it only if `draft_id` names it (config.conflicts.
         save_conflict); without changes the draft is saved as it is. The result lists what changed.
+        A `note` is one printable line of at most 500 characters (shown by `settings history`).
         """
+        note = check_note(note)
         check_realm(realm)
         changes = dict(changes or {})
         draft_key, saved_key = self._keys.draft(realm), self._keys.saved(realm)
@@ -254,6 +267,7 @@ class SettingsStore:
         return bool(self._redis.delete(self._keys.draft(realm)))
 
     def rollback(self, realm: str, to_version: int, *, note: str | None = None) -> SavedSettings:
+        note = check_note(note)
         """Save the settings of an earlier version (from history) as a new version.
 
         A pending draft is left alone: it was edited from an older version, so saving it later is refused

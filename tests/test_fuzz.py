@@ -20,8 +20,7 @@ Budget: HYPOTHESIS_PROFILE selects the hypothesis profile. Unset (`make test`): 
 reliability`): FUZZ_SCALE (40) times as many, about 3 minutes. Most examples are valid arguments with one
 to three of them hostile (see `mutated`), so that every rule is reached and some examples pass.
 
-Bugs found in files this suite does not own are strict xfails at the end, with their smallest example;
-the properties skip those inputs (see "known bugs") until they are fixed.
+What the fuzzer found (and was fixed) is kept at the end as tests of the smallest examples.
 
 Real Redis (tests/conftest.py), real SMTP server on 127.0.0.1.
 """
@@ -39,9 +38,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
 from config.errors import InvalidInput, MailWorkerError
 from config.keys import Keys
@@ -52,7 +50,6 @@ from tests.support.smtp_server import SmtpTestServer
 from worker.cli.common import json_text
 from worker.deadletters import DeadLetterStore
 from worker.ingest import MAX_ENTRY_BYTES, IngestConsumer, enqueue, ingest_client
-from worker.jobs import json_depth
 from worker.runtime import runtime
 
 pytestmark = pytest.mark.integration
@@ -82,8 +79,8 @@ SETTINGS_REALM = f"fuzz-settings-{uuid.uuid4().hex[:8]}"  # the store's edit pat
 CONTEXT = {"user": {"username": "alice", "first_name": "Alice"}, "link": "https://iam.example.com/r?k=1",
            "link_expiration": 30}  # fmt: skip
 # json.loads turns 256 KB of `[{},{},...]` into about 6.5 MB of dicts: the worst shape of a valid entry.
-# The dead-letter path parses it once more while the first parse is alive (see the xfail test below),
-# hence two of those and some headroom; the thread of the session's worker allocates meanwhile too.
+# It is parsed once (the dead letter reads the same value); headroom for the session's worker thread,
+# which allocates meanwhile too.
 ENTRY_PEAK_LIMIT = 16 * 1024 * 1024
 
 # Jobs (and bulk jobs) that passed validation: the last test waits for each to end.
@@ -97,7 +94,9 @@ text = st.text(any_char, max_size=30)
 # Up to ~300,000 characters: above every limit (64 KiB context, 256 KB entry) and cheap to build.
 huge_text = st.builds(operator.mul, st.text(any_char, min_size=1, max_size=3), st.integers(1, 100_000))
 # Python refuses to print an int of more than 4300 digits (ValueError): json.dumps and str() raise.
-big_int = st.builds(lambda digits, sign: sign * (10**digits - 1), st.integers(0, 6000), st.sampled_from([1, -1]))
+big_int = st.builds(
+    lambda digits, sign: sign * (10**digits - 1), st.integers(0, 6000), st.sampled_from([1, -1])
+)
 ints = st.one_of(st.integers(), big_int, st.sampled_from([0, -1, 2**31, 2**63, 2**64, 10**20]))
 scalars = st.one_of(st.none(), st.booleans(), ints, st.floats(), text)
 
@@ -278,27 +277,6 @@ raw_entries = st.one_of(
 )  # fmt: skip
 
 
-# ---- known bugs ---------------------------------------------------------------------------------------
-# Inputs that hit a bug of a file this suite does not own, each recorded below as a strict xfail with its
-# smallest example. The properties leave them out (assume) so that they keep guarding everything else;
-# fixing a bug turns its xfail into a failure: then drop its filter here too.
-
-
-def non_string_key(context: Any) -> bool:
-    """test_known_bug_a_context_key_that_is_not_a_string."""
-    return isinstance(context, dict) and any(not isinstance(key, str) for key in context)
-
-
-def deep_notify_events(data: Any) -> bool:
-    """test_known_bug_deep_notify_events."""
-    return isinstance(data, dict) and json_depth(data.get("notify_events"), stop_after=200) > 200
-
-
-def not_utf8(note: Any) -> bool:
-    """test_known_bug_a_note_that_is_not_utf8."""
-    return isinstance(note, str) and any("\ud800" <= ch <= "\udfff" for ch in note)
-
-
 # ---- fixtures -------------------------------------------------------------------------------------------
 
 
@@ -349,7 +327,6 @@ def check_left_nothing(consumer: IngestConsumer) -> None:
 @FUZZ
 @given(arguments=email_arguments)
 def test_send_email_raises_only_its_own_errors(arguments: dict[str, Any]) -> None:
-    assume(not non_string_key(arguments.get("context")))
     try:
         job_id = api.send_email(**arguments)
     except MailWorkerError as error:
@@ -392,7 +369,9 @@ def test_send_bulk_raises_only_its_own_errors(arguments: dict[str, Any]) -> None
 
 @FUZZ
 @given(raw=raw_entries)
-def test_the_ingest_consumer_handles_any_entry_in_bounded_memory(consumer: IngestConsumer, raw: bytes) -> None:
+def test_the_ingest_consumer_handles_any_entry_in_bounded_memory(
+    consumer: IngestConsumer, raw: bytes
+) -> None:
     consumer.redis.rpush(consumer.source, raw)
     taken = consumer.redis.lmove(consumer.source, consumer.processing, "LEFT", "RIGHT")  # as step() does
     tracemalloc.start()
@@ -431,8 +410,6 @@ def test_the_ingest_run_loop_never_exits(consumer: IngestConsumer, batch: list[b
     check_left_nothing(consumer)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="worker/ingest.py IngestConsumer._dead_letter json-parses the whole "
-                   "entry, also one over MAX_ENTRY_BYTES: memory grows with what a producer pushes")  # fmt: skip
 def test_an_oversized_entry_costs_no_more_memory_than_the_limit(consumer: IngestConsumer) -> None:
     raw = many_containers(4_000_000 // 3, "{}", wrapped=False)  # 4 MB, rejected by size
     consumer.redis.rpush(consumer.processing, raw)
@@ -446,9 +423,6 @@ def test_an_oversized_entry_costs_no_more_memory_than_the_limit(consumer: Ingest
     assert peak < ENTRY_PEAK_LIMIT, f"{peak / 2**20:.1f} MiB for an entry of {len(raw)} bytes"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="worker/ingest.py IngestConsumer._handle/_dead_letter: an invalid entry "
-                   "is parsed twice (parse_entry, then _dead_letter) while the first parse is still "
-                   "referenced by the InvalidInput's traceback")  # fmt: skip
 def test_an_invalid_entry_is_parsed_once(consumer: IngestConsumer) -> None:
     raw = many_containers((MAX_ENTRY_BYTES - 200) // 3, "{}", wrapped=False)  # valid JSON, not an object
     consumer.redis.rpush(consumer.processing, raw)
@@ -480,7 +454,6 @@ settings_objects = st.one_of(
 @FUZZ
 @given(data=settings_objects)
 def test_parse_smtp_settings_raises_only_invalid_input(data: dict[str, Any]) -> None:
-    assume(not deep_notify_events(data))
     try:
         parsed = parse_smtp_settings(data)
     except InvalidInput as error:
@@ -493,8 +466,9 @@ def test_parse_smtp_settings_raises_only_invalid_input(data: dict[str, Any]) -> 
 
 @FUZZ
 @given(changes=settings_objects, note=st.one_of(st.none(), text), save=st.booleans())
-def test_the_store_edit_path_raises_only_its_own_errors(changes: dict[str, Any], note: Any, save: bool) -> None:
-    assume(not deep_notify_events(changes) and not not_utf8(note))
+def test_the_store_edit_path_raises_only_its_own_errors(
+    changes: dict[str, Any], note: Any, save: bool
+) -> None:
     store = runtime().store
     try:
         if save:
@@ -511,34 +485,28 @@ def test_the_store_edit_path_raises_only_its_own_errors(changes: dict[str, Any],
     store.history(SETTINGS_REALM)
 
 
-# ---- what the fuzzer found (smallest examples) --------------------------------------------------------
+# ---- what the fuzzer found (smallest examples), fixed --------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, raises=ValidationError, reason="worker/jobs.py check_context (via new_job): a "
-                   "context key that is not a string passes json.dumps (which turns 0 into \"0\"), then the "
-                   "EmailJob model refuses it: pydantic ValidationError instead of InvalidInput")  # fmt: skip
-def test_known_bug_a_context_key_that_is_not_a_string() -> None:
+def test_found_a_context_key_that_is_not_a_string_is_refused() -> None:
     with pytest.raises(InvalidInput) as caught:
         api.send_email(REALM, "password-reset", "u0@example.com", context={0: None})
     assert caught.value.problems[0][0].startswith("context")
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason="config/smtp.py SmtpSettings._event_types: "
-                   "str(v) of each notify_events item recurses; a list ~1000 levels deep (a few KB of JSON) "
-                   "raises RecursionError instead of InvalidInput")  # fmt: skip
-def test_known_bug_deep_notify_events() -> None:
+def test_found_deep_notify_events_are_refused() -> None:
     with pytest.raises(InvalidInput) as caught:
-        parse_smtp_settings({"from": "a@example.com", "host": "127.0.0.1", "notify_events": nested(1000, "list")})
+        parse_smtp_settings(
+            {"from": "a@example.com", "host": "127.0.0.1", "notify_events": nested(1000, "list")}
+        )
     assert caught.value.problems[0][0] == "notify_events"
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError, reason="config/store.py SettingsStore.save: the "
-                   "note is not checked; one that is not valid Unicode (a lone surrogate, as Python makes of "
-                   "non-UTF-8 argv bytes for `settings save --note`) fails in the Redis client's encoder")  # fmt: skip
-def test_known_bug_a_note_that_is_not_utf8() -> None:
+def test_found_a_note_that_is_not_utf8_is_refused() -> None:
     with pytest.raises(InvalidInput) as caught:
-        runtime().store.save(f"fuzz-note-{uuid.uuid4().hex[:8]}", {"from": "a@example.com", "host": "127.0.0.1"},
-                             note="\ud800")  # a realm of its own: no draft of the fuzzing pending
+        runtime().store.save(
+            f"fuzz-note-{uuid.uuid4().hex[:8]}", {"from": "a@example.com", "host": "127.0.0.1"}, note="\ud800"
+        )  # a realm of its own: no draft of the fuzzing pending
     assert caught.value.problems[0][0] == "note"
 
 

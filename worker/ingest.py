@@ -139,16 +139,25 @@ def digest_of(raw: bytes | str) -> str:
 
 def parse_entry(raw: bytes | str) -> dict[str, Any]:
     """The entry's JSON object, checked for shape (the fields' values are checked by tasks.api)."""
+    return check_entry(read_entry(raw))
+
+
+def read_entry(raw: bytes | str) -> Any:
+    """The entry's JSON value; an entry over MAX_ENTRY_BYTES is refused before it is parsed at all."""
     if len(raw) > MAX_ENTRY_BYTES:
         raise InvalidInput.one("entry", f"is {len(raw)} bytes; the limit is {MAX_ENTRY_BYTES}")
     try:
-        entry = json.loads(raw)
+        return json.loads(raw)
     except ValueError as error:  # also invalid UTF-8
         raise InvalidInput.one("entry", f"is not JSON ({error})") from None
     except RecursionError:
         raise InvalidInput.one(
             "entry", f"is nested too deeply to read (context and event: at most {MAX_JSON_DEPTH} levels)"
         ) from None
+
+
+def check_entry(entry: Any) -> dict[str, Any]:
+    """A parsed entry's shape: an object of a known type with its fields."""
     if not isinstance(entry, dict):
         raise InvalidInput.one("entry", 'must be a JSON object like {"type": "email", "realm": ...}')
     kind = entry.setdefault("type", "email")
@@ -222,9 +231,7 @@ class IngestConsumer:
         in_hand = take_up(self._record(), digest, uuid.uuid4().hex, counted=digest != self._uncounted)
         if in_hand.poison:
             # Not even parsed: reading it may be what killed the process.
-            handled = Handled(
-                "internal", self._dead_letter(raw, "internal", DIED_TWICE, parse=False), DIED_TWICE
-            )
+            handled = Handled("internal", self._dead_letter(raw, "internal", DIED_TWICE), DIED_TWICE)
             log.error("ingest entry dead-lettered: %s", DIED_TWICE,
                       extra={"outcome": "internal", "job_id": handled.job_id})  # fmt: skip
             self._finish(raw)
@@ -247,18 +254,19 @@ class IngestConsumer:
         return handled
 
     def _handle(self, raw: bytes | str, token: str) -> Handled:
+        entry: Any = None  # parsed once: the dead letter reads its fields from the same value
         try:
-            entry = parse_entry(raw)
-            job_id = self.enqueue(entry, token)
+            entry = read_entry(raw)
+            job_id = self.enqueue(check_entry(entry), token)
             return Handled("enqueued" if job_id else "ignored", job_id)
         except (*TRANSIENT, ConfigError):
             raise
         except InvalidInput as error:
-            return Handled("invalid", self._dead_letter(raw, "invalid", str(error)), str(error))
+            return Handled("invalid", self._dead_letter(raw, "invalid", str(error), entry), str(error))
         except Exception as error:
             # Whatever it is, it is this entry's: stopping would only stop every entry behind it.
             message = describe(error)
-            job_id = self._dead_letter(raw, "internal", message)
+            job_id = self._dead_letter(raw, "internal", message, entry)
             log.error("ingest entry dead-lettered: %s", message, exc_info=True,
                       extra={"outcome": "internal", "job_id": job_id})  # fmt: skip
             return Handled("internal", job_id, message)
@@ -285,12 +293,9 @@ class IngestConsumer:
             # next process takes it for a death (a dead letter needs two of those).
             self._uncounted = in_hand.digest
 
-    def _dead_letter(self, raw: bytes | str, reason: str, error: str, *, parse: bool = True) -> str:
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        try:
-            entry = json.loads(text) if parse else None
-        except (ValueError, RecursionError):
-            entry = None
+    def _dead_letter(self, raw: bytes | str, reason: str, error: str, entry: Any = None) -> str:
+        """`entry`: the parsed value when there is one (never parsed again here: it may be what hurts)."""
+        text = raw[:RAW_KEPT].decode("utf-8", "replace") if isinstance(raw, bytes) else raw[:RAW_KEPT]
         entry = entry if isinstance(entry, dict) else {}
 
         def field(name: str) -> str:

@@ -82,6 +82,21 @@ def json_depth(value: Any, *, stop_after: int = MAX_JSON_DEPTH) -> int:
     return deepest
 
 
+def string_keys(value: Any) -> bool:
+    """True when every dict within `value` has only string keys (json.dumps would turn 0 into "0" quietly,
+    and the job model then refuses the dict). Call after check_depth: the walk trusts the depth is bounded."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if not all(isinstance(key, str) for key in item):
+                return False
+            stack.extend(child for child in item.values() if isinstance(child, dict | list | tuple))
+        elif isinstance(item, list | tuple):
+            stack.extend(child for child in item if isinstance(child, dict | list | tuple))
+    return True
+
+
 def check_depth(field: str, value: Any, *, limit: int = MAX_JSON_DEPTH) -> None:
     if json_depth(value, stop_after=limit) > limit:
         raise InvalidInput.one(field, f"is nested deeper than {limit} levels of objects and arrays")
@@ -94,6 +109,8 @@ def check_context(context: Any, *, field: str = "context", max_depth: int = MAX_
     if not isinstance(context, dict):
         raise InvalidInput.one(field, "must be a JSON object (a dict)")
     check_depth(field, context, limit=max_depth)  # first: json.dumps recurses
+    if not string_keys(context):
+        raise InvalidInput.one(field, "must have string keys only (JSON objects do), at every level")
     try:
         encoded = json.dumps(context, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError) as error:

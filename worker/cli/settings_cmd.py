@@ -25,6 +25,7 @@ from config.redis import redact_url
 from config.smtp import SmtpSettings
 from config.store import DraftSettings, SavedSettings, SettingsStore, open_store
 from worker.cli.common import print_json, table
+from worker.cli.common import shown as escaped
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -360,7 +361,7 @@ def print_saved(saved: SavedSettings, as_json: bool) -> None:
         changes = [change.to_json() for change in saved.changes]
         print_json({**settings_json(saved.settings, "saved", saved.version), "changes": changes})
         return
-    suffix = f" ({saved.note})" if saved.note else ""
+    suffix = f" ({escaped(saved.note)})" if saved.note else ""
     print(f"saved {saved.realm} version {saved.version}{suffix}")
     print_changes("changes", list(saved.changes))
 
@@ -374,7 +375,7 @@ def pending_changes(store: SettingsStore, draft: DraftSettings) -> list[Change]:
 def print_changes(title: str, changes: list[Change]) -> None:
     print(f"{title}: none" if not changes else f"{title}:")
     for change in changes:
-        print(f"  {change}")
+        print(f"  {escaped(str(change))}")
 
 
 def aligned(data: dict[str, Any]) -> str:
@@ -385,13 +386,14 @@ def aligned(data: dict[str, Any]) -> str:
 
 
 def shown(value: Any) -> str:
+    """A setting's value on one line; stored text is escaped (a host or a name may hold control codes)."""
     if value is None:
         return "-"
     if isinstance(value, list):
-        return ",".join(str(v) for v in value) or "-"
+        return escaped(",".join(str(v) for v in value)) or "-"
     if isinstance(value, bool | int | float):
         return json.dumps(value)
-    return str(value)
+    return escaped(str(value))
 
 
 def when(timestamp: float) -> str:

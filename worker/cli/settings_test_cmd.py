@@ -17,7 +17,7 @@ import redis
 
 from config.errors import ConfigError
 from config.redis import redact_url
-from worker.cli.common import print_json, table
+from worker.cli.common import print_json, shown, table
 
 DEFAULT_WAIT_S = 60.0
 MARKS = {True: "✓", False: "✗", None: "-"}
@@ -71,7 +71,7 @@ def handle_test(args: argparse.Namespace) -> int:
 
 def format_status(status: dict[str, Any]) -> str:
     """The stages as a table, a verdict line and the hint."""
-    lines = [_heading(status)]
+    lines = [shown(_heading(status))]
     stages = status.get("stages") or []
     if stages:
         rows = [
@@ -79,9 +79,9 @@ def format_status(status: dict[str, Any]) -> str:
             for stage in stages
         ]
         lines += ["", table(rows, ["stage", "ok", "ms", "detail"]), ""]
-    lines.append(verdict(status))
+    lines.append(shown(verdict(status)))  # the server's reply is in it: untrusted text
     if status.get("hint"):
-        lines.append(f"hint: {status['hint']}")
+        lines.append(f"hint: {shown(status['hint'])}")
     return "\n".join(lines)
 
 
