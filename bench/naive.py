@@ -5,7 +5,7 @@ One Celery task per message; the task renders the template, builds an `email.mes
 defaults otherwise (prefork pool, prefetch 4, early acknowledgement), results ignored, JSON.
 
 What it shares with the service so that the ratio measures the design and not the content: the same
-templates rendered by the same renderer (`worker.render.TemplateRenderer`), the same sink, the same Redis
+templates rendered by the same renderer (`worker.content.render.TemplateRenderer`), the same sink, the same Redis
 server (its own database), the same number of worker processes. Two things are done the way a careful
 author would, not the slowest way: `local_hostname` and the Message-ID domain are given, so neither
 `smtplib` nor `make_msgid` looks up the machine's FQDN per message.
@@ -41,7 +41,7 @@ app.conf.update(
 
 @lru_cache(maxsize=1)
 def _renderer() -> Any:
-    from worker.render import TemplateRenderer
+    from worker.content.render import TemplateRenderer
 
     return TemplateRenderer(None)
 

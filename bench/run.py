@@ -175,8 +175,8 @@ def open_sinks(args: argparse.Namespace, log_dir: Path) -> tuple[Sink, AioSink, 
 def prebuilt_messages(n: int) -> list[tuple[str, list[str], bytes]]:
     """n messages built by the service's own builder (same template and size as the bulk)."""
     from config.smtp import parse_smtp_settings
-    from worker.message import build_message
-    from worker.render import TemplateRenderer
+    from worker.content.message import build_message
+    from worker.content.render import TemplateRenderer
 
     settings = parse_smtp_settings({"from": "noreply@bench.example", "host": "127.0.0.1"})
     rendered = TemplateRenderer(None).render(BULK_REALM, TEMPLATE, None, CONTEXT)

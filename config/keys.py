@@ -43,10 +43,10 @@ class Keys:
         return f"{self.prefix}:sweeper-lock"
 
     def claim(self, job_id: str) -> str:
-        """String: the worker process (and thread) working on the job now (worker/liveness.py)."""
+        """String: the worker process (and thread) working on the job now (worker/liveness/heartbeat.py)."""
         return f"{self.prefix}:claim:{job_id}"
 
-    # liveness (worker/liveness.py)
+    # liveness (worker/liveness/heartbeat.py)
     def alive(self, process: str) -> str:
         """String: present while the worker process beats (expires one lease after its last beat)."""
         return f"{self.prefix}:alive:{process}"
@@ -116,7 +116,7 @@ class Keys:
         """Hash: the entry one consumer handles now (digest, tries, token); one per consumer, not per entry."""
         return f"{self.prefix}:ingest:in-hand:{consumer}"
 
-    # bulk jobs (worker/progress.py); bulk_job and bulk_chunk above are part of the same family
+    # bulk jobs (worker/bulk/progress.py); bulk_job and bulk_chunk above are part of the same family
     def bulk_done(self, job_id: str) -> str:
         """Bitmap, one bit per recipient index: set once the recipient is settled (sent, failed or cancelled)."""
         return f"{self.prefix}:bulk:{job_id}:done"
@@ -129,7 +129,7 @@ class Keys:
         """String with the worker running the chunk now; expires by itself (a killed worker's claim)."""
         return f"{self.prefix}:bulk:{job_id}:chunk:{chunk}:claim"
 
-    # per-realm circuit breaker (worker/breaker.py)
+    # per-realm circuit breaker (worker/delivery/breaker.py)
     def breaker(self, realm: str) -> str:
         """Hash: the realm's connection failures, cool-off and probe; expires by itself."""
         return f"{self.prefix}:breaker:{realm}"

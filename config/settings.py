@@ -37,7 +37,7 @@ class ServiceSettings(BaseSettings):
     # and http:// at this machine: only for tests and on-premises endpoints (config/urls.py says why).
     allow_private_urls: bool = False
 
-    # Liveness (worker/liveness.py): every worker process keeps a heartbeat, and a job (or bulk chunk, or
+    # Liveness (worker/liveness/heartbeat.py): every worker process keeps a heartbeat, and a job (or bulk chunk, or
     # broker message) held by a process whose heartbeat lapsed this long goes to another worker. The
     # heartbeat beats five times per lease, so a busy process never loses what it holds.
     worker_lease: int = Field(default=15, ge=3, le=300)
@@ -65,7 +65,7 @@ class ServiceSettings(BaseSettings):
     # One mail per recipient and template in this window (e-mail bombing guard); 0 turns it off.
     recipient_cooldown: int = Field(default=30, ge=0)
 
-    # Per-realm circuit breaker (worker/breaker.py): after `breaker_threshold` connection failures
+    # Per-realm circuit breaker (worker/delivery/breaker.py): after `breaker_threshold` connection failures
     # (timeouts, refusals) within `breaker_window` seconds, the realm's jobs stop connecting for
     # `breaker_cooloff` seconds (doubled after each failed probe, up to `breaker_max_cooloff`).
     breaker_threshold: int = Field(default=3, ge=1)

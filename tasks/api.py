@@ -26,9 +26,10 @@ from tasks.connection import test_connection  # noqa: F401  (re-exported: caller
 from tasks.waiting import POLL_S, require_worker, wait_result
 from templates.catalogue import DEFAULT_NOTIFY_EVENTS, TEMPLATE_NAMES, event_template
 from worker.app import BULK, BULK_START_TASK, EVENT_TASK, SEND_TASK, TRANSACTIONAL, app
-from worker.bulk import DEFAULT_CHUNK_SIZE
-from worker.events import event_job, parse_event
-from worker.jobs import (
+from worker.bulk.recipients import DEFAULT_CHUNK_SIZE
+from worker.jobs.events import event_job, parse_event
+from worker.jobs.lanes import lane_for
+from worker.jobs.model import (
     EmailJob,
     check_context,
     check_line,
@@ -36,7 +37,6 @@ from worker.jobs import (
     check_realm,
     new_job,
 )
-from worker.lanes import lane_for
 from worker.runtime import runtime
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def _reopen(job_id: str) -> bool:
 
 def _publish_tracked(task: str, args: list[Any], job_id: str, lane: int) -> None:
     """Publish the job, then record it in the pending ledger: a job the broker loses is published again
-    by a worker's sweeper (worker/sweeper.py).
+    by a worker's sweeper (worker/jobs/pending.py).
 
     In this order so that a producer killed in between leaves nothing behind that would be sent later
     behind its back (a job it never returned an id for); a job that ended before it was recorded is
@@ -202,8 +202,8 @@ def send_bulk(
     (`recipients[17].email: not a valid address: ...`): nothing is sent and nothing is left in Redis.
     The recipients go to Redis in chunks; broker messages carry only the job id and a chunk number.
     """
-    from worker.bulk import MAX_CHUNK_SIZE, chunked
-    from worker.progress import BULK_JOB_PREFIX, bulk_jobs
+    from worker.bulk.progress import BULK_JOB_PREFIX, bulk_jobs
+    from worker.bulk.recipients import MAX_CHUNK_SIZE, chunked
 
     settings = _realm_settings(realm)
     check_template_name(template)
@@ -252,7 +252,7 @@ def send_bulk(
 def _check_bulk_render(realm: str, template: str, locale: str | None, context: dict[str, Any],
                        first: dict[str, Any]) -> None:  # fmt: skip
     """Render for the first recipient now: a missing variable is the caller's error, not 100,000 dead letters."""
-    from worker.render import RenderError
+    from worker.content.render import RenderError
 
     try:
         runtime().renderer.render(
@@ -264,7 +264,7 @@ def _check_bulk_render(realm: str, template: str, locale: str | None, context: d
 
 def bulk_progress(job_id: str) -> dict[str, Any]:
     """{total, sent, failed, cancelled, pending, rate, state, started_at, finished_at, ...} of a bulk job."""
-    from worker.progress import bulk_jobs
+    from worker.bulk.progress import bulk_jobs
 
     return bulk_jobs().progress(job_id).to_dict()
 
@@ -272,7 +272,7 @@ def bulk_progress(job_id: str) -> dict[str, Any]:
 def cancel_bulk(job_id: str) -> str:
     """Stop a bulk job: recipients not sent yet are dropped and counted as cancelled. Returns its state
     ("cancelled", or how it had already ended: "done", "failed")."""
-    from worker.progress import bulk_jobs
+    from worker.bulk.progress import bulk_jobs
 
     return bulk_jobs().cancel(job_id)
 
@@ -282,7 +282,7 @@ def wait_for_bulk(job_id: str, timeout: float = 60.0, interval: float = 0.1) -> 
 
     Raises WorkerUnavailable as soon as no live worker serves the bulk queue, TimeoutError after `timeout`.
     """
-    from worker.progress import bulk_jobs
+    from worker.bulk.progress import bulk_jobs
 
     jobs = bulk_jobs()
     deadline = time.monotonic() + timeout

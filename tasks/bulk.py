@@ -1,9 +1,9 @@
-"""mail.bulk.start and mail.bulk.chunk: thin tasks over worker/bulk.py. Broker messages carry only ids.
+"""mail.bulk.start and mail.bulk.chunk: thin tasks over worker/bulk/chunks.py. Broker messages carry only ids.
 
 `mail.bulk.start` fans a job out into one `mail.bulk.chunk` per chunk (the recipients stay in Redis).
 A chunk task runs `run_chunk` and turns its result into "done" or the same task again after a countdown:
 a retry after a transient failure, or "later" when the rate limit or the run's time budget says so.
-Every countdown stays below the broker's visibility timeout (worker/bulk.py caps them).
+Every countdown stays below the broker's visibility timeout (worker/bulk/chunks.py caps them).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from celery.exceptions import Reject
 from tasks import signals  # noqa: F401  (per-process setup of workers)
 from tasks.runner import CELERY_RETRY_LIMIT
 from worker.app import BULK, BULK_CHUNK_TASK, BULK_START_TASK, app
-from worker.bulk import abandon_chunk, run_chunk
-from worker.delivery import DeliveryFailure
-from worker.progress import FINISHED_STATES, bulk_jobs
-from worker.ratelimit import RateLimiter
+from worker.bulk.chunks import abandon_chunk, run_chunk
+from worker.bulk.progress import FINISHED_STATES, bulk_jobs
+from worker.delivery.deliver import DeliveryFailure
+from worker.delivery.ratelimit import RateLimiter
 from worker.runtime import runtime
 
 # No early start for a group (the limiter's default tolerance lets a reservation go 20 ms early): a

@@ -23,7 +23,7 @@ from config.smtp import check_address
 from tasks import signals  # noqa: F401  (per-process setup of workers)
 from tasks.waiting import require_worker, wait_result
 from worker.app import CONTROL, TEST_CONNECTION_TASK, app
-from worker.message import OutgoingMessage, build_message
+from worker.content.message import OutgoingMessage, build_message
 from worker.probe import ProbeStatus, default_deadline, probe_smtp
 from worker.runtime import runtime
 

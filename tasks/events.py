@@ -8,7 +8,7 @@ from typing import Any
 from config.errors import InvalidInput, NotFound, StoreUnavailable
 from tasks.runner import CELERY_RETRY_LIMIT, run_job
 from worker.app import EVENT_TASK, app
-from worker.events import event_job, parse_event
+from worker.jobs.events import event_job, parse_event
 from worker.runtime import runtime
 
 log = logging.getLogger(__name__)

@@ -16,11 +16,11 @@ from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 
 from config.errors import NotFound, StoreUnavailable
 from config.smtp import SmtpSettings
-from worker.breaker import PROBING, CircuitBreaker, Verdict
-from worker.delivery import DeliveryFailure, dead_letter, deliver
-from worker.jobs import EmailJob
-from worker.ledger import DEAD, DROPPED, died_after_data
-from worker.liveness import BUSY, TAKEN_OVER
+from worker.delivery.breaker import PROBING, CircuitBreaker, Verdict
+from worker.delivery.deliver import DeliveryFailure, dead_letter, deliver
+from worker.jobs.ledger import DEAD, DROPPED, died_after_data
+from worker.jobs.model import EmailJob
+from worker.liveness.heartbeat import BUSY, TAKEN_OVER
 from worker.logs import log_attempt
 from worker.policy import Decision, counts_against
 from worker.runtime import runtime
@@ -158,7 +158,7 @@ def _ended_before(job: EmailJob, facts: dict[str, str]) -> dict[str, Any] | None
 
 @dataclass(frozen=True)
 class _Gate:
-    """The realm's circuit breaker as one job sees it (worker/breaker.py)."""
+    """The realm's circuit breaker as one job sees it (worker/delivery/breaker.py)."""
 
     breaker: CircuitBreaker
     endpoint: str

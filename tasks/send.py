@@ -7,7 +7,7 @@ from typing import Any
 from tasks import signals  # noqa: F401  (per-process setup of workers)
 from tasks.runner import run_job
 from worker.app import SEND_TASK, app
-from worker.jobs import EmailJob
+from worker.jobs.model import EmailJob
 
 
 @app.task(name=SEND_TASK, bind=True, acks_late=True)

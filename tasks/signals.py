@@ -11,8 +11,8 @@ from typing import Any
 
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown, worker_ready
 
+from worker.bulk.progress import BULK_JOB_PREFIX, bulk_jobs
 from worker.logs import configure_logging
-from worker.progress import BULK_JOB_PREFIX, bulk_jobs
 from worker.runtime import reset, runtime
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def _warn_if_redis_keeps_nothing(**_: Any) -> None:
 
 @worker_ready.connect
 def _start_sweeper(**_: Any) -> None:
-    """In the worker's main process: publish again the jobs the broker lost (worker/sweeper.py)."""
+    """In the worker's main process: publish again the jobs the broker lost (worker/jobs/pending.py)."""
     threading.Thread(target=_sweep_forever, name="mailworker-sweeper", daemon=True).start()
 
 

@@ -9,7 +9,7 @@ import celery.exceptions
 from celery.result import AsyncResult
 
 from config.errors import WorkerUnavailable
-from worker.liveness import no_worker_message
+from worker.liveness.heartbeat import no_worker_message
 from worker.runtime import runtime
 
 # How often a waiter looks again at who serves its queue (a worker may die while we wait).

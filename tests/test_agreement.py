@@ -19,10 +19,10 @@ import pytest
 
 from config.smtp import SmtpSettings, parse_smtp_settings
 from tests.support.smtp_server import SmtpTestServer, blackhole_listener, closed_port, silent_after_greeting
-from worker.message import build_message
+from worker.content.message import build_message
+from worker.content.render import RenderedEmail
 from worker.policy import Outcome, classify
 from worker.probe import hint_for, probe_smtp
-from worker.render import RenderedEmail
 from worker.smtp import Kind, SmtpFailure, open_session
 
 USER, PASSWORD = "mailer@example.com", "agreement-pw-1"

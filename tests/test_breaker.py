@@ -1,4 +1,4 @@
-"""The per-realm circuit breaker (worker/breaker.py) as a table of moments, on fakeredis with Lua.
+"""The per-realm circuit breaker (worker/delivery/breaker.py) as a table of moments, on fakeredis with Lua.
 
 The end-to-end proof (a black-holed realm next to a healthy one, real worker processes) is
 tests/reliability/test_slow_realm.py.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from config.keys import Keys
-from worker.breaker import CLOSED, OPEN, PROBE, PROBING, CircuitBreaker
+from worker.delivery.breaker import CLOSED, OPEN, PROBE, PROBING, CircuitBreaker
 from worker.policy import counts_against
 from worker.smtp import (
     Kind,
@@ -157,8 +157,8 @@ def test_only_silence_while_setting_up_counts_against_a_realm(failure: SmtpFailu
 def test_delivery_failures_carry_the_smtp_failure_the_runner_reports(realm):
     """tasks/runner.py reads the SmtpFailure behind a DeliveryFailure: pin that deliver() keeps it."""
     from tests.support.smtp_server import closed_port
-    from worker.delivery import DeliveryFailure, deliver
-    from worker.jobs import new_job
+    from worker.delivery.deliver import DeliveryFailure, deliver
+    from worker.jobs.model import new_job
     from worker.runtime import runtime
 
     runtime().store.save(realm, {"from": "noreply@example.com", "host": "127.0.0.1", "port": closed_port()})

@@ -12,20 +12,15 @@ import pytest
 from config.errors import InvalidInput, NotFound
 from config.keys import Keys
 from config.smtp import check_address, parse_smtp_settings
-from worker.bulk import (
-    MessageFactory,
-    Recipient,
-    check_recipient_address,
-    chunked,
-    group_size,
-    parse_recipient,
-)
+from worker.bulk.chunks import group_size
+from worker.bulk.messages import MessageFactory, Recipient
+from worker.bulk.progress import BulkJob, BulkJobs
+from worker.bulk.recipients import check_recipient_address, chunked, parse_recipient
 from worker.cli import build_parser
 from worker.cli.job_cmd import render_progress
 from worker.cli.worker_cmd import BULK_NICENESS, child_commands
-from worker.jobs import MAX_JSON_DEPTH
-from worker.progress import BulkJob, BulkJobs
-from worker.render import TemplateRenderer
+from worker.content.render import TemplateRenderer
+from worker.jobs.model import MAX_JSON_DEPTH
 from worker.smtp.wire import dot_stuffed
 
 
@@ -85,7 +80,7 @@ def test_a_recipient_is_stored_in_a_compact_normal_form(raw, stored):
         ({"email": "a@example.com", "context": {"big": "x" * 9000}}, "recipients[4].context"),
         ({"mail": "a@example.com"}, "recipients[4].mail"),
         (42, "recipients[4]"),
-        # The job's rules, one implementation (worker/jobs.py), named by the recipient's index:
+        # The job's rules, one implementation (worker/jobs/model.py), named by the recipient's index:
         ({"email": "a@example.com", "locale": "en-" + "-".join(["abcdefgh"] * 4)}, "recipients[4].locale"),
         ({"email": "a@example.com", "locale": "en-" + "-".join(["abcdefgh"] * 28_000)}, "recipients[4].locale"),
         ({"email": "a@example.com", "context": {"link": "javascript:alert(1)"}}, "recipients[4].context.link"),

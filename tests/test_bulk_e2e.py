@@ -17,9 +17,9 @@ from config.settings import get_settings
 from tasks import api
 from tests.support.smtp_server import ReceivedMessage, SmtpTestServer
 from tests.test_oauth import SCOPE, USER, TokenEndpoint, new_token
-from worker.bulk import run_chunk
-from worker.progress import BulkJobs, bulk_jobs
-from worker.ratelimit import RateLimiter
+from worker.bulk.chunks import run_chunk
+from worker.bulk.progress import BulkJobs, bulk_jobs
+from worker.delivery.ratelimit import RateLimiter
 from worker.runtime import Runtime, runtime
 
 pytestmark = pytest.mark.integration

@@ -4,8 +4,8 @@ import pytest
 
 from config.errors import NotFound
 from config.keys import Keys
-from worker.deadletters import DeadLetter, DeadLetterStore
-from worker.ledger import DeliveryLedger, died_after_data
+from worker.jobs.deadletters import DeadLetter, DeadLetterStore
+from worker.jobs.ledger import DeliveryLedger, died_after_data
 
 
 def letter(job_id, realm="acme", reason="permanent", died_at=None):

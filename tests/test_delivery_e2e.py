@@ -96,7 +96,9 @@ def test_starttls_stripping_server_gets_no_mail_and_no_password(realm):
     with SmtpTestServer(tls="none", offer_starttls=False, require_auth=("mailer", "pw"),
                         auth_require_tls=False) as server:  # fmt: skip
         save(realm, server, starttls=True)
-        result = api.wait_for_result(api.send_email(realm, "email-verification", unique_address(), context=context()))
+        result = api.wait_for_result(
+            api.send_email(realm, "email-verification", unique_address(), context=context())
+        )
         assert result["status"] == "dead-lettered" and result["reason"] == "settings"
         assert "StartTLS" in result["error"]
         assert server.messages == [] and server.auth_attempts == []
@@ -106,7 +108,9 @@ def test_starttls_stripping_server_gets_no_mail_and_no_password(realm):
 def test_wrong_password_is_a_settings_problem_not_a_retry_loop(realm):
     with SmtpTestServer(tls="starttls", require_auth=("mailer", "right")) as server:
         save(realm, server, password="wrong")
-        result = api.wait_for_result(api.send_email(realm, "email-verification", unique_address(), context=context()))
+        result = api.wait_for_result(
+            api.send_email(realm, "email-verification", unique_address(), context=context())
+        )
         assert result["status"] == "dead-lettered" and result["reason"] == "settings"
         assert result["smtp_code"] == 535 and result["attempts"] == 1
         assert len(server.auth_attempts) == 1
@@ -153,7 +157,10 @@ def test_a_dropped_session_is_reopened_for_the_next_message(realm, smtp_server):
     smtp_server.drop_after(1)  # the server closes the connection after each message
     addresses = [unique_address() for _ in range(3)]
     for to in addresses:  # one after the other, so each reuses the worker's session if it can
-        assert api.wait_for_result(api.send_email(realm, "email-verification", to, context=context()))["status"] == "sent"
+        assert (
+            api.wait_for_result(api.send_email(realm, "email-verification", to, context=context()))["status"]
+            == "sent"
+        )
     assert all(len(smtp_server.received_for(to)) == 1 for to in addresses)
     assert smtp_server.connections >= 2
 
@@ -188,9 +195,11 @@ def test_a_redelivered_job_is_skipped_by_its_delivered_marker(realm, smtp_server
 
 
 def _job_of(realm: str, job_id: str, to: str) -> dict:
-    from worker.jobs import new_job
+    from worker.jobs.model import new_job
 
-    return new_job(realm, "password-reset", to, context=context()).model_copy(update={"id": job_id}).model_dump()
+    return (
+        new_job(realm, "password-reset", to, context=context()).model_copy(update={"id": job_id}).model_dump()
+    )
 
 
 def test_a_reset_link_that_expires_while_failing_is_dead_lettered_as_expired(realm, smtp_server):
@@ -216,11 +225,16 @@ def test_a_missing_template_variable_is_dead_lettered_not_retried(realm, smtp_se
 
 def test_a_settings_change_is_picked_up_by_the_next_message(realm, smtp_server):
     save(realm, smtp_server)
-    assert api.wait_for_result(api.send_email(realm, "email-verification", unique_address(), context=context()))
+    assert api.wait_for_result(
+        api.send_email(realm, "email-verification", unique_address(), context=context())
+    )
     with SmtpTestServer() as other:
         runtime().store.save(realm, {"port": other.port})
         to = unique_address()
-        assert api.wait_for_result(api.send_email(realm, "email-verification", to, context=context()))["status"] == "sent"
+        assert (
+            api.wait_for_result(api.send_email(realm, "email-verification", to, context=context()))["status"]
+            == "sent"
+        )
         assert len(other.received_for(to)) == 1 and smtp_server.received_for(to) == []
 
 
@@ -382,7 +396,7 @@ def test_a_slow_reply_to_the_data_is_waited_for_and_does_not_open_the_breaker(re
 
 
 def test_an_unexpected_error_is_a_dead_letter_naming_it_not_a_failed_task(realm, smtp_server, monkeypatch):
-    from worker import delivery
+    from worker.delivery import deliver as delivery
 
     save(realm, smtp_server)
 
@@ -402,7 +416,7 @@ def test_an_unexpected_error_is_a_dead_letter_naming_it_not_a_failed_task(realm,
 
 def test_a_job_whose_worker_died_after_the_data_is_sent_again_and_says_ambiguous(realm, smtp_server):
     """What a takeover finds after a SIGKILL between the final dot and the server's reply."""
-    from worker.jobs import new_job
+    from worker.jobs.model import new_job
 
     save(realm, smtp_server)
     to = unique_address()

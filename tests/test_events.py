@@ -2,7 +2,7 @@ import pytest
 
 from config.errors import InvalidInput
 from templates.catalogue import DEFAULT_NOTIFY_EVENTS
-from worker.events import event_job, parse_event
+from worker.jobs.events import event_job, parse_event
 
 KEYCLOAK_EVENT = {
     "id": "5b8f-1",

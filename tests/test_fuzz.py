@@ -48,8 +48,8 @@ from tasks import api
 from tests.conftest import SESSION_PREFIX
 from tests.support.smtp_server import SmtpTestServer
 from worker.cli.common import json_text
-from worker.deadletters import DeadLetterStore
 from worker.ingest import MAX_ENTRY_BYTES, IngestConsumer, enqueue, ingest_client
+from worker.jobs.deadletters import DeadLetterStore
 from worker.runtime import runtime
 
 pytestmark = pytest.mark.integration
@@ -530,7 +530,7 @@ def forget_ended_chunks(job_id: str, chunks: int, deadline: float) -> None:
     """start_bulk records its chunks in the pending ledger after publishing them (tasks/bulk.py), so a
     chunk that ends at once stays recorded until a worker's sweeper finds it ended (tasks/signals.py).
     tests/test_sweeper.py sweeps every record of the session with a clock far ahead: leave none."""
-    from worker.progress import bulk_jobs
+    from worker.bulk.progress import bulk_jobs
 
     rt = runtime()
     while rt.redis.exists(rt.keys.pending_job(job_id)):  # start_bulk has not finished recording

@@ -36,7 +36,7 @@ from worker.ingest import (
     enqueue,
     ingest_client,
 )
-from worker.jobs import MAX_JSON_DEPTH, job_id_for
+from worker.jobs.model import MAX_JSON_DEPTH, job_id_for
 from worker.runtime import runtime
 
 pytestmark = pytest.mark.integration

@@ -4,8 +4,8 @@ import pytest
 
 from config.errors import InvalidInput
 from config.names import check_locale
-from worker.events import event_job, parse_event
-from worker.jobs import (
+from worker.jobs.events import event_job, parse_event
+from worker.jobs.model import (
     MAX_CONTEXT_BYTES,
     MAX_JSON_DEPTH,
     job_id_for,

@@ -1,6 +1,6 @@
 import pytest
 
-from worker.lanes import LATER, SOON, URGENT, lane_for
+from worker.jobs.lanes import LATER, SOON, URGENT, lane_for
 
 NOW = 1_000_000.0
 

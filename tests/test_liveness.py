@@ -10,8 +10,16 @@ from typing import Any
 import pytest
 
 from config.keys import Keys
-from worker.leases import LeaseRenewer, held_delivery_tags
-from worker.liveness import BUSY, CLAIMED, TAKEN_OVER, Claims, Heartbeat, LiveWorkers, no_worker_message
+from worker.liveness.heartbeat import (
+    BUSY,
+    CLAIMED,
+    TAKEN_OVER,
+    Claims,
+    Heartbeat,
+    LiveWorkers,
+    no_worker_message,
+)
+from worker.liveness.leases import LeaseRenewer, held_delivery_tags
 
 pytestmark = pytest.mark.integration
 

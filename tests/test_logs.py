@@ -161,7 +161,9 @@ def test_a_traceback_keeps_its_lines_but_none_can_pass_for_a_record() -> None:
     assert "ERROR mailworker.ingest: ingest entry dead-lettered: ValueError" in first
     assert rest[0] == "  | Traceback (most recent call last):"
     assert all(line.startswith("  | ") for line in rest), rest
-    assert f"  | {FORGED}\\r{FORGED}\\x1b[2K\\u202e\\u2028\\x85\\ud800" in rest  # its LF kept, under the prefix
+    assert (
+        f"  | {FORGED}\\r{FORGED}\\x1b[2K\\u202e\\u2028\\x85\\ud800" in rest
+    )  # its LF kept, under the prefix
 
 
 def test_json_lines_stay_one_object_each_with_the_hostile_values_intact() -> None:
@@ -179,7 +181,9 @@ def test_json_lines_stay_one_object_each_with_the_hostile_values_intact() -> Non
     assert record["exc"].endswith(f"ValueError: {HOSTILE}")
 
 
-def test_an_ingest_field_name_with_a_line_feed_cannot_forge_a_log_line(key_prefix: str, redis_url: str) -> None:
+def test_an_ingest_field_name_with_a_line_feed_cannot_forge_a_log_line(
+    key_prefix: str, redis_url: str
+) -> None:
     """As `mailworker ingest` logs with MAILWORKER_LOG_FORMAT=text, on the session's Redis."""
     from config.keys import Keys
     from worker.ingest import IngestConsumer, ingest_client
@@ -201,10 +205,14 @@ def test_an_ingest_entry_cannot_flood_the_log_with_a_huge_field_name(key_prefix:
 
     client = ingest_client(redis_url, block=0.2)
     consumer = IngestConsumer(client, Keys(key_prefix), runtime().dead_letters, name="flood")
-    entry = json.dumps({"realm": "acme", "template": "password-reset", "to": "a@example.com", "x" * 200_000: 1})
+    entry = json.dumps(
+        {"realm": "acme", "template": "password-reset", "to": "a@example.com", "x" * 200_000: 1}
+    )
     out = written("text", lambda: consumer.handle(entry.encode()))
     client.close()
     [line] = out.splitlines()
     assert len(line) < ERROR_KEPT + 300 and "... (2" in line  # says how long the error was
-    [letter] = [lt for lt in runtime().dead_letters.list(reason="invalid", limit=50) if "x" * 1000 in lt.error]
+    [letter] = [
+        lt for lt in runtime().dead_letters.list(reason="invalid", limit=50) if "x" * 1000 in lt.error
+    ]
     assert len(letter.error) > 200_000  # the dead letter keeps the whole rule

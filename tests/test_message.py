@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from config.errors import InvalidInput
 from config.smtp import SmtpSettings, parse_smtp_settings
-from worker.message import OutgoingMessage, build_message, message_id_for
-from worker.render import RenderedEmail
+from worker.content.message import OutgoingMessage, build_message, message_id_for
+from worker.content.render import RenderedEmail
 
 RENDERED = RenderedEmail(
     subject="Passwort zurücksetzen – Ihre Anfrage",

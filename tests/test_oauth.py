@@ -31,7 +31,7 @@ from config.smtp import SmtpSettings, parse_smtp_settings
 from tasks import api
 from tasks.connection import connection_status
 from tests.support.smtp_server import SmtpTestServer, closed_port
-from worker.oauth import (
+from worker.delivery.oauth import (
     TokenError,
     TokenNotReady,
     TokenProvider,

@@ -12,13 +12,13 @@ import pytest
 
 from config.smtp import SmtpSettings, parse_smtp_settings
 from tests.support.smtp_server import SmtpTestServer, blackhole_listener, closed_port
-from worker.message import build_message
+from worker.content.message import build_message
+from worker.content.render import RenderedEmail
 from worker.probe import (
     ProbeStatus,
     default_deadline,
     probe_smtp,
 )
-from worker.render import RenderedEmail
 from worker.smtp import Kind
 
 PASSWORD = "pr0be-Secret-pw"

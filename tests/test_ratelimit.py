@@ -6,7 +6,7 @@ import time
 import pytest
 
 from config.keys import Keys
-from worker.ratelimit import RateLimiter
+from worker.delivery.ratelimit import RateLimiter
 
 
 @pytest.mark.integration

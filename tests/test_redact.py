@@ -171,14 +171,19 @@ def test_health_and_stats_never_show_the_brokers_password(broker: str) -> None:
     [broker_line] = [line for line in health.stdout.splitlines() if line.split()[1] == "broker"]
     assert broker_line.startswith("FAIL") and "MAILWORKER_BROKER_URL" in broker_line
     # one line naming the variable, not a traceback
-    assert stats.stderr.startswith("error: MAILWORKER_BROKER_URL: the broker at ") and stats.stderr.count("\n") == 1
+    assert (
+        stats.stderr.startswith("error: MAILWORKER_BROKER_URL: the broker at ")
+        and stats.stderr.count("\n") == 1
+    )
     for output in (health.stdout, health.stderr, stats.stdout, stats.stderr):
         assert SECRET not in output
 
 
 @pytest.mark.integration
 def test_health_reports_a_store_url_redis_cannot_read_as_a_failed_check() -> None:
-    done = mailworker("health", "--timeout", "1", MAILWORKER_STORE_URL=f"redis://:{SECRET}@127.0.0.1:notaport/0")
+    done = mailworker(
+        "health", "--timeout", "1", MAILWORKER_STORE_URL=f"redis://:{SECRET}@127.0.0.1:notaport/0"
+    )
     assert done.returncode == 1
     assert done.stdout.splitlines()[0].startswith("FAIL  store   MAILWORKER_STORE_URL: ")
     assert SECRET not in done.stdout + done.stderr

@@ -15,10 +15,10 @@ import pytest
 from jinja2.filters import FILTERS
 from jinja2.utils import _PassArg
 
-import worker.render as render_module
+import worker.content.render as render_module
 from config.errors import MailWorkerError
-from worker import limits, sandbox_filters
-from worker.render import (
+from worker.content import limits, sandbox_filters
+from worker.content.render import (
     DEFAULT_TEMPLATES_DIR,
     MAX_OUTPUT_CHARS,
     MAX_VALUE_CHARS,

@@ -18,9 +18,9 @@ from tests.support.smtp_server import (
     silent_after_greeting,
     smtp_server_fixture,
 )
-from worker.message import OutgoingMessage, build_message
+from worker.content.message import OutgoingMessage, build_message
+from worker.content.render import RenderedEmail
 from worker.policy import Outcome, classify, counts_against
-from worker.render import RenderedEmail
 from worker.smtp import (
     Kind,
     SendResult,
@@ -123,7 +123,10 @@ def test_certificate_for_another_host_name_is_refused(tls: str) -> None:
 def test_verify_tls_off_connects_and_logs_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     with SmtpTestServer(tls="implicit", cert_hosts=("wrong.example.invalid",)) as server:
         settings = server.settings(verify_tls=False)
-        with caplog.at_level(logging.WARNING, logger="worker.smtp.connect"), open_session(settings) as session:
+        with (
+            caplog.at_level(logging.WARNING, logger="worker.smtp.connect"),
+            open_session(settings) as session,
+        ):
             session.send(message(settings))
         assert server.wait_for(1)
     warnings = [r for r in caplog.records if r.name == "worker.smtp.connect" and r.levelno == logging.WARNING]

@@ -102,8 +102,10 @@ def test_edit_refuses_to_carry_the_password_to_changed_credentials(
         edit_settings(parse_smtp_settings(BASE), changes)
     assert caught.value.problems[0][0] == "password"
     assert caught.value.problems[0][1].startswith(f"{field} changed from ")
-    assert "enter the password again (a stored password is never sent to a new server, or over a weaker " \
+    assert (
+        "enter the password again (a stored password is never sent to a new server, or over a weaker "
         "connection)" in str(caught.value)
+    )
 
 
 def test_edit_names_old_and_new_host() -> None:

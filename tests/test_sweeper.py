@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from config.keys import Keys
-from worker.sweeper import PendingJobs
+from worker.jobs.pending import PendingJobs
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_a_job_the_broker_lost_is_delivered_by_the_sweep(
 ) -> None:
     from tasks import api
     from worker.app import app
-    from worker.jobs import new_job
+    from worker.jobs.model import new_job
     from worker.runtime import runtime
 
     runtime().store.save(realm, smtp_server.settings_dict())

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from worker.render import (
+from worker.content.render import (
     DEFAULT_TEMPLATES_DIR,
     TEMPLATE_NAMES,
     TEMPLATE_VARIABLES,
@@ -144,7 +144,7 @@ def test_event_notice_shows_time_address_and_application(renderer: TemplateRende
 
 
 def test_event_notice_with_what_an_event_parser_leaves_empty(renderer: TemplateRenderer) -> None:
-    """worker/events.py passes '' for unknown fields and None for an unknown time."""
+    """worker/jobs/events.py passes '' for unknown fields and None for an unknown time."""
     context = {
         "realm_name": "acme",
         "user": {"username": "bob", "first_name": "", "last_name": "", "email": "bob@example.com"},

@@ -34,7 +34,7 @@ ROUTES = {
 def celery_config(settings: ServiceSettings) -> dict[str, Any]:
     transport_options: dict[str, Any] = {
         # A message a worker took but did not acknowledge goes back to the queue when its lease lapses:
-        # a live worker renews the lease of everything it holds on every heartbeat (worker/leases.py), so
+        # a live worker renews the lease of everything it holds on every heartbeat (worker/liveness/leases.py), so
         # this is how long a dead worker's messages wait, not a bound on how long a task or a retry's
         # countdown may take.
         "visibility_timeout": settings.worker_lease,
@@ -126,7 +126,7 @@ def create_app(settings: ServiceSettings | None = None) -> Celery:
     celery.conf.update(celery_config(settings))
     celery.mailworker_settings = settings
     if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
-        from worker.leases import Leases
+        from worker.liveness.leases import Leases
 
         celery.steps["consumer"].add(Leases)
     return celery

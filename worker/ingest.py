@@ -42,8 +42,8 @@ from kombu.exceptions import OperationalError
 
 from config.errors import ConfigError, InvalidInput
 from config.keys import Keys
-from worker.deadletters import DeadLetter, DeadLetterStore
-from worker.jobs import MAX_JSON_DEPTH
+from worker.jobs.deadletters import DeadLetter, DeadLetterStore
+from worker.jobs.model import MAX_JSON_DEPTH
 
 log = logging.getLogger("mailworker.ingest")
 
@@ -113,7 +113,7 @@ def idempotency_key_for(entry: dict[str, Any], token: str) -> str | None:
     """The entry's own key, else `ingest:<token>` of the entry in hand: re-processed, it is the same job."""
     if entry["type"] == "event":
         event = entry.get("event")
-        # The event's own id is its key (worker/events.py): the same event pushed twice is one job.
+        # The event's own id is its key (worker/jobs/events.py): the same event pushed twice is one job.
         return None if isinstance(event, dict) and event.get("id") is not None else f"ingest:{token}"
     own = entry.get("idempotency_key")
     return own if own is not None else f"ingest:{token}"

@@ -24,9 +24,9 @@ import sys
 import time
 from typing import Any
 
+from config.printable import json_text, shown
 from config.redis import redact_urls_in
 from config.settings import ServiceSettings
-from worker.cli.common import json_text, shown
 
 delivery_log = logging.getLogger("mailworker.delivery")
 

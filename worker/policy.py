@@ -1,6 +1,6 @@
 """What happens after a failure: the one place that decides retry, dead letter or stop, and how long to wait.
 
-Delivery (tasks/runner.py), bulk (worker/bulk.py) and the circuit breaker only ask this module; changing
+Delivery (tasks/runner.py), bulk (worker/bulk/chunks.py) and the circuit breaker only ask this module; changing
 how a 4xx is treated, or when a job gives up, changes this module and its tests (tests/test_policy.py).
 
 - `classify`: an SMTP failure -> RETRY, PERMANENT or SETTINGS (a table, first match wins);

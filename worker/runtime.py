@@ -19,14 +19,14 @@ from config.settings import ServiceSettings, get_settings
 
 if TYPE_CHECKING:
     from config.store import SettingsStore
-    from worker.breaker import CircuitBreaker
-    from worker.deadletters import DeadLetterStore
-    from worker.delivery import Services
-    from worker.ledger import DeliveryLedger
-    from worker.liveness import Claims, Heartbeat, LiveWorkers
-    from worker.oauth import TokenProvider
-    from worker.render import TemplateRenderer
-    from worker.sweeper import PendingJobs
+    from worker.content.render import TemplateRenderer
+    from worker.delivery.breaker import CircuitBreaker
+    from worker.delivery.deliver import Services
+    from worker.delivery.oauth import TokenProvider
+    from worker.jobs.deadletters import DeadLetterStore
+    from worker.jobs.ledger import DeliveryLedger
+    from worker.jobs.pending import PendingJobs
+    from worker.liveness.heartbeat import Claims, Heartbeat, LiveWorkers
 
 
 @dataclass
@@ -55,26 +55,26 @@ class Runtime:
 
     @cached_property
     def renderer(self) -> TemplateRenderer:
-        from worker.render import TemplateRenderer
+        from worker.content.render import TemplateRenderer
 
         return TemplateRenderer(self.settings.realm_templates_dir)
 
     @cached_property
     def dead_letters(self) -> DeadLetterStore:
-        from worker.deadletters import DeadLetterStore
+        from worker.jobs.deadletters import DeadLetterStore
 
         return DeadLetterStore(self.redis, self.keys, self.settings.dead_letter_ttl)
 
     @cached_property
     def oauth(self) -> TokenProvider:
-        from worker.oauth import TokenProvider
+        from worker.delivery.oauth import TokenProvider
 
         return TokenProvider(self.redis, self.keys, self.box, allow_private=self.settings.allow_private_urls)
 
     @cached_property
     def ledger(self) -> DeliveryLedger:
         """Per-job bookkeeping; needs no secret key (producers and `status` read it too)."""
-        from worker.ledger import DeliveryLedger
+        from worker.jobs.ledger import DeliveryLedger
 
         return DeliveryLedger(self.redis, self.keys, ttl=max(self.settings.result_expires,
                               self.settings.retry_max_age), idempotent_ttl=self.settings.delivered_marker_ttl,
@@ -82,29 +82,29 @@ class Runtime:
 
     @cached_property
     def heartbeat(self) -> Heartbeat:
-        from worker.liveness import Heartbeat
+        from worker.liveness.heartbeat import Heartbeat
 
         return Heartbeat(self.redis, self.keys, self.settings.worker_lease)
 
     @cached_property
     def claims(self) -> Claims:
-        from worker.liveness import Claims
+        from worker.liveness.heartbeat import Claims
 
         # The claim's own expiry only backs up the heartbeat: a task never runs longer than its time limit.
         return Claims(self.redis, self.keys, self.heartbeat, ttl=self.settings.task_time_limit + 60)
 
     @cached_property
     def live_workers(self) -> LiveWorkers:
-        from worker.liveness import LiveWorkers
+        from worker.liveness.heartbeat import LiveWorkers
 
         return LiveWorkers(self.redis, self.keys, self.settings.worker_lease)
 
     @cached_property
     def services(self) -> Services:
-        from worker.delivery import Services, ThreadPools
+        from worker.delivery.deliver import Services, ThreadPools
+        from worker.delivery.settings_cache import SettingsCache
+        from worker.jobs.stats import Stats
         from worker.policy import RetryPolicy
-        from worker.settings_cache import SettingsCache
-        from worker.stats import Stats
 
         return Services(
             settings=self.settings,
@@ -125,7 +125,7 @@ class Runtime:
 
     @cached_property
     def breaker(self) -> CircuitBreaker:
-        from worker.breaker import CircuitBreaker
+        from worker.delivery.breaker import CircuitBreaker
 
         return CircuitBreaker(
             self.redis,
@@ -138,7 +138,7 @@ class Runtime:
 
     @cached_property
     def pending(self) -> PendingJobs:
-        from worker.sweeper import PendingJobs
+        from worker.jobs.pending import PendingJobs
 
         return PendingJobs(
             self.redis, self.keys, grace=self.settings.lost_job_grace, keep=self.settings.delivered_marker_ttl

@@ -34,8 +34,8 @@ import redis
 from config.settings import ServiceSettings
 from tests.support.redis_server import RedisServer
 from tests.support.smtp_server import session_ca
-from worker.jobs import EmailJob, new_job
-from worker.lanes import lane_for
+from worker.jobs.lanes import lane_for
+from worker.jobs.model import EmailJob, new_job
 from worker.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,7 +2,7 @@
 
 Production settings these assume (docs/reliability.md): acks_late + reject_on_worker_lost, Redis with AOF
 for the restart. A killed worker's messages come back one lease (MAILWORKER_WORKER_LEASE, 15 s) after its
-death (worker/leases.py). These bursts run with the harness's faster retries; the same deaths at default
+death (worker/liveness/leases.py). These bursts run with the harness's faster retries; the same deaths at default
 settings are in test_dead_worker.py.
 """
 
@@ -17,6 +17,7 @@ from tests.reliability.harness import Cluster, latencies, outcome_counts, report
 from tests.reliability.sink import Sink
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(600)]
+
 
 def addresses(n: int, tag: str) -> list[str]:
     run = uuid.uuid4().hex[:6]

@@ -186,7 +186,7 @@ print(api.send_bulk("acme", "notice", to, chunk_size=100,
 
 
 def wait_bulk(rt: object, job_id: str, timeout: float) -> dict:
-    from worker.progress import BulkJobs
+    from worker.bulk.progress import BulkJobs
 
     jobs = BulkJobs(rt.redis, rt.keys, 3600)  # type: ignore[attr-defined]
     deadline = time.monotonic() + timeout

@@ -129,7 +129,9 @@ def test_the_footprint_of_a_50000_job_flood_at_default_settings(tmp_path):
         before_keys, before_memory = cluster.key_count(), cluster.redis.info("memory")["used_memory"]
         cluster.worker(concurrency=2, queues=None)
         started = time.monotonic()
-        ids = cluster.send_many("acme", "email-verification", (f"f-{run}-{i}@example.com" for i in range(FLOOD)))
+        ids = cluster.send_many(
+            "acme", "email-verification", (f"f-{run}-{i}@example.com" for i in range(FLOOD))
+        )
         results = cluster.wait_results(ids, timeout=900, poll=5)
         elapsed = time.monotonic() - started
         time.sleep(35)  # cooldown keys (30 s) are gone; what is left stays for its TTL

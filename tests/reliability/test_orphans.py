@@ -68,7 +68,9 @@ def test_an_ingest_consumer_killed_16_times_leaves_no_orphan_and_no_second_copy(
         log.close()
         pending = cluster.redis.zcard(f"{cluster.prefix}:pending")
         left_in_source = cluster.redis.llen(source)
-        processing = sum(cluster.redis.llen(k) for k in cluster.redis.scan_iter(f"{cluster.prefix}:ingest:processing:*"))
+        processing = sum(
+            cluster.redis.llen(k) for k in cluster.redis.scan_iter(f"{cluster.prefix}:ingest:processing:*")
+        )
         dead = cluster.runtime.dead_letters.count()
 
     copies = [sink.accepted[a] for a in to]

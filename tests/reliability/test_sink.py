@@ -13,8 +13,8 @@ import pytest
 
 from config.smtp import parse_smtp_settings
 from tests.reliability.sink import Sink
-from worker.message import build_message
-from worker.render import RenderedEmail
+from worker.content.message import build_message
+from worker.content.render import RenderedEmail
 from worker.smtp import SendResult, SmtpFailure, open_session
 
 RENDERED = RenderedEmail("s", "t\n", "<p>t</p>")

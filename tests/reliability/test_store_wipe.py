@@ -48,7 +48,10 @@ def test_a_redis_restarted_empty_is_noticed_reported_and_retryable(tmp_path: Pat
         worker = cluster.worker(concurrency=2, queues=None)
         before = health(cluster)
         run = uuid.uuid4().hex[:6]
-        jobs = [cluster.job("acme", "password-reset", f"w-{run}-{i}@example.com", context=CONTEXT) for i in range(20)]
+        jobs = [
+            cluster.job("acme", "password-reset", f"w-{run}-{i}@example.com", context=CONTEXT)
+            for i in range(20)
+        ]
         for job in jobs:
             cluster.enqueue(job)
         assert sink.wait_total(4, timeout=60)

@@ -8,7 +8,7 @@ from typing import Any
 
 from config.errors import InvalidInput
 from worker.cli.common import print_json, shown, table
-from worker.deadletters import REASONS
+from worker.jobs.deadletters import REASONS
 
 
 def register(subparsers: Any) -> None:

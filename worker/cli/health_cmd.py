@@ -7,7 +7,7 @@ What it checks, in order, one line each (`ok`, `warn` or `FAIL`):
                (Redis lost its data, or nothing was saved yet); a wipe a worker noticed is named;
 - persistence: whether that Redis keeps anything on disk (warn only: a restart would lose queued mail);
 - broker:      the broker's Redis answers;
-- workers:     every queue has a live consumer (heartbeat within one lease, worker/liveness.py), or
+- workers:     every queue has a live consumer (heartbeat within one lease, worker/liveness/heartbeat.py), or
                with --node, each named worker is alive.
 """
 
@@ -72,7 +72,7 @@ def workers_check(registry: Any, nodes: Sequence[str]) -> list[Check]:
         if serving:
             checks.append((OK, f"queue   {queue}: {', '.join(serving)}"))
         else:
-            from worker.liveness import no_worker_message
+            from worker.liveness.heartbeat import no_worker_message
 
             checks.append((FAIL, f"queue   {no_worker_message(queue, lapsed)}"))
     return checks

@@ -17,7 +17,7 @@ from worker.cli.common import print_json, shown, table
 if TYPE_CHECKING:
     from config.settings import ServiceSettings
 
-# Counters every realm row shows, even at zero (worker/stats.py names; more appear when counted).
+# Counters every realm row shows, even at zero (worker/jobs/stats.py names; more appear when counted).
 REALM_COLUMNS = ("sent", "dead", "dropped_cooldown")
 
 
@@ -157,8 +157,8 @@ def queue_depths(settings: ServiceSettings) -> dict[str, Any]:
 
 
 def collect_stats(settings: ServiceSettings | None = None, now: float | None = None) -> dict[str, Any]:
+    from worker.jobs.stats import Stats
     from worker.runtime import runtime
-    from worker.stats import Stats
 
     rt = runtime()
     data = queue_depths(settings or rt.settings)

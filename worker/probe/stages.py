@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from config.smtp import SmtpSettings
-from worker.message import OutgoingMessage
+from worker.content.message import OutgoingMessage
 from worker.probe.hints import hint_for
 from worker.probe.status import ProbeStatus, Stage, default_deadline, mode_of
 from worker.smtp.connect import Opener, StepResult

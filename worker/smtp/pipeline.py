@@ -6,7 +6,7 @@ import smtplib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from worker.message import OutgoingMessage
+from worker.content.message import OutgoingMessage
 from worker.smtp.failures import SmtpFailure, reply_text
 from worker.smtp.wire import SendResult, all_refused_failure, dot_stuffed
 

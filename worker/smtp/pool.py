@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config.smtp import SmtpSettings
-from worker.message import OutgoingMessage
+from worker.content.message import OutgoingMessage
 from worker.smtp.connect import open_session
 from worker.smtp.failures import SmtpFailure
 from worker.smtp.session import SmtpSession

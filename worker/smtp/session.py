@@ -13,7 +13,7 @@ import smtplib
 from collections.abc import Callable, Sequence
 
 from config.smtp import SmtpSettings
-from worker.message import OutgoingMessage
+from worker.content.message import OutgoingMessage
 from worker.smtp.failures import Kind, SmtpFailure, convert, reply_text
 from worker.smtp.wire import SendResult, all_refused_failure, dot_stuffed
 

@@ -14,16 +14,16 @@ from typing import Any
 from config.errors import InvalidInput, NotFound, StoreUnavailable
 from config.settings import ServiceSettings
 from config.smtp import SmtpSettings
-from worker.deadletters import DeadLetter, DeadLetterStore
-from worker.jobs import EmailJob
-from worker.ledger import DEAD, DeliveryLedger
-from worker.message import OutgoingMessage, build_message
-from worker.oauth import AccessToken, TokenError, TokenProvider, uses_xoauth2
+from worker.content.message import OutgoingMessage, build_message
+from worker.content.render import RenderError, TemplateRenderer
+from worker.delivery.oauth import AccessToken, TokenError, TokenProvider, uses_xoauth2
+from worker.delivery.settings_cache import SettingsCache
+from worker.jobs.deadletters import DeadLetter, DeadLetterStore
+from worker.jobs.ledger import DEAD, DeliveryLedger
+from worker.jobs.model import EmailJob
+from worker.jobs.stats import Stats
 from worker.policy import AUTH_FAILURE_CODES, RetryPolicy, reason_of
-from worker.render import RenderError, TemplateRenderer
-from worker.settings_cache import SettingsCache
 from worker.smtp import SendResult, SessionPool, SmtpFailure
-from worker.stats import Stats
 
 
 class ThreadPools:
@@ -65,7 +65,7 @@ class Services:
     dead: DeadLetterStore
     policy: RetryPolicy
     stats: Stats
-    oauth: TokenProvider  # XOAUTH2 access tokens, cached per realm (worker/oauth.py)
+    oauth: TokenProvider  # XOAUTH2 access tokens, cached per realm (worker/delivery/oauth.py)
 
     @property
     def pool(self) -> SessionPool:
@@ -172,7 +172,7 @@ def deliver(
 
     def data_going_out() -> None:
         # Recorded before the body leaves: if this process dies now, whoever takes the job over knows
-        # the server may already have the mail (worker/ledger.py, tasks/runner.py).
+        # the server may already have the mail (worker/jobs/ledger.py, tasks/runner.py).
         services.ledger.note_data_out(job.id, attempt)
 
     try:

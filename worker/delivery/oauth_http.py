@@ -1,7 +1,7 @@
 """One form POST to an OAuth2 token endpoint: deadlines, checked addresses only, no redirects.
 
 - Deadlines: connect (and TLS handshake) within `connect_timeout`, each read within `timeout`, the whole
-  body within both (worker/oauth.py explains the budget).
+  body within both (worker/delivery/oauth.py explains the budget).
 - Addresses: the caller resolves and checks the host (config/urls.py) and passes what it checked
   (`Pinned`); the connection goes to exactly those addresses, while TLS still verifies the host name.
 - A token endpoint answers, it does not redirect: a 3xx is reported, the form is never re-sent.

@@ -1,6 +1,6 @@
 """What one render of a realm's template may cost, and how a value's size is measured.
 
-Realm admins edit templates, so a template is untrusted code: the sandbox (worker/sandbox.py) keeps it
+Realm admins edit templates, so a template is untrusted code: the sandbox (worker/content/sandbox.py) keeps it
 away from Python internals, these limits keep it from exhausting the worker that renders it.
 
 - Value size: every value a template builds (string, list, dict, macro output, `{% set %}` block) renders

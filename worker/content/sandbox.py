@@ -1,4 +1,4 @@
-"""The sandboxed Jinja2 environment realm templates run in, with the limits of worker/limits.py built in.
+"""The sandboxed Jinja2 environment realm templates run in, with the limits of worker/content/limits.py built in.
 
 Jinja2's ImmutableSandboxedEnvironment keeps a template away from Python internals and from changing its
 inputs; it does not bound what a template costs. This environment hooks every place a template builds a
@@ -6,10 +6,10 @@ value or spends time:
 
 - the sandbox's own hooks: intercepted operators (`+ - * % **`), `call` (functions, methods, macros),
   `getitem` (slices), and `str.format` (a formatter that counts field by field);
-- what the code generator routes here (worker/sandbox_codegen.py): `~`, list/tuple/dict literals,
+- what the code generator routes here (worker/content/sandbox_codegen.py): `~`, list/tuple/dict literals,
   comparisons, `for` loops, and the counted output buffers of macros and blocks;
 - `finalize` on every `{{ ... }}`, `concat` on block references;
-- the filter and test tables and `lipsum` (worker/sandbox_filters.py).
+- the filter and test tables and `lipsum` (worker/content/sandbox_filters.py).
 
 A hook checks the size of what is about to be built where it can be known in advance, measures the result
 otherwise, and checks the render's deadline: a template stops within about one operation of its timeout.
@@ -30,7 +30,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter, Se
 from jinja2.utils import Namespace, pass_eval_context
 from markupsafe import EscapeFormatter, Markup
 
-from worker.limits import (
+from worker.content.limits import (
     BUDGET,
     MAX_BUILT_CHARS,
     MAX_CALL_DEPTH,
@@ -52,8 +52,8 @@ from worker.limits import (
     tick,
     ticking,
 )
-from worker.sandbox_codegen import GuardedCodeGenerator, GuardedTemplate, OutputBuffer
-from worker.sandbox_filters import check_text_method, install_guards
+from worker.content.sandbox_codegen import GuardedCodeGenerator, GuardedTemplate, OutputBuffer
+from worker.content.sandbox_filters import check_text_method, install_guards
 
 _SEQUENCES = (str, bytes, list, tuple)
 _NESTING = (Macro, LoopContext, BlockReference)  # calls that run template code: macros, caller, loop, super

@@ -51,7 +51,15 @@ from config.errors import ConfigError, InvalidInput, MailWorkerError
 from config.keys import Keys
 from config.smtp import SmtpSettings
 from config.urls import ParsedUrl, check_public_url, check_resolved
-from worker.oauth_http import MAX_EXCERPT, Pinned, excerpt, network_reason, one_line, post_form, proxy_for
+from worker.delivery.oauth_http import (
+    MAX_EXCERPT,
+    Pinned,
+    excerpt,
+    network_reason,
+    one_line,
+    post_form,
+    proxy_for,
+)
 
 log = logging.getLogger(__name__)
 

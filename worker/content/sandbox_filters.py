@@ -17,7 +17,7 @@ from jinja2.filters import FILTERS, make_attrgetter
 from jinja2.nodes import EvalContext
 from jinja2.utils import generate_lorem_ipsum, pass_eval_context
 
-from worker.limits import (
+from worker.content.limits import (
     BUDGET,
     MAX_VALUE_CHARS,
     Measure,

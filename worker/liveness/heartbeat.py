@@ -8,7 +8,7 @@ beats (a key that expires one lease after the last beat) and what it holds is ma
 - a job or bulk chunk it works on: a claim `claim:<job>` = "<process>|<thread>" (Claims below). Another
   worker may take a claim over as soon as the holder's heartbeat is gone, however long tasks may run;
 - a broker message its consumer took: the consumer renews the message's lease in the broker's unacked
-  index on every beat (worker/leases.py), and the broker hands back a message whose lease lapsed;
+  index on every beat (worker/liveness/leases.py), and the broker hands back a message whose lease lapsed;
 - the queues its consumer serves: the registry `workers` (LiveWorkers), so whatever waits on a worker
   (`settings test`, `wait_for_result`, `health`) can say at once that nobody serves a queue.
 """

@@ -7,7 +7,7 @@ Keys of one job (config/keys.py), a fixed handful however many recipients it has
     bulk:{job}:chunk:{n}       string: JSON array of the chunk's recipients, deleted when the chunk is over
     bulk:{job}:done            bitmap, one bit per recipient: settled (sent, failed or cancelled)
     bulk:{job}:chunks-done     bitmap, one bit per chunk
-    bulk:{job}:chunk:{n}:claim the worker process running that chunk now (worker/liveness.py)
+    bulk:{job}:chunk:{n}:claim the worker process running that chunk now (worker/liveness/heartbeat.py)
 
 Counting is exactly-once by construction: a recipient is counted in the same Lua script that sets its bit,
 and only when the bit was not set yet, so a chunk redelivered after a crash (or run twice) neither sends

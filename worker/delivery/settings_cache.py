@@ -9,7 +9,7 @@ from config.epoch import Epoch, store_empty_error
 from config.errors import NotFound
 from config.smtp import SmtpSettings
 from config.store import SettingsStore
-from worker.liveness import process_name
+from worker.liveness.heartbeat import process_name
 
 log = logging.getLogger(__name__)
 

@@ -4,11 +4,11 @@ Layout (defaults in the `templates` package, realm overrides under `<realm_templ
 
     text/<name>.txt.j2      plain-text body (not escaped)
     html/<name>.html.j2     HTML body (autoescaped), usually extending html/_layout.html.j2
-    messages/<locale>.json  flat key -> string; the subject is the key `<name>.subject` (worker/i18n.py)
+    messages/<locale>.json  flat key -> string; the subject is the key `<name>.subject` (worker/content/i18n.py)
 
-Every template runs in a sandbox (worker/sandbox.py) with `StrictUndefined`: a realm admin's template
+Every template runs in a sandbox (worker/content/sandbox.py) with `StrictUndefined`: a realm admin's template
 cannot reach Python internals, cannot make the worker build huge values or output, nest macros without
-end, or run longer than the renderer's `render_timeout` (worker/limits.py); and a missing required variable
+end, or run longer than the renderer's `render_timeout` (worker/content/limits.py); and a missing required variable
 fails the render instead of sending a mail with a hole in it. Any failure is a `RenderError`, which is
 permanent: rendering is deterministic, so a retry would fail the same way (the job goes to the dead letters).
 
@@ -33,7 +33,7 @@ from jinja2.sandbox import SecurityError
 
 from config.names import valid_realm, valid_template
 from templates.catalogue import CATALOGUE, TEMPLATE_NAMES
-from worker.i18n import (
+from worker.content.i18n import (
     DEFAULT_BUNDLES,
     DEFAULT_LOCALE,
     DEFAULT_TEMPLATES_DIR,
@@ -45,7 +45,7 @@ from worker.i18n import (
     locale_candidates,
     parse_time,
 )
-from worker.limits import (
+from worker.content.limits import (
     MAX_OUTPUT_CHARS,
     MAX_TEMPLATE_BYTES,
     MAX_VALUE_CHARS,
@@ -53,8 +53,8 @@ from worker.limits import (
     collect,
     render_budget,
 )
-from worker.render_error import RenderError
-from worker.sandbox import GuardedSandbox, SizedLoader, new_environment
+from worker.content.render_error import RenderError
+from worker.content.sandbox import GuardedSandbox, SizedLoader, new_environment
 
 __all__ = [
     "DEFAULT_LOCALE",

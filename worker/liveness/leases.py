@@ -1,4 +1,4 @@
-"""The consumer's side of liveness (worker/liveness.py), as a Celery consumer bootstep.
+"""The consumer's side of liveness (worker/liveness/heartbeat.py), as a Celery consumer bootstep.
 
 kombu's Redis transport keeps every message a consumer took in an "unacked" hash, indexed by the time it
 was taken, and hands a message back to the queue once that time is older than its visibility timeout. This
@@ -26,7 +26,7 @@ from celery import bootsteps
 from config.keys import Keys
 from config.redis import connect
 from config.settings import ServiceSettings
-from worker.liveness import LiveWorkers, process_name
+from worker.liveness.heartbeat import LiveWorkers, process_name
 
 log = logging.getLogger(__name__)
 

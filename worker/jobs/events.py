@@ -9,7 +9,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from config.errors import InvalidInput
 from templates.catalogue import event_template
-from worker.jobs import MAX_JSON_DEPTH, EmailJob, new_job
+from worker.jobs.model import MAX_JSON_DEPTH, EmailJob, new_job
 
 EVENT_TYPE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}\Z")
 

@@ -1,8 +1,8 @@
-"""Bulk sending: recipients validated into chunks, and one chunk delivered over one SMTP session.
+"""One chunk of a bulk job delivered over one SMTP session (the worker side of bulk).
 
-The producer side (`parse_recipient`, `chunked`) runs in `tasks.api.send_bulk`; the worker side
-(`run_chunk`) is called by the thin Celery task `mail.bulk.chunk` (tasks/bulk.py), which only turns the
-returned `ChunkResult` into "done" or a re-scheduled task. What a chunk does, in groups of a few messages:
+`run_chunk` is called by the thin Celery task `mail.bulk.chunk` (tasks/bulk.py), which only turns the
+returned `ChunkResult` into "done" or a re-scheduled task (the producer side is worker/bulk/recipients.py).
+What a chunk does, in groups of a few messages:
 
     read the chunk's recipients, skip those whose done bit is set (sent before a crash, or by a first run)
     per group: reserve the group in the realm's shared rate limiter (sleep the wait, or come back later)
@@ -16,35 +16,29 @@ returned `ChunkResult` into "done" or a re-scheduled task. What a chunk does, in
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
-from config.errors import InvalidInput, NotFound, StoreUnavailable
-from config.names import BULK_CHUNK_TASK, check_locale
-from config.smtp import SmtpSettings, check_address
-from worker.deadletters import DeadLetter
-from worker.delivery import DeliveryFailure, Services, failure_from_smtp, oauth_token
-from worker.jobs import EmailJob, check_depth, check_line, check_links
-from worker.liveness import BUSY, Claims
-from worker.message import OutgoingMessage, build_message
-from worker.oauth import uses_xoauth2
+from config.errors import NotFound, StoreUnavailable
+from config.names import BULK_CHUNK_TASK
+from config.smtp import SmtpSettings
+from worker.bulk.messages import MessageFactory, Recipient, chunk_recipients
+from worker.bulk.progress import CANCELLED, FAILED, BulkJob, BulkJobs
+from worker.content.message import OutgoingMessage
+from worker.delivery.deliver import DeliveryFailure, Services, failure_from_smtp, oauth_token
+from worker.delivery.oauth import uses_xoauth2
+from worker.delivery.ratelimit import RateLimiter
+from worker.jobs.deadletters import DeadLetter
+from worker.jobs.model import EmailJob
+from worker.liveness.heartbeat import BUSY, Claims
 from worker.policy import AUTH_FAILURE_CODES, ChunkAction, Decision, chunk_action
-from worker.progress import CANCELLED, FAILED, BulkJob, BulkJobs
-from worker.ratelimit import RateLimiter
-from worker.render import RenderedEmail, RenderError, TemplateRenderer
 from worker.smtp import SendResult, SmtpFailure, SmtpSession
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_SIZE = 200
-MAX_CHUNK_SIZE = 1000
-MAX_RECIPIENT_CONTEXT_BYTES = 8 * 1024
 # Messages per group: one rate-limit reservation, one pipelined SMTP burst, one Redis commit. Small enough
 # that a crash between the server's acceptance and the commit re-sends at most this many.
 MAX_GROUP = 20
@@ -55,149 +49,8 @@ TASK_NAME = BULK_CHUNK_TASK
 # Accepted recipients are committed at least this often while a group is sent (see _EarlyCommit).
 COMMIT_EVERY_S = 0.05
 
-# A plain dot-atom local part (what almost every real address is). Anything else, and every new domain,
-# goes through email-validator; this only spares its ~30 µs on the 100,000th address at the same domain.
-_DOT_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")
-
-
-# ---- producer side: validation and chunks ------------------------------------------------------------
-
-
-@lru_cache(maxsize=4096)
-def _checked_domain(domain: str, allow_utf8: bool) -> str:
-    return check_address(f"a@{domain}", allow_utf8=allow_utf8).rpartition("@")[2]
-
-
-def check_recipient_address(address: str, *, allow_utf8: bool) -> str:
-    """Same verdict and normal form as config.smtp.check_address, at a few µs for the common shape."""
-    local, at, domain = address.rpartition("@")
-    if at and len(address) <= 254 and len(local) <= 64 and _DOT_ATOM.match(local):
-        try:
-            return f"{local}@{_checked_domain(domain, allow_utf8)}"
-        except ValueError:
-            pass  # let the full check word the error for the whole address
-    return check_address(address, allow_utf8=allow_utf8)
-
-
-def parse_recipient(index: int, raw: Any, *, allow_utf8: bool) -> dict[str, Any]:
-    """One recipient as given (an address, or {email, name?, locale?, context?}) -> its stored form.
-
-    Raises InvalidInput naming `recipients[index].<field>` and the rule.
-    """
-    where = f"recipients[{index}]"
-    if isinstance(raw, str):
-        raw = {"email": raw}
-    if not isinstance(raw, Mapping):
-        raise InvalidInput.one(where, "must be an address or a dict with 'email' (and name, locale, context)")
-    unknown = set(raw) - {"email", "name", "locale", "context"}
-    if unknown:
-        raise InvalidInput.one(
-            f"{where}.{sorted(unknown)[0]}", "unknown field; use email, name, locale, context"
-        )
-    email = check_line(f"{where}.email", raw.get("email"), max_length=254)
-    try:
-        stored: dict[str, Any] = {"to": check_recipient_address(email, allow_utf8=allow_utf8)}
-    except ValueError as error:
-        raise InvalidInput.one(f"{where}.email", f"not a valid address: {error}") from None
-    if raw.get("name") is not None:
-        stored["name"] = check_line(f"{where}.name", raw["name"], max_length=200)
-    locale = check_locale(f"{where}.locale", raw.get("locale"))
-    if locale is not None:
-        stored["locale"] = locale
-    context = raw.get("context")
-    if context:
-        stored["context"] = check_recipient_context(f"{where}.context", context)
-    return stored
-
-
-def check_recipient_context(field_name: str, context: Any) -> dict[str, Any]:
-    """The job context's rules (depth, links) with a smaller size limit: it is merged over the job's."""
-    if not isinstance(context, dict):
-        raise InvalidInput.one(field_name, "must be a JSON object (a dict)")
-    check_depth(field_name, context)  # first: json.dumps recurses
-    try:
-        size = len(json.dumps(context, ensure_ascii=False, allow_nan=False).encode("utf-8"))
-    except (TypeError, ValueError) as error:
-        raise InvalidInput.one(field_name, f"is not JSON: {error}") from None
-    except UnicodeEncodeError:
-        raise InvalidInput.one(
-            field_name, "holds a string that is not valid Unicode (lone surrogate)"
-        ) from None
-    if size > MAX_RECIPIENT_CONTEXT_BYTES:
-        # Stored in Redis for every recipient: 100,000 recipients at this limit are already 800 MB.
-        raise InvalidInput.one(field_name, f"is {size} bytes as JSON; the limit per recipient is "
-                                           f"{MAX_RECIPIENT_CONTEXT_BYTES} (shared values go in the job's context)")  # fmt: skip
-    check_links(context, field=field_name)
-    return context
-
-
-def chunked(recipients: Iterable[Any], size: int, *, allow_utf8: bool) -> Iterator[list[dict[str, Any]]]:
-    """Validated recipients in lists of `size`, as they come: 100,000 never sit in one list."""
-    chunk: list[dict[str, Any]] = []
-    for index, raw in enumerate(recipients):
-        chunk.append(parse_recipient(index, raw, allow_utf8=allow_utf8))
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
 
 # ---- worker side: one chunk --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    index: int  # position in the job (the bit in the done bitmap)
-    to: str
-    name: str | None = None
-    locale: str | None = None
-    context: dict[str, Any] | None = None
-
-
-def chunk_recipients(first_index: int, stored: list[dict[str, Any]]) -> list[Recipient]:
-    return [
-        Recipient(first_index + offset, item["to"], item.get("name"), item.get("locale"), item.get("context"))
-        for offset, item in enumerate(stored)
-    ]
-
-
-class MessageFactory:
-    """Messages of one job: each (locale, per-recipient context) is rendered once, only To differs."""
-
-    def __init__(self, renderer: TemplateRenderer, settings: SmtpSettings, job: BulkJob) -> None:
-        self.renderer = renderer
-        self.settings = settings
-        self.job = job
-        self._rendered: dict[tuple[str | None, str | None], RenderedEmail | DeliveryFailure] = {}
-        self.renders = 0
-
-    def context_for(self, recipient: Recipient) -> dict[str, Any]:
-        return {**self.job.context, **recipient.context} if recipient.context else self.job.context
-
-    def build(self, recipient: Recipient) -> OutgoingMessage:
-        """The recipient's message, or DeliveryFailure ('template' or 'invalid', both permanent)."""
-        locale = recipient.locale or self.job.locale
-        key = (locale, json.dumps(recipient.context, sort_keys=True) if recipient.context else None)
-        rendered = self._rendered.get(key)
-        if rendered is None:
-            try:
-                self.renders += 1
-                rendered = self.renderer.render(self.job.realm, self.job.template, locale,
-                                                self.context_for(recipient))  # fmt: skip
-            except RenderError as error:
-                rendered = DeliveryFailure("template", str(error))
-            if len(self._rendered) > 1000:  # every recipient with a context of its own: no reuse anyway
-                self._rendered.clear()
-            self._rendered[key] = rendered
-        if isinstance(rendered, DeliveryFailure):
-            raise rendered
-        try:
-            # The recipient's Message-ID is the same on every attempt (an ambiguous one may have arrived).
-            return build_message(self.settings, rendered, recipient.to, to_name=recipient.name,
-                                 message_key=f"{self.job.id}-{recipient.index}")  # fmt: skip
-        except (InvalidInput, ValueError) as error:
-            raise DeliveryFailure("invalid", str(error)) from None
 
 
 def group_size(per_second: float | None) -> int:

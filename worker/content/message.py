@@ -29,7 +29,7 @@ import idna
 
 from config.errors import InvalidInput
 from config.smtp import SmtpSettings
-from worker.render import RenderedEmail
+from worker.content.render import RenderedEmail
 
 # Headers the builder writes itself; extra headers must not override (or duplicate) them.
 RESERVED_HEADERS = frozenset(

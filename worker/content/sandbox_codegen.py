@@ -1,5 +1,5 @@
 """What the sandbox changes in compiled templates: loops, literals, `~` and comparisons call back into the
-environment (worker/sandbox.py), output buffers count what is written to them, `{% import %}` is counted.
+environment (worker/content/sandbox.py), output buffers count what is written to them, `{% import %}` is counted.
 
 Jinja allows no custom node types, so these are small overrides of its code generator's methods; the
 generated code is Jinja's own with a call wrapped around the value (`environment.guard_iter(...)`).
@@ -16,7 +16,7 @@ from jinja2.compiler import Frame, optimizeconst
 from jinja2.environment import Template as JinjaTemplate
 from jinja2.environment import TemplateModule
 
-from worker.limits import MAX_VALUE_CHARS, TemplateLimitError, collect
+from worker.content.limits import MAX_VALUE_CHARS, TemplateLimitError, collect
 
 
 class GuardedCodeGenerator(JinjaCodeGenerator):

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import templates as _templates_package
-from worker.limits import MAX_TEMPLATE_BYTES, MAX_VALUE_CHARS, size_of
-from worker.render_error import RenderError
+from worker.content.limits import MAX_TEMPLATE_BYTES, MAX_VALUE_CHARS, size_of
+from worker.content.render_error import RenderError
 
 DEFAULT_LOCALE = "en"
 DEFAULT_TEMPLATES_DIR = Path(_templates_package.__file__).resolve().parent
