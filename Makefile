@@ -20,8 +20,9 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check config worker tasks
+	$(BIN)/ruff format --check config worker tasks templates
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 demo: install
 	$(BIN)/python -m worker.demo

@@ -50,11 +50,11 @@ from config.rotation import retrying_transaction, rotate_secrets
 from config.smtp import SmtpSettings
 
 if TYPE_CHECKING:
-    from config.settings import ServiceSettings
+    pass
 
 __all__ = [  # what other modules import from here
     "DraftSettings", "SavedSettings", "SettingsStore", "UnusableSettings", "apply_changes", "decode_settings",
-    "edit_settings", "encode_settings", "open_store", "weakening_change",
+    "edit_settings", "encode_settings", "weakening_change",
 ]  # fmt: skip
 
 DEFAULT_HISTORY_SIZE = 20
@@ -405,17 +405,3 @@ class SettingsStore:
             "updated_at": draft.updated_at,
         }
         return json.dumps(entry, sort_keys=True, ensure_ascii=False)
-
-
-def open_store(settings: ServiceSettings | None = None) -> SettingsStore:
-    """The store of this process (worker.runtime), or one built from `settings` (its own connection).
-
-    The box comes first: a missing MAILWORKER_SECRET_KEY is reported before Redis is even contacted.
-    """
-    from worker.runtime import Runtime, runtime  # imported here: worker depends on config, not back
-
-    resources = runtime() if settings is None else Runtime(settings)
-    box = resources.box
-    return SettingsStore(
-        resources.redis, resources.keys, box, allow_private_urls=resources.settings.allow_private_urls
-    )

@@ -202,7 +202,7 @@ def send_bulk(
     (`recipients[17].email: not a valid address: ...`): nothing is sent and nothing is left in Redis.
     The recipients go to Redis in chunks; broker messages carry only the job id and a chunk number.
     """
-    from worker.bulk.progress import BULK_JOB_PREFIX, bulk_jobs
+    from worker.bulk.progress import BULK_JOB_PREFIX
     from worker.bulk.recipients import MAX_CHUNK_SIZE, chunked
 
     settings = _realm_settings(realm)
@@ -222,7 +222,7 @@ def send_bulk(
             "recipients", "must be a list (or any iterable) of addresses or recipient dicts"
         )
     job_id = f"{BULK_JOB_PREFIX}{uuid.uuid4().hex}"
-    jobs = bulk_jobs()
+    jobs = runtime().bulk_jobs
     jobs.create(job_id, realm=realm, template=template, locale=locale, context=context, chunk_size=chunk_size)
     written, total, pending = 0, 0, []
     try:
@@ -264,17 +264,15 @@ def _check_bulk_render(realm: str, template: str, locale: str | None, context: d
 
 def bulk_progress(job_id: str) -> dict[str, Any]:
     """{total, sent, failed, cancelled, pending, rate, state, started_at, finished_at, ...} of a bulk job."""
-    from worker.bulk.progress import bulk_jobs
 
-    return bulk_jobs().progress(job_id).to_dict()
+    return runtime().bulk_jobs.progress(job_id).to_dict()
 
 
 def cancel_bulk(job_id: str) -> str:
     """Stop a bulk job: recipients not sent yet are dropped and counted as cancelled. Returns its state
     ("cancelled", or how it had already ended: "done", "failed")."""
-    from worker.bulk.progress import bulk_jobs
 
-    return bulk_jobs().cancel(job_id)
+    return runtime().bulk_jobs.cancel(job_id)
 
 
 def wait_for_bulk(job_id: str, timeout: float = 60.0, interval: float = 0.1) -> dict[str, Any]:
@@ -282,9 +280,8 @@ def wait_for_bulk(job_id: str, timeout: float = 60.0, interval: float = 0.1) -> 
 
     Raises WorkerUnavailable as soon as no live worker serves the bulk queue, TimeoutError after `timeout`.
     """
-    from worker.bulk.progress import bulk_jobs
 
-    jobs = bulk_jobs()
+    jobs = runtime().bulk_jobs
     deadline = time.monotonic() + timeout
     looked = 0.0
     while True:

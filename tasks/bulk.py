@@ -18,7 +18,7 @@ from tasks import signals  # noqa: F401  (per-process setup of workers)
 from tasks.runner import CELERY_RETRY_LIMIT
 from worker.app import BULK, BULK_CHUNK_TASK, BULK_START_TASK, app
 from worker.bulk.chunks import abandon_chunk, run_chunk
-from worker.bulk.progress import FINISHED_STATES, bulk_jobs
+from worker.bulk.progress import FINISHED_STATES
 from worker.delivery.deliver import DeliveryFailure
 from worker.delivery.ratelimit import RateLimiter
 from worker.runtime import runtime
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 def start_bulk(self: Any, job_id: str) -> dict[str, Any]:
     pending = runtime().pending
     try:
-        jobs = bulk_jobs()
+        jobs = runtime().bulk_jobs
         job = jobs.job(job_id)
         if job.state in FINISHED_STATES:
             pending.done(job_id)
@@ -62,7 +62,7 @@ def bulk_chunk(self: Any, job_id: str, chunk: int) -> dict[str, Any]:
     entry = f"{job_id}:{chunk}"
     try:
         limiter = RateLimiter(rt.redis, rt.keys, tolerance=LIMITER_TOLERANCE)
-        result = run_chunk(rt.services, bulk_jobs(), limiter, job_id, chunk, claims=rt.claims)
+        result = run_chunk(rt.services, rt.bulk_jobs, limiter, job_id, chunk, claims=rt.claims)
     except redis.RedisError as error:
         # The store is unreachable (Redis restarting): give the message back instead of losing it.
         raise Reject(f"store unavailable: {error}", requeue=True) from None
@@ -71,7 +71,7 @@ def bulk_chunk(self: Any, job_id: str, chunk: int) -> dict[str, Any]:
             "bulk chunk %s failed with an unexpected error: dead-lettered (internal)", entry, exc_info=error
         )
         failure = DeliveryFailure("internal", f"{type(error).__name__}: {error}"[:1000])
-        abandoned = abandon_chunk(rt.services, bulk_jobs(), job_id, chunk, failure)
+        abandoned = abandon_chunk(rt.services, rt.bulk_jobs, job_id, chunk, failure)
         rt.pending.done(entry)
         return {
             "job_id": job_id,

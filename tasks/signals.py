@@ -11,7 +11,7 @@ from typing import Any
 
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown, worker_ready
 
-from worker.bulk.progress import BULK_JOB_PREFIX, bulk_jobs
+from worker.bulk.progress import BULK_JOB_PREFIX
 from worker.logs import configure_logging
 from worker.runtime import reset, runtime
 
@@ -83,7 +83,7 @@ def sweep_once(app: Any, owner: str, interval: float) -> list[str]:
 
     def ended(entry_id: str) -> bool:
         if entry_id.startswith(BULK_JOB_PREFIX):
-            return bulk_jobs().entry_ended(entry_id)
+            return rt.bulk_jobs.entry_ended(entry_id)
         return rt.ledger.state(entry_id) is not None or bool(rt.redis.exists(rt.keys.dead_letter(entry_id)))
 
     return rt.pending.sweep(publish, ended)

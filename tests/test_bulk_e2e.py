@@ -18,7 +18,7 @@ from tasks import api
 from tests.support.smtp_server import ReceivedMessage, SmtpTestServer
 from tests.test_oauth import SCOPE, USER, TokenEndpoint, new_token
 from worker.bulk.chunks import run_chunk
-from worker.bulk.progress import BulkJobs, bulk_jobs
+from worker.bulk.progress import BulkJobs
 from worker.delivery.ratelimit import RateLimiter
 from worker.runtime import Runtime, runtime
 
@@ -126,7 +126,7 @@ def test_a_server_limiting_messages_per_session_still_gets_everyone_once(realm, 
 def test_a_chunk_run_again_after_partial_delivery_sends_only_the_rest(realm, smtp_server):
     """What a worker killed mid-chunk leaves behind: some done bits set, the broker message redelivered."""
     save(realm, smtp_server)
-    jobs = bulk_jobs()
+    jobs = runtime().bulk_jobs
     job_id = f"bulk-test-{realm}"
     jobs.create(job_id, realm=realm, template="email-test", locale=None, context={}, chunk_size=100)
     jobs.write_chunks(job_id, 0, [[{"to": to} for to in addresses(100)]])

@@ -97,7 +97,7 @@ def test_save_show_history(cli: str, capsys: Any, monkeypatch: pytest.MonkeyPatc
 def test_password_comes_from_stdin_without_its_newline(
     cli: str, capsys: Any, monkeypatch: pytest.MonkeyPatch, realm: str
 ) -> None:
-    from config.store import open_store
+    from worker.cli.settings_cmd import open_store
 
     create(capsys, monkeypatch, realm)
     assert open_store().saved(realm).settings.secret("password") == PASSWORD  # type: ignore[union-attr]
@@ -285,7 +285,7 @@ def test_secret_key_prints_a_fernet_key(cli: str, capsys: Any, monkeypatch: pyte
 
 
 def test_secrets_rotate(cli: str, capsys: Any, monkeypatch: pytest.MonkeyPatch, realm: str) -> None:
-    from config.store import open_store
+    from worker.cli.settings_cmd import open_store
 
     create(capsys, monkeypatch, realm)
     new = Fernet.generate_key().decode()

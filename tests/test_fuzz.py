@@ -530,7 +530,7 @@ def forget_ended_chunks(job_id: str, chunks: int, deadline: float) -> None:
     """start_bulk records its chunks in the pending ledger after publishing them (tasks/bulk.py), so a
     chunk that ends at once stays recorded until a worker's sweeper finds it ended (tasks/signals.py).
     tests/test_sweeper.py sweeps every record of the session with a clock far ahead: leave none."""
-    from worker.bulk.progress import bulk_jobs
+
 
     rt = runtime()
     while rt.redis.exists(rt.keys.pending_job(job_id)):  # start_bulk has not finished recording
@@ -538,5 +538,5 @@ def forget_ended_chunks(job_id: str, chunks: int, deadline: float) -> None:
         time.sleep(0.05)
     for chunk in range(chunks):
         entry = f"{job_id}:{chunk}"
-        if bulk_jobs().entry_ended(entry):
+        if runtime().bulk_jobs.entry_ended(entry):
             rt.pending.done(entry)

@@ -19,6 +19,7 @@ from config.settings import ServiceSettings, get_settings
 
 if TYPE_CHECKING:
     from config.store import SettingsStore
+    from worker.bulk.progress import BulkJobs
     from worker.content.render import TemplateRenderer
     from worker.delivery.breaker import CircuitBreaker
     from worker.delivery.deliver import Services
@@ -79,6 +80,13 @@ class Runtime:
         return DeliveryLedger(self.redis, self.keys, ttl=max(self.settings.result_expires,
                               self.settings.retry_max_age), idempotent_ttl=self.settings.delivered_marker_ttl,
                               ended_ttl=2 * self.settings.lost_job_grace)  # fmt: skip
+
+    @cached_property
+    def bulk_jobs(self) -> BulkJobs:
+        """Bulk jobs in Redis; kept as long as an idempotency key (a job outlives its run by days)."""
+        from worker.bulk.progress import BulkJobs
+
+        return BulkJobs(self.redis, self.keys, self.settings.delivered_marker_ttl)
 
     @cached_property
     def heartbeat(self) -> Heartbeat:

@@ -322,11 +322,3 @@ class BulkJobs:
             finished_at=finished,
             error=raw.get("error"),
         )
-
-
-def bulk_jobs() -> BulkJobs:
-    """The process's BulkJobs on the store's Redis (cheap to build: a few script hashes)."""
-    from worker.runtime import runtime
-
-    rt = runtime()
-    return BulkJobs(rt.redis, rt.keys, rt.settings.delivered_marker_ttl)

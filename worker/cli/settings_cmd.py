@@ -23,7 +23,7 @@ from config.edits import Change, diff_settings
 from config.errors import ConfigError, InvalidInput, NotFound
 from config.redis import redact_url
 from config.smtp import SmtpSettings
-from config.store import DraftSettings, SavedSettings, SettingsStore, open_store
+from config.store import DraftSettings, SavedSettings, SettingsStore
 from worker.cli.common import print_json, table
 from worker.cli.common import shown as escaped
 
@@ -126,6 +126,15 @@ def register(subparsers: Any) -> None:
     secret_commands = secrets.add_subparsers(dest="secrets_command", required=True)
     rotate = secret_commands.add_parser("rotate", help="re-encrypt every stored secret with the first key")
     rotate.set_defaults(handler=handle_rotate)
+
+
+def open_store() -> SettingsStore:
+    """This process's store; the secret key first: a missing key is one line before Redis is contacted."""
+    from worker.runtime import runtime
+
+    rt = runtime()
+    _ = rt.box
+    return rt.store
 
 
 def settings_group(subparsers: Any) -> Any:
