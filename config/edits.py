@@ -201,3 +201,14 @@ def shown(value: Any) -> str:
     if isinstance(value, list):
         return ",".join(str(v) for v in value) or "(none)"
     return str(value)
+
+
+def check_note(note: Any) -> str | None:
+    """A save's note: one printable line (it is shown in `settings history`), valid Unicode, bounded."""
+    if note is None:
+        return None
+    if not isinstance(note, str) or len(note) > 500:
+        raise InvalidInput.one("note", "must be text of at most 500 characters")
+    if any(not ch.isprintable() for ch in note) or any("\ud800" <= ch <= "\udfff" for ch in note):
+        raise InvalidInput.one("note", "must be one line of printable text (valid Unicode)")
+    return note

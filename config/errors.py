@@ -1,4 +1,20 @@
-"""Errors a person can act on: one line, the field or variable, the rule, the fix."""
+"""Errors a person can act on: one line, the field or variable, the rule, the fix.
+
+One tree, named for what the caller must do:
+
+    MailWorkerError          one line for a person (the CLI prints it without a traceback)
+      InvalidInput           fix the input: names the field and the rule
+      NotFound               name something that exists (UnusableSettings: enter the secret again)
+      ConflictError          re-read, apply the change again
+      ConfigError            the operator fixes the service's configuration (environment, key, URL)
+      Unavailable            retry later: a part the service needs is not there now
+        StoreUnavailable     the config store is unreachable, or wiped and not restored yet
+        WorkerUnavailable    no live worker serves the queue (start one)
+        NoAnswer             a worker took the task and did not answer in time (tasks/connection.py)
+
+Failures inside the worker (SmtpFailure, RenderError, TokenError, DeliveryFailure) are in the tree too;
+worker/policy.py decides what each leads to.
+"""
 
 from __future__ import annotations
 
@@ -31,11 +47,15 @@ class ConflictError(MailWorkerError):
     """Somebody else saved in between: the edit started from an older version."""
 
 
-class WorkerUnavailable(MailWorkerError):
+class Unavailable(MailWorkerError):
+    """Retry later: the request was fine, a part the service needs is not there now."""
+
+
+class WorkerUnavailable(Unavailable):
     """No live worker consumes the queue a caller waits on: waiting longer would only wait in silence."""
 
 
-class StoreUnavailable(MailWorkerError):
+class StoreUnavailable(Unavailable):
     """The config store cannot be used right now (unreachable, or wiped and not restored yet).
 
     Retryable, unlike InvalidInput: a producer should keep the request and try again later.

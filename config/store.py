@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 from redis.exceptions import WatchError
@@ -41,16 +41,13 @@ from config.codec import (
 )
 from config.conflicts import conflict_message, draft_conflict_message, save_conflict
 from config.crypto import SecretBox
-from config.edits import Change, apply_changes, diff_settings, edit_settings, weakening_change
+from config.edits import Change, apply_changes, check_note, diff_settings, edit_settings, weakening_change
 from config.epoch import Epoch, queue_epoch, read_epoch, read_wipe, record_wipe
-from config.errors import ConflictError, InvalidInput, NotFound
+from config.errors import ConflictError, NotFound
 from config.keys import Keys
 from config.names import check_realm
 from config.rotation import retrying_transaction, rotate_secrets
 from config.smtp import SmtpSettings
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [  # what other modules import from here
     "DraftSettings", "SavedSettings", "SettingsStore", "UnusableSettings", "apply_changes", "decode_settings",
@@ -82,17 +79,6 @@ class DraftSettings:
     updated_at: float
     draft_id: str = ""  # new with every edit: what a save names to say "the draft I reviewed"
     unusable: Mapping[str, str] = field(default_factory=dict)
-
-
-def check_note(note: Any) -> str | None:
-    """A save's note: one printable line (it is shown in `settings history`), valid Unicode, bounded."""
-    if note is None:
-        return None
-    if not isinstance(note, str) or len(note) > 500:
-        raise InvalidInput.one("note", "must be text of at most 500 characters")
-    if any(not ch.isprintable() for ch in note) or any("\ud800" <= ch <= "\udfff" for ch in note):
-        raise InvalidInput.one("note", "must be one line of printable text (valid Unicode)")
-    return note
 
 
 # ---- the store -----------------------------------------------------------------------------------------

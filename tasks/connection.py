@@ -17,7 +17,7 @@ from typing import Any
 
 import celery.exceptions
 
-from config.errors import InvalidInput, MailWorkerError, WorkerUnavailable
+from config.errors import InvalidInput, MailWorkerError, Unavailable, WorkerUnavailable
 from config.names import check_realm
 from config.smtp import check_address
 from tasks import signals  # noqa: F401  (per-process setup of workers)
@@ -36,7 +36,7 @@ RESULT_MARGIN_S = 3.0
 MIN_DEADLINE_S = 1.0
 
 
-class NoAnswer(MailWorkerError):
+class NoAnswer(Unavailable):
     """No worker finished the test within the caller's wait."""
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from config.errors import NotFound, StoreUnavailable
 from config.names import BULK_CHUNK_TASK
 from config.smtp import SmtpSettings
-from worker.bulk.messages import MessageFactory, Recipient, chunk_recipients
+from worker.bulk.messages import EarlyCommit, MessageFactory, Recipient, chunk_recipients, group_size
 from worker.bulk.progress import CANCELLED, FAILED, BulkJob, BulkJobs
 from worker.content.message import OutgoingMessage
 from worker.delivery.deliver import DeliveryFailure, Services, failure_from_smtp, oauth_token
@@ -39,24 +39,10 @@ from worker.smtp import SendResult, SmtpFailure, SmtpSession
 
 log = logging.getLogger(__name__)
 
-# Messages per group: one rate-limit reservation, one pipelined SMTP burst, one Redis commit. Small enough
-# that a crash between the server's acceptance and the commit re-sends at most this many.
-MAX_GROUP = 20
-# A reserved group leaves in a burst; at most this share of a second's rate per group keeps any window
-# within the limit plus a few messages (at 200/s: groups of 4, where 5% of a 2-second window is 20).
-GROUP_SHARE_OF_RATE = 0.02
 TASK_NAME = BULK_CHUNK_TASK
-# Accepted recipients are committed at least this often while a group is sent (see _EarlyCommit).
-COMMIT_EVERY_S = 0.05
 
 
 # ---- worker side: one chunk --------------------------------------------------------------------------
-
-
-def group_size(per_second: float | None) -> int:
-    if not per_second:
-        return MAX_GROUP
-    return max(1, min(MAX_GROUP, int(per_second * GROUP_SHARE_OF_RATE)))
 
 
 @dataclass
@@ -85,29 +71,6 @@ class _GroupOutcome:
     ambiguous: list[tuple[Recipient, SmtpFailure]] = field(default_factory=list)  # sent, no reply
     # Why there is no session: connect, auth, a fresh session ending (SmtpFailure), or no XOAUTH2 token.
     down: SmtpFailure | DeliveryFailure | None = None
-
-
-class _EarlyCommit:
-    """Records accepted recipients while a group is still on the wire, when the server is slow.
-
-    A group is committed after its last reply; against a server that takes 100 ms per message that is
-    two seconds of accepted mail a killed worker would send again. Here, as soon as COMMIT_EVERY_S passed
-    since the last commit, what was accepted so far is committed (a done bit set twice counts once).
-    Against a fast server no group lasts that long: no extra Redis call.
-    """
-
-    def __init__(self, run: ChunkRun, recipients: list[Recipient]) -> None:
-        self.run = run
-        self.recipients = recipients
-        self.accepted: list[int] = []
-        self.last = run.clock()
-
-    def __call__(self, position: int) -> None:
-        self.accepted.append(self.recipients[position].index)
-        now = self.run.clock()
-        if now - self.last >= COMMIT_EVERY_S:
-            self.run.jobs.commit(self.run.job.id, sent=self.accepted)  # the group's own commit follows
-            self.accepted, self.last = [], now
 
 
 @dataclass
@@ -176,7 +139,7 @@ class ChunkRun:
                 result.unsent, result.down = [r for r, _ in outgoing], failure
                 return result
             before = session.messages_sent
-            early = _EarlyCommit(self, [recipient for recipient, _ in outgoing])
+            early = EarlyCommit(self.jobs, self.job.id, [recipient for recipient, _ in outgoing], self.clock)
             outcomes = session.send_many([message for _, message in outgoing], on_accepted=early)
             unsent: list[tuple[Recipient, OutgoingMessage]] = []
             ended: SmtpFailure | None = None

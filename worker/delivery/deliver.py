@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from config.errors import InvalidInput, NotFound, StoreUnavailable
+from config.errors import InvalidInput, MailWorkerError, NotFound, StoreUnavailable
 from config.settings import ServiceSettings
 from config.smtp import SmtpSettings
 from worker.content.message import OutgoingMessage, build_message
@@ -72,7 +72,7 @@ class Services:
         return self.pools.get()
 
 
-class DeliveryFailure(Exception):
+class DeliveryFailure(MailWorkerError):
     """A failed attempt. `reason` is 'retry' for transient failures, else the dead-letter reason.
 
     `ambiguous`: the message's data went out and the server's reply never came, so it may have arrived.
