@@ -6,14 +6,15 @@ This is the one place configuration comes from; every other module receives a `S
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ServiceSettings(BaseSettings):
@@ -73,8 +74,16 @@ class ServiceSettings(BaseSettings):
     breaker_cooloff: float = Field(default=30.0, gt=0)
     breaker_max_cooloff: float = Field(default=240.0, gt=0)
 
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any) -> Any:
+        # LOG_FORMAT=JSON or LOG_LEVEL=debug are what operators type: the same words in any case.
+        if not isinstance(value, str):
+            return value
+        return value.strip().upper() if value.strip().upper() in _LEVELS else value.strip().lower()
 
     @model_validator(mode="after")
     def _retries_fit(self) -> ServiceSettings:
