@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from config.crypto import SealBroken, Sealed, SecretBox
+from config.crypto import MASK, SealBroken, Sealed, SecretBox
 from config.edits import SECRET_LABELS, secretless_data, shown
 from config.errors import InvalidInput, NotFound
 from config.smtp import CREDENTIAL_BOUND_FIELDS, SECRET_FIELDS, SmtpSettings, parse_smtp_settings
@@ -52,6 +52,16 @@ class Decoded:
     settings: SmtpSettings  # an unusable secret holds a placeholder: for editing and showing only
     unusable: dict[str, str] = field(default_factory=dict)  # secret -> why it cannot be used
     legacy: tuple[str, ...] = ()  # secrets still in the old (Fernet, unbound) format
+
+
+def public_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Stored settings data as an admin may see it without decrypting: each stored secret as the mask."""
+    public = {name: value for name, value in data.items() if not name.endswith("_encrypted")}
+    for name in SECRET_FIELDS:
+        public.pop(name, None)  # never stored in clear; ignore anything that claims to be
+        if encrypted_name(name) in data:
+            public[name] = MASK
+    return public
 
 
 def encrypted_name(name: str) -> str:

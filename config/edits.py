@@ -203,12 +203,12 @@ def shown(value: Any) -> str:
     return str(value)
 
 
-def check_note(note: Any) -> str | None:
-    """A save's note: one printable line (it is shown in `settings history`), valid Unicode, bounded."""
+def check_note(note: Any, *, field: str = "note", limit: int = 500) -> str | None:
+    """A save's note (or who saved): one printable line, valid Unicode, bounded (`settings history`)."""
     if note is None:
         return None
-    if not isinstance(note, str) or len(note) > 500:
-        raise InvalidInput.one("note", "must be text of at most 500 characters")
+    if not isinstance(note, str) or len(note) > limit:
+        raise InvalidInput.one(field, f"must be text of at most {limit} characters")
     if any(not ch.isprintable() for ch in note) or any("\ud800" <= ch <= "\udfff" for ch in note):
-        raise InvalidInput.one("note", "must be one line of printable text (valid Unicode)")
+        raise InvalidInput.one(field, "must be one line of printable text (valid Unicode)")
     return note

@@ -90,6 +90,10 @@ class Keys:
     def bulk_job(self, job_id: str) -> str:
         return f"{self.prefix}:bulk:{job_id}"
 
+    def bulk_jobs(self) -> str:
+        """Sorted set of bulk job ids by creation time (`mailworker job list`); trimmed to their TTL."""
+        return f"{self.prefix}:bulk-jobs"
+
     def bulk_chunk(self, job_id: str, chunk: int) -> str:
         return f"{self.prefix}:bulk:{job_id}:chunk:{chunk}"
 

@@ -36,6 +36,7 @@ from config.codec import (
     decode_settings,
     draft_id_of,
     encode_settings,
+    public_fields,
     read_settings,
     unusable_message,
 )
@@ -67,6 +68,7 @@ class SavedSettings:
     saved_at: float
     note: str | None = None
     changes: tuple[Change, ...] = ()  # what this save changed (save and rollback fill it in)
+    by: str | None = None  # who saved it (the CLI's --by, the OS user by default; the API token's name)
     # Read leniently only (`lenient=True`): secrets that cannot be used, and why (config/codec.py).
     unusable: Mapping[str, str] = field(default_factory=dict)
 
@@ -125,6 +127,19 @@ class SettingsStore:
     def draft(self, realm: str, *, lenient: bool = False) -> DraftSettings | None:
         return self._read_draft(self._redis, realm, lenient=lenient)
 
+    def check_key(self) -> str | None:
+        """Prove MAILWORKER_SECRET_KEY opens the stored secrets: decrypt the saved secret of one realm that
+        has one (ConfigError when the key is missing, malformed or not the one they were sealed with; a
+        secret whose settings were changed behind the store's back is not the key's fault and is left to
+        the job that meets it). Returns the realm checked, or None when no realm stores a secret."""
+        _ = self._box  # a missing or malformed key: ConfigError naming the variable
+        for realm in self.realms():
+            fields = self.saved_fields(realm)
+            if fields and any(name.endswith("_encrypted") for name in fields):
+                self.saved(realm, lenient=True)
+                return realm
+        return None
+
     def saved_fields(self, realm: str) -> dict[str, Any] | None:
         """The saved settings as stored (JSON names), secrets still encrypted, nothing decrypted.
 
@@ -159,6 +174,19 @@ class SettingsStore:
         """The last saved versions, newest first (secrets inside: mask with to_public on output)."""
         entries = self._redis.lrange(self._keys.history(realm), 0, -1)
         return [self._history_entry(realm, str(raw), lenient=lenient) for raw in entries]
+
+    def public_history(self, realm: str) -> list[dict[str, Any]]:
+        """The last saved versions, newest first, as stored: nothing decrypted (no secret key needed), a
+        stored secret shown as the mask. For `settings history` and the admin API's history."""
+        versions = []
+        for raw in self._redis.lrange(self._keys.history(realm), 0, -1):
+            entry = json.loads(raw)
+            versions.append({
+                "version": int(entry["version"]), "saved_at": float(entry["saved_at"]),
+                "note": entry.get("note") or None, "by": entry.get("by") or None,
+                "settings": public_fields(entry["data"]),
+            })  # fmt: skip
+        return versions
 
     def realms(self) -> list[str]:
         return sorted(str(name) for name in self._redis.smembers(self._keys.realms()))
@@ -203,6 +231,7 @@ class SettingsStore:
         expected_version: int | None = None,
         draft_id: str | None = None,
         note: str | None = None,
+        by: str | None = None,
     ) -> SavedSettings:
         """Apply `changes` onto the draft (or the saved settings), validate, and save as the next version.
 
@@ -212,7 +241,7 @@ class SettingsStore:
         save_conflict); without changes the draft is saved as it is. The result lists what changed.
         A `note` is one printable line of at most 500 characters (shown by `settings history`).
         """
-        note = check_note(note)
+        note, by = check_note(note), check_note(by, field="by", limit=200)
         check_realm(realm)
         changes = dict(changes or {})
         draft_key, saved_key = self._keys.draft(realm), self._keys.saved(realm)
@@ -241,7 +270,7 @@ class SettingsStore:
                 )
             settings = self._edit(base, changes)
             done = tuple(diff_settings(saved.settings if saved else None, settings))
-            record = SavedSettings(realm, current + 1, settings, time.time(), note, changes=done)
+            record = SavedSettings(realm, current + 1, settings, time.time(), note, changes=done, by=by)
             pipe.multi()
             self._queue_write(pipe, record)
             pipe.delete(draft_key)
@@ -252,13 +281,15 @@ class SettingsStore:
         """Discard the draft (the Email tab's Revert button); True if there was one."""
         return bool(self._redis.delete(self._keys.draft(realm)))
 
-    def rollback(self, realm: str, to_version: int, *, note: str | None = None) -> SavedSettings:
-        note = check_note(note)
+    def rollback(
+        self, realm: str, to_version: int, *, note: str | None = None, by: str | None = None
+    ) -> SavedSettings:
         """Save the settings of an earlier version (from history) as a new version.
 
         A pending draft is left alone: it was edited from an older version, so saving it later is refused
         as a conflict instead of silently undoing the rollback.
         """
+        note, by = check_note(note), check_note(by, field="by", limit=200)
         check_realm(realm)
         saved_key = self._keys.saved(realm)
         with self._redis.pipeline() as pipe:
@@ -268,7 +299,7 @@ class SettingsStore:
             saved = self._read_saved(pipe, realm, lenient=True)
             record = SavedSettings(
                 realm, current + 1, old.settings, time.time(), note or f"rollback to version {to_version}",
-                changes=tuple(diff_settings(saved.settings if saved else None, old.settings)),
+                changes=tuple(diff_settings(saved.settings if saved else None, old.settings)), by=by,
             )  # fmt: skip
             pipe.multi()
             self._queue_write(pipe, record)
@@ -312,7 +343,8 @@ class SettingsStore:
         """A saved version (the saved hash, or a history entry) with its settings decoded."""
         decoded = self._decode(entry["data"], realm, lenient=lenient)
         return SavedSettings(realm, int(entry["version"]), decoded.settings, float(entry["saved_at"]),
-                             entry.get("note") or None, unusable=decoded.unusable)  # fmt: skip
+                             entry.get("note") or None, unusable=decoded.unusable,
+                             by=entry.get("by") or None)  # fmt: skip
 
     def _read_draft(self, client: Any, realm: str, *, lenient: bool = False) -> DraftSettings | None:
         raw = client.get(self._keys.draft(realm))
@@ -375,9 +407,11 @@ class SettingsStore:
                 "data": json.dumps(data, sort_keys=True, ensure_ascii=False),
                 "saved_at": repr(record.saved_at),
                 "note": record.note or "",
+                "by": record.by or "",
             },
         )
-        entry = {"version": record.version, "data": data, "saved_at": record.saved_at, "note": record.note}
+        entry = {"version": record.version, "data": data, "saved_at": record.saved_at, "note": record.note,
+                 "by": record.by}  # fmt: skip
         pipe.lpush(self._keys.history(realm), json.dumps(entry, sort_keys=True, ensure_ascii=False))
         pipe.ltrim(self._keys.history(realm), 0, self.history_size - 1)
         pipe.sadd(self._keys.realms(), realm)

@@ -25,10 +25,10 @@ from config.names import check_locale, check_template_name
 from tasks.connection import test_connection  # noqa: F401  (re-exported: callers find it with the rest)
 from tasks.waiting import POLL_S, require_worker, wait_result
 from templates.catalogue import DEFAULT_NOTIFY_EVENTS, TEMPLATE_NAMES, event_template
-from worker.app import BULK, BULK_START_TASK, EVENT_TASK, SEND_TASK, TRANSACTIONAL, app
+from worker.app import BULK, BULK_CHUNK_TASK, BULK_START_TASK, EVENT_TASK, SEND_TASK, TRANSACTIONAL, app
 from worker.bulk.recipients import DEFAULT_CHUNK_SIZE
 from worker.jobs.events import event_job, parse_event
-from worker.jobs.lanes import lane_for
+from worker.jobs.lanes import LATER, lane_for
 from worker.jobs.model import (
     EmailJob,
     check_context,
@@ -107,10 +107,13 @@ def _reopen(job_id: str) -> bool:
         return False
     if ledger.state(job_id) is not None:
         ledger.reset(job_id)
+        result(job_id).forget()  # its earlier end must not answer for this run: status is the latest truth
     return True
 
 
-def _publish_tracked(task: str, args: list[Any], job_id: str, lane: int) -> None:
+def _publish_tracked(
+    task: str, args: list[Any], job_id: str, lane: int, *, queue: str = TRANSACTIONAL
+) -> None:
     """Publish the job, then record it in the pending ledger: a job the broker loses is published again
     by a worker's sweeper (worker/jobs/pending.py).
 
@@ -118,8 +121,8 @@ def _publish_tracked(task: str, args: list[Any], job_id: str, lane: int) -> None
     behind its back (a job it never returned an id for); a job that ended before it was recorded is
     recognised as ended by the sweeper.
     """
-    app.send_task(task, args=args, task_id=job_id, queue=TRANSACTIONAL, priority=lane)
-    runtime().pending.track(job_id, task, args, TRANSACTIONAL, lane)
+    app.send_task(task, args=args, task_id=job_id, queue=queue, priority=lane)
+    runtime().pending.track(job_id, task, args, queue, lane)
 
 
 def publish_event(realm: str, event: dict[str, Any], *, idempotency_key: str | None = None) -> str | None:
@@ -167,14 +170,20 @@ def requeue_dead_letter(job_id: str) -> str:
     letter = rt.dead_letters.get(job_id)
     if letter.task == "ingest":  # worker/ingest.py: an entry that never became a job
         raise InvalidInput.one(
-            "job_id", f"{job_id} is an invalid ingest entry, not a job: fix the producer and push it again"
+            "job_id",
+            f"{job_id} is an ingest entry that never became a job: push it again (fix the producer, "
+            "or report an `internal` error)",
         )
     job = EmailJob.model_validate(letter.job).model_copy(
         update={"requeued": letter.job.get("requeued", 0) + 1}
     )
     rt.ledger.reset(job.id)
     result(job.id).forget()  # the dead result must not answer for the new attempt
-    _publish_tracked(SEND_TASK, [job.model_dump(mode="json")], job.id, lane_for(job.expires_at, time.time()))
+    # Back to the queue it came from: a bulk recipient's mail goes to the bulk workers (and their pace),
+    # not ahead of every password reset.
+    queue = BULK if letter.task == BULK_CHUNK_TASK else TRANSACTIONAL
+    lane = LATER if queue == BULK else lane_for(job.expires_at, time.time())
+    _publish_tracked(SEND_TASK, [job.model_dump(mode="json")], job.id, lane, queue=queue)
     rt.dead_letters.remove(job.id)
     return job.id
 

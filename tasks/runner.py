@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 # in first: `retry(max_retries=None)` means "the task's default", which is 3, and the 4th retry would raise
 # MaxRetriesExceededError and end the job as a failed task, neither delivered nor dead-lettered.
 CELERY_RETRY_LIMIT = 1_000_000
+# A rate-limit wait this short is slept in place; a longer one gives the worker back (a countdown).
+RATE_WAIT_IN_PLACE_S = 2.0
 
 
 def run_job(task: Task, job: EmailJob) -> dict[str, Any]:
@@ -183,6 +185,8 @@ def _attempt(task: Task, job: EmailJob, services: Any) -> dict[str, Any]:
     gate = _gate(job, services)
     if gate is not None and not gate.verdict.allowed:
         return _circuit_open(task, job, services, gate)
+    if gate is not None:
+        _within_the_rate_limit(task, job, gate.realm_settings[1])
     attempt = services.ledger.next_attempt(job.id)
     started = time.monotonic()
     try:
@@ -200,6 +204,21 @@ def _attempt(task: Task, job: EmailJob, services: Any) -> dict[str, Any]:
         smtp_code=result["smtp_code"], ms=result["duration_ms"],
     )  # fmt: skip
     return result
+
+
+def _within_the_rate_limit(task: Task, job: EmailJob, settings: SmtpSettings) -> None:
+    """The realm's provider limit holds for all its mail: wait for this job's turn (transactional mail goes
+    before bulk), or come back later when the wait is long or the hourly quota is spent (not an attempt)."""
+    per_second, per_hour = settings.rate_limit_per_second, settings.rate_limit_per_hour
+    if not per_second and not per_hour:
+        return
+    reservation = runtime().limiter.reserve(job.realm, 1, per_second, per_hour, first=True)
+    if reservation.reserved and reservation.wait <= RATE_WAIT_IN_PLACE_S:
+        if reservation.wait > 0:
+            time.sleep(reservation.wait)
+        return
+    runtime().pending.touch(job.id, busy_for=reservation.wait)
+    raise task.retry(countdown=reservation.wait, max_retries=CELERY_RETRY_LIMIT)
 
 
 def _report(gate: _Gate, job: EmailJob, failure: DeliveryFailure) -> None:

@@ -84,13 +84,17 @@ def test_save_show_history(cli: str, capsys: Any, monkeypatch: pytest.MonkeyPatc
     assert (data["version"], data["source"], data["from"]) == (1, "saved", "noreply@acme.example")
     assert data["password"] == "**********"
 
-    run(capsys, monkeypatch, "settings", "save", "--realm", realm, "--timeout", "30", "--note", "slow")
+    run(capsys, monkeypatch, "settings", "save", "--realm", realm, "--timeout", "30", "--note", "slow",
+        "--by", "ops-alice")  # fmt: skip
     code, out, _ = run(capsys, monkeypatch, "settings", "history", "--realm", realm)
-    assert out.splitlines()[0].split() == ["version", "saved_at", "host", "port", "from", "note"]
+    assert out.splitlines()[0].split() == ["version", "saved_at", "host", "port", "from", "by", "note"]
     assert [line.split()[0] for line in out.splitlines()[1:]] == ["2", "1"]
+    assert "ops-alice" in out.splitlines()[1]
     code, out, _ = run(capsys, monkeypatch, "settings", "history", "--realm", realm, "--json")
     history = json.loads(out)
     assert [h["version"] for h in history] == [2, 1] and history[0]["note"] == "slow"
+    assert history[0]["by"] == "ops-alice" and history[1]["by"]  # who saved: --by, else the OS user
+    assert history[0]["settings"]["password"] == "**********"
     assert PASSWORD not in out
 
 

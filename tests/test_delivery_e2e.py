@@ -429,3 +429,30 @@ def test_a_job_whose_worker_died_after_the_data_is_sent_again_and_says_ambiguous
 
     assert result["status"] == "sent" and result["attempts"] == 2 and result["ambiguous"] == 1
     assert len(smtp_server.received_for(to)) == 1
+
+
+def test_the_realms_rate_limit_holds_for_transactional_mail_too(realm, smtp_server):
+    """30 resets to a realm limited to 5/s used to leave in 0.19 s: the provider's limit is for all mail."""
+    save(realm, smtp_server, rate_limit_per_second=5)
+    ids = [api.send_email(realm, "password-reset", unique_address(), context=context()) for _ in range(30)]
+
+    sent_at = sorted(api.wait_for_result(job_id, timeout=60)["sent_at"] for job_id in ids)
+
+    assert sent_at[-1] - sent_at[0] >= (30 - 1) / 5 - 0.5  # 5.8 s at 5/s, less the limiter's slack
+    # No one-second window holds more than the limit (plus one for the window's edges).
+    assert max(sum(1 for t in sent_at if start <= t < start + 1) for start in sent_at) <= 6
+
+
+def test_transactional_mail_goes_first_within_the_realms_limit(realm, smtp_server):
+    """Bulk senders (here: other hosts) have reserved the next 20 s of a 2/s realm; a reset does not wait."""
+    save(realm, smtp_server, rate_limit_per_second=2)
+    limiter = runtime().limiter
+    assert limiter.reserve(realm, 40, 2, None).reserved  # bulk's groups, 40 messages ahead
+    started = time.time()
+    reset = api.send_email(realm, "password-reset", unique_address(), context=context())
+
+    result = api.wait_for_result(reset, timeout=40)
+
+    assert result["status"] == "sent" and result["sent_at"] - started < 3
+    # ...and bulk gives way: its next reservation now waits behind the reset as well.
+    assert limiter.reserve(realm, 1, 2, None).wait >= 40 / 2 - 3

@@ -379,7 +379,7 @@ def test_an_invalid_entry_cannot_be_requeued_and_says_why(consumer: IngestConsum
     consumer.redis.rpush(consumer.source, raw)
     consumer.drain()
     [letter] = invalid_letters(raw)
-    with pytest.raises(InvalidInput, match="is an invalid ingest entry, not a job: fix the producer"):
+    with pytest.raises(InvalidInput, match="is an ingest entry that never became a job: push it again"):
         api.requeue_dead_letter(letter.job_id)
     assert runtime().dead_letters.get(letter.job_id).reason == "invalid"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -60,24 +61,25 @@ def test_status_of_a_sent_and_a_dead_lettered_job(
     assert info["state"] == "SUCCESS" and info["status"] == "sent" and info["attempts"] == 1
     assert info["message_id"] == sent["message_id"] and info["task"] == "mail.send"
     assert "error" not in info
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", info["sent_at"])  # ISO 8601 UTC
 
     code, out, err = run(capsys, "status", dead["job_id"], "--json")
     info = json.loads(out)
-    assert (code, err) == (0, "")
+    assert (code, err) == (1, "")  # ended without delivery: a script sees it in the exit code
     assert info["status"] == "dead-lettered" and info["reason"] == "permanent" and info["attempts"] == 1
     assert info["smtp_code"] == 550 and "mailbox unavailable" in info["error"] and info["realm"] == realm
 
     code, out, _ = run(capsys, "status", dead["job_id"])
     lines = dict(line.split(None, 1) for line in out.splitlines())
-    assert code == 0 and lines["status"] == "dead-lettered" and "mailbox unavailable" in lines["error"]
+    assert code == 1 and lines["status"] == "dead-lettered" and "mailbox unavailable" in lines["error"]
     assert "context" not in out and CONTEXT["link"] not in out  # no personal data from the job
 
 
-def test_status_of_an_unknown_job_says_pending(capsys: Any) -> None:
+def test_status_of_an_unknown_job_says_so_with_exit_code_3(capsys: Any) -> None:
     code, out, _ = run(capsys, "status", f"no-such-{uuid.uuid4().hex}", "--json")
     info = json.loads(out)
-    assert code == 0 and info["state"] == "PENDING" and info["attempts"] == 0
-    assert info["status"].startswith("pending")
+    assert code == 3 and info["state"] == "PENDING" and info["attempts"] == 0
+    assert info["status"].startswith("unknown: no such job")
 
 
 def test_stats_counts_waiting_messages_of_every_priority_under_the_broker_prefix(key_prefix: str) -> None:
@@ -130,11 +132,11 @@ def test_health_is_0_when_redis_the_settings_and_the_worker_answer(
     code, out, err = run(capsys, "health", "--timeout", "5", "--node", celery_worker.hostname)
     assert (code, err) == (0, "")
     rows = [line.split()[:2] for line in out.splitlines()]
-    assert rows[:2] == [["ok", "store"], ["ok", "settings"]]
+    assert rows[:3] == [["ok", "store"], ["ok", "settings"], ["ok", "secrets"]]
     # This machine's Redis keeps nothing on disk: said, but not a failure (many run it so on purpose).
-    assert rows[2] in (["ok", "persistence"], ["warn", "persistence"])
-    assert rows[3:] == [["ok", "broker"], ["ok", "workers"]]
-    assert celery_worker.hostname in out.splitlines()[4]
+    assert rows[3] in (["ok", "persistence"], ["warn", "persistence"])
+    assert rows[4:] == [["ok", "broker"], ["ok", "workers"]]
+    assert celery_worker.hostname in out.splitlines()[5]
 
     code, out, _ = run(capsys, "health", "--timeout", "5")  # without --node: every queue must be served
     queues = [line.split()[:3] for line in out.splitlines() if line.split()[1] == "queue"]

@@ -24,9 +24,11 @@ if TYPE_CHECKING:
     from worker.delivery.breaker import CircuitBreaker
     from worker.delivery.deliver import Services
     from worker.delivery.oauth import TokenProvider
+    from worker.delivery.ratelimit import RateLimiter
     from worker.jobs.deadletters import DeadLetterStore
     from worker.jobs.ledger import DeliveryLedger
     from worker.jobs.pending import PendingJobs
+    from worker.jobs.stats import Stats
     from worker.liveness.heartbeat import Claims, Heartbeat, LiveWorkers
 
 
@@ -82,6 +84,20 @@ class Runtime:
                               ended_ttl=2 * self.settings.lost_job_grace)  # fmt: skip
 
     @cached_property
+    def limiter(self) -> RateLimiter:
+        """The realms' provider limits, shared by every worker (worker/delivery/ratelimit.py)."""
+        from worker.delivery.ratelimit import RateLimiter
+
+        return RateLimiter(self.redis, self.keys)
+
+    @cached_property
+    def stats(self) -> Stats:
+        """Per-realm counters; need no secret key (`stats`, the ingest consumer)."""
+        from worker.jobs.stats import Stats
+
+        return Stats(self.redis, self.keys)
+
+    @cached_property
     def bulk_jobs(self) -> BulkJobs:
         """Bulk jobs in Redis; kept as long as an idempotency key (a job outlives its run by days)."""
         from worker.bulk.progress import BulkJobs
@@ -111,7 +127,6 @@ class Runtime:
     def services(self) -> Services:
         from worker.delivery.deliver import Services, ThreadPools
         from worker.delivery.settings_cache import SettingsCache
-        from worker.jobs.stats import Stats
         from worker.policy import RetryPolicy
 
         return Services(
@@ -121,7 +136,7 @@ class Runtime:
             pools=ThreadPools(),
             ledger=self.ledger,
             dead=self.dead_letters,
-            stats=Stats(self.redis, self.keys),
+            stats=self.stats,
             oauth=self.oauth,
             policy=RetryPolicy(
                 max_attempts=self.settings.max_attempts,

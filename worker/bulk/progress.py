@@ -157,14 +157,23 @@ class BulkJobs:
                chunk_size: int) -> None:  # fmt: skip
         """The job hash in state `loading`: chunks are written next, tasks enqueued once all are in."""
         key = self.keys.bulk_job(job_id)
+        now = time.time()
         pipe = self.redis.pipeline()
         pipe.hset(key, mapping={
             "realm": realm, "template": template, "locale": locale or "", "context": json.dumps(context),
             "chunk_size": chunk_size, "state": LOADING, "total": 0, "chunks": 0, "chunks_done": 0,
-            "sent": 0, "failed": 0, "cancelled": 0, "created_at": repr(time.time()),
+            "sent": 0, "failed": 0, "cancelled": 0, "created_at": repr(now),
         })  # fmt: skip
         pipe.expire(key, self.ttl)
+        # The index forgets what expired with it, and expires with its last job.
+        pipe.zadd(self.keys.bulk_jobs(), {job_id: now})
+        pipe.zremrangebyscore(self.keys.bulk_jobs(), "-inf", f"({now - self.ttl}")
+        pipe.expire(self.keys.bulk_jobs(), self.ttl)
         pipe.execute()
+
+    def newest(self) -> list[str]:
+        """Bulk job ids, newest first (those whose job has not expired)."""
+        return [str(job_id) for job_id in self.redis.zrevrange(self.keys.bulk_jobs(), 0, -1)]
 
     def write_chunks(self, job_id: str, first_chunk: int, chunks: Sequence[Sequence[dict[str, Any]]]) -> None:
         """Store chunks `first_chunk`, `first_chunk + 1`, ... in one round trip."""
@@ -190,6 +199,7 @@ class BulkJobs:
 
     def discard(self, job_id: str, chunks: int) -> None:
         """Forget a job that never started (its recipients failed validation)."""
+        self.redis.zrem(self.keys.bulk_jobs(), job_id)
         names = [self.keys.bulk_job(job_id), self.keys.bulk_done(job_id), self.keys.bulk_chunks_done(job_id)]
         names += [self.keys.bulk_chunk(job_id, n) for n in range(chunks)]
         for start in range(0, len(names), 1000):

@@ -8,6 +8,7 @@ from typing import Any
 
 from config.errors import InvalidInput
 from worker.cli.common import print_json, shown, table
+from worker.cli.formats import cut_notice, duration, page, with_iso_times
 from worker.jobs.deadletters import REASONS
 
 
@@ -15,10 +16,11 @@ def register(subparsers: Any) -> None:
     dead = subparsers.add_parser("dead", help="dead letters: list, show, requeue, purge")
     commands = dead.add_subparsers(dest="dead_command", required=True)
 
-    listing = commands.add_parser("list", help="dead jobs, newest first")
+    listing = commands.add_parser("list", help="dead jobs, newest first, a page at a time")
     listing.add_argument("--realm")
     listing.add_argument("--reason", choices=REASONS)
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    listing.add_argument("--after", metavar="JOB_ID", help="the page after this job (the last one shown)")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=list_dead)
 
@@ -37,7 +39,8 @@ def register(subparsers: Any) -> None:
     purge = commands.add_parser("purge", help="delete dead jobs")
     purge.add_argument("--realm")
     purge.add_argument("--reason", choices=REASONS)
-    purge.add_argument("--older-than", type=float, metavar="SECONDS")
+    purge.add_argument("--older-than", type=duration, metavar="DURATION",
+                       help="only those dead longer than this: 3600, 90m, 12h, 7d, 2w")  # fmt: skip
     purge.add_argument("--yes", action="store_true", help="really delete")
     purge.set_defaults(handler=purge_dead)
 
@@ -50,12 +53,18 @@ def _ago(ts: float) -> str:
     return f"{seconds}s ago"
 
 
+def letter_json(letter: Any) -> dict[str, Any]:
+    """A dead letter as every --json output shows it (times in ISO 8601 UTC)."""
+    return with_iso_times(letter.public(), ("died_at", "first_attempt_at"))
+
+
 def list_dead(args: argparse.Namespace) -> int:
     from worker.runtime import runtime
 
-    letters = runtime().dead_letters.list(realm=args.realm, reason=args.reason, limit=args.limit)
+    found = runtime().dead_letters.list(realm=args.realm, reason=args.reason, limit=10**9)
+    letters, next_after = page(found, key=lambda lt: lt.job_id, after=args.after, limit=args.limit)
     if args.json:
-        print_json([letter.public() for letter in letters])
+        print_json({"dead_letters": [letter_json(lt) for lt in letters], "next_after": next_after})
         return 0
     if not letters:
         print("no dead letters")
@@ -74,6 +83,9 @@ def list_dead(args: argparse.Namespace) -> int:
         for lt in letters
     ]
     print(table(rows, ["JOB", "REALM", "TEMPLATE", "TO", "REASON", "ATTEMPTS", "DIED", "ERROR"]))
+    more = cut_notice(len(letters), next_after, "mailworker dead list")
+    if more:
+        print(more)
     return 0
 
 
@@ -82,9 +94,9 @@ def show_dead(args: argparse.Namespace) -> int:
 
     letter = runtime().dead_letters.get(args.job_id)
     if args.json:
-        print_json(letter.public())
+        print_json(letter_json(letter))
         return 0
-    for name, value in letter.public().items():
+    for name, value in letter_json(letter).items():
         print(f"{name:17} {shown(value)}")
     return 0
 

@@ -5,6 +5,7 @@ What it checks, in order, one line each (`ok`, `warn` or `FAIL`):
 - store:       the config store's Redis answers;
 - settings:    the store holds its epoch (config/epoch.py): without it every realm's settings are gone
                (Redis lost its data, or nothing was saved yet); a wipe a worker noticed is named;
+- secrets:     MAILWORKER_SECRET_KEY opens the stored secrets (warn when this shell has no key);
 - persistence: whether that Redis keeps anything on disk (warn only: a restart would lose queued mail);
 - broker:      the broker's Redis answers;
 - workers:     every queue has a live consumer (heartbeat within one lease, worker/liveness/heartbeat.py), or
@@ -55,6 +56,21 @@ def settings_check(store: Any) -> Check:
     return OK, f"settings stored since {created} ({len(store.realms())} realm(s))"
 
 
+def secrets_check(settings: Any, store: Any) -> Check:
+    """Does MAILWORKER_SECRET_KEY (as this shell has it) open the stored secrets?"""
+    from config.errors import ConfigError
+
+    if settings.secret_key is None and not getattr(settings, "secret_key_file", None):
+        return WARN, "secrets MAILWORKER_SECRET_KEY is not set here: not checked (workers need it)"
+    try:
+        realm = store.check_key()
+    except ConfigError as error:
+        return FAIL, f"secrets {error}"
+    if realm is None:
+        return OK, "secrets the key is usable (no realm stores a secret yet)"
+    return OK, f"secrets the key opens the stored secrets (checked on realm {realm})"
+
+
 def workers_check(registry: Any, nodes: Sequence[str]) -> list[Check]:
     from worker.app import QUEUES
 
@@ -97,6 +113,7 @@ def check_health(timeout: float, nodes: Sequence[str] = ()) -> list[Check]:
         client.ping()
         checks.append((OK, f"store   {redact_url(settings.store_url)} answers ({_ms(started)})"))
         checks.append(settings_check(rt.store))
+        checks.append(secrets_check(settings, rt.store))
         keeps, what = persistence(client)  # config/redis.py
         checks.append((OK if keeps else WARN, f"persistence {what}"))
         store_ok = True

@@ -31,7 +31,7 @@ def build_consumer(name: str, block: float) -> Any:
     def count_dead(realm: str) -> None:
         # Only realms that exist get counters: a producer's typo must not add a realm to `mailworker stats`.
         if realm in rt.store.realms():
-            rt.services.stats.count(realm, "dead")
+            rt.stats.count(realm, "dead")
 
     return IngestConsumer(
         ingest_client(rt.settings.store_url, block),

@@ -1,4 +1,7 @@
-"""`mailworker job JOB_ID [--watch] [--json]` and `mailworker job cancel JOB_ID`: bulk job progress.
+"""`mailworker job JOB_ID [--watch] [--json]`, `job cancel JOB_ID` and `job list`: bulk jobs.
+
+`--watch` exits 0 when the job ends done, 1 when it ends failed or cancelled; `--watch --json` prints one
+JSON object per line (JSON Lines), each a progress as `job JOB_ID --json` prints it.
 
 $ mailworker job bulk-3f2a...
 bulk-3f2a...  realm acme  template policy-change  running
@@ -9,28 +12,61 @@ sent 46,990  failed 10  cancelled 0  pending 53,000  rate 3,105/s  elapsed 15s  
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from typing import Any
 
-from config.errors import InvalidInput
-from worker.cli.common import print_json, shown
+from config.errors import InvalidInput, NotFound
+from worker.cli.common import print_json, shown, table
+from worker.cli.formats import FAILED, OK, cut_notice, iso, json_line, page, with_iso_times
 
 BAR_WIDTH = 30
 
 
 def register(subparsers: Any) -> None:
     job = subparsers.add_parser(
-        "job", help="a bulk job's progress (--watch to follow it), or `job cancel JOB_ID` to stop it"
+        "job", help="a bulk job's progress (--watch to follow it); `job cancel JOB_ID`; `job list`"
     )
-    job.add_argument("job_id", help="the bulk job id (send_bulk's return value), or `cancel`")
+    job.add_argument("job_id", help="the bulk job id (send_bulk's return value), or `cancel`, or `list`")
     job.add_argument("cancel_id", nargs="?", metavar="JOB_ID", help="with `cancel`: the job to stop")
     job.add_argument(
         "--watch", "-w", action="store_true", help="redraw every --interval seconds until it ends"
     )
     job.add_argument("--interval", type=float, default=1.0, help="seconds between redraws (default 1)")
     job.add_argument("--json", action="store_true")
+    job.add_argument("--limit", type=int, default=20, help="with `list`: at most this many (default 20)")
+    job.add_argument("--after", metavar="JOB_ID", help="with `list`: the page after this job")
     job.set_defaults(handler=show_job)
+
+
+def progress_json(progress: dict[str, Any]) -> dict[str, Any]:
+    """A bulk job's progress as every --json output shows it (times in ISO 8601 UTC)."""
+    return with_iso_times(progress, ("created_at", "started_at", "finished_at"))
+
+
+def list_jobs(args: argparse.Namespace) -> int:
+    from worker.runtime import runtime
+
+    jobs = runtime().bulk_jobs
+    chosen, next_after = page(jobs.newest(), key=lambda job_id: job_id, after=args.after, limit=args.limit)
+    found = []
+    for job_id in chosen:
+        with contextlib.suppress(NotFound):  # expired between the index and now
+            found.append(jobs.progress(job_id).to_dict())
+    if args.json:
+        print_json({"jobs": [progress_json(p) for p in found], "next_after": next_after})
+        return OK
+    if not found:
+        print("no bulk jobs")
+        return OK
+    rows = [[p["job_id"], p["realm"], p["template"], p["state"], f"{p['sent']:,}/{p['total']:,}",
+             str(p["failed"]), str(iso(p["created_at"]))] for p in found]  # fmt: skip
+    print(table(rows, ["JOB", "REALM", "TEMPLATE", "STATE", "SENT", "FAILED", "CREATED"]))
+    more = cut_notice(len(found), next_after, "mailworker job list")
+    if more:
+        print(more)
+    return OK
 
 
 def _duration(seconds: float) -> str:
@@ -69,6 +105,8 @@ def render_progress(p: dict[str, Any], now: float | None = None) -> str:
 def show_job(args: argparse.Namespace) -> int:
     from tasks import api
 
+    if args.job_id == "list":
+        return list_jobs(args)
     if args.job_id == "cancel":
         if not args.cancel_id:
             raise InvalidInput.one("JOB_ID", "name the job to cancel: mailworker job cancel JOB_ID")
@@ -84,13 +122,13 @@ def show_job(args: argparse.Namespace) -> int:
         raise InvalidInput.one("--interval", "must be a positive number of seconds")
     progress = api.bulk_progress(args.job_id)
     if args.json and not args.watch:
-        print_json(progress)
-        return 0
+        print_json(progress_json(progress))
+        return OK
     live = args.watch and sys.stdout.isatty() and not args.json
     lines = 0
     while True:
         if args.json:
-            print_json(progress)
+            print(json_line(progress_json(progress)), flush=True)  # JSON Lines: one object per line
         else:
             text = render_progress(progress)
             if live and lines:
@@ -101,7 +139,9 @@ def show_job(args: argparse.Namespace) -> int:
             progress["state"] in ("done", "cancelled", "failed")
             and progress["chunks_done"] >= progress["chunks"]
         )
-        if not args.watch or finished:
-            return 0
+        if not args.watch:
+            return OK
+        if finished:
+            return OK if progress["state"] == "done" else FAILED
         time.sleep(args.interval)
         progress = api.bulk_progress(args.job_id)

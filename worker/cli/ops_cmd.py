@@ -7,12 +7,12 @@ a URL's credentials are masked (config/redis.py), in the errors of the libraries
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from config.errors import ConfigError
 from config.redis import redact_url, redact_urls_in
 from worker.cli.common import print_json, shown, table
+from worker.cli.formats import FAILED, NOT_ENDED, NOT_FOUND, OK, iso, with_iso_times
 
 if TYPE_CHECKING:
     from config.settings import ServiceSettings
@@ -83,12 +83,13 @@ def job_status(task_id: str) -> dict[str, Any]:
     if delivered is not None and "status" not in info:
         info.update(status="sent", message_id=delivered.get("message_id"), sent_at=delivered.get("sent_at"))
     if state == "PENDING" and "status" not in info:
-        wipe = rt.store.wipe()
-        info["status"] = (
-            "pending (waiting in a queue, or no such job)"
-            if wipe is None
-            else "pending (waiting in a queue, or no such job, or lost when the store was wiped)"
-        )
+        # Celery says PENDING for a job it never heard of too: the pending ledger knows the queued ones.
+        if facts or rt.redis.exists(rt.keys.pending_job(task_id)):
+            info["status"] = "queued"
+        else:
+            info["known"] = False
+            wiped = " (or lost when the store was wiped)" if rt.store.wipe() is not None else ""
+            info["status"] = f"unknown: no such job, or its records expired{wiped}"
     for name in ("name", "worker", "queue", "date_done"):
         extended = getattr(result, name, None)
         if extended is not None:
@@ -97,23 +98,42 @@ def job_status(task_id: str) -> dict[str, Any]:
     return info
 
 
+DELIVERED = ("sent", "duplicate-skipped", "ignored")  # ignored: an event the realm does not notify
+NOT_DELIVERED = ("dead-lettered", "dropped", "rejected", "failure")
+
+
+def status_exit(info: dict[str, Any]) -> int:
+    """The exit code of `mailworker status` (worker/cli/formats.py): 0 delivered, 1 ended without, 3 no
+    such job, 4 not ended yet."""
+    status = str(info.get("status", ""))
+    if status in DELIVERED:
+        return OK
+    if status in NOT_DELIVERED:
+        return FAILED
+    if info.get("known") is False:
+        return NOT_FOUND
+    return NOT_ENDED
+
+
 def show_status(args: argparse.Namespace) -> int:
     info = job_status(args.task_id)
+    code = status_exit(info)
+    info.pop("known", None)
     if args.json:
-        print_json(info)
-        return 0
+        print_json(with_iso_times(info, ("sent_at", "died_at")))
+        return code
     order = ("job_id", "state", "status", "task", "realm", "attempts", "ambiguous", "maybe_delivered", "reason",
              "error", "retry", "last_error", "smtp_code", "message_id", "sent_at", "died_at", "worker", "queue",
              "date_done")  # fmt: skip
     for name in order:
         if name in info:
             print(f"{name:11} {_shown(name, info[name])}")
-    return 0
+    return code
 
 
 def _shown(name: str, value: Any) -> str:
     if name in ("sent_at", "died_at") and isinstance(value, int | float):
-        return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return str(iso(value))
     return shown(value)
 
 
@@ -157,13 +177,12 @@ def queue_depths(settings: ServiceSettings) -> dict[str, Any]:
 
 
 def collect_stats(settings: ServiceSettings | None = None, now: float | None = None) -> dict[str, Any]:
-    from worker.jobs.stats import Stats
     from worker.runtime import runtime
 
     rt = runtime()
     data = queue_depths(settings or rt.settings)
     data["dead_letters"] = rt.dead_letters.count()
-    stats = Stats(rt.redis, rt.keys)  # not rt.services: stats must not need MAILWORKER_SECRET_KEY
+    stats = rt.stats  # not rt.services: stats must not need MAILWORKER_SECRET_KEY
     realms: dict[str, dict[str, int]] = {}
     for realm in stats.realms():
         counts = stats.last_hour(realm, now=now)

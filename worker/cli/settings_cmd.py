@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+import getpass
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +20,7 @@ import redis
 
 from config.crypto import new_key
 from config.errors import ConfigError, InvalidInput, NotFound
+from config.names import check_realm
 from config.redis import redact_url
 from config.store import DraftSettings, SavedSettings, SettingsStore
 from worker.cli.common import print_json, table
@@ -95,6 +98,7 @@ def register(subparsers: Any) -> None:
         "as it is",
     )
     save.add_argument("--note", help="a note kept with this version in the history")
+    _add_by(save)
     _add_json(save)
     save.set_defaults(handler=handle_save)
 
@@ -116,6 +120,7 @@ def register(subparsers: Any) -> None:
     rollback = commands.add_parser("rollback", help="save an earlier version again, as a new version")
     _add_realm(rollback)
     rollback.add_argument("--to", type=int, required=True, metavar="VERSION", dest="to_version")
+    _add_by(rollback)
     _add_json(rollback)
     rollback.set_defaults(handler=handle_rollback)
 
@@ -148,6 +153,21 @@ def settings_group(subparsers: Any) -> Any:
 
 def _add_realm(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--realm", required=True, help="realm name")
+
+
+def _add_by(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--by", default=None, metavar="WHO",
+                        help="who saves, kept in the history (default: the user running the command)")  # fmt: skip
+
+
+def who(args: argparse.Namespace) -> str:
+    """The --by given, else the OS user running the command (an audit trail even from a plain shell)."""
+    if args.by:
+        return str(args.by)
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
+        return f"uid {os.getuid()}"
 
 
 def _add_json(parser: argparse.ArgumentParser) -> None:
@@ -254,15 +274,18 @@ def handle_save(args: argparse.Namespace) -> int:
             "", f"nothing to save: {args.realm} has no draft and no field option was given (see --help)"
         )
     saved = store.save(
-        args.realm, changes, expected_version=args.expect_version, draft_id=args.draft_id, note=args.note
-    )
+        args.realm, changes, expected_version=args.expect_version, draft_id=args.draft_id, note=args.note,
+        by=who(args),
+    )  # fmt: skip
     print_saved(saved, args.json)
     return 0
 
 
 @store_errors
 def handle_revert(args: argparse.Namespace) -> int:
-    if open_store().revert(args.realm):
+    from worker.runtime import runtime
+
+    if runtime().store.revert(check_realm(args.realm)):  # deletes the draft: no secret key needed
         print(f"draft of {args.realm} discarded")
     else:
         print(f"{args.realm} has no draft: nothing to revert")
@@ -307,31 +330,28 @@ def handle_show(args: argparse.Namespace) -> int:
 
 @store_errors
 def handle_history(args: argparse.Namespace) -> int:
-    entries = open_store().history(args.realm, lenient=True)
+    from worker.runtime import runtime
+
+    # Read as stored, nothing decrypted: history needs no MAILWORKER_SECRET_KEY.
+    versions = runtime().store.public_history(check_realm(args.realm))
     if args.json:
-        print_json([history_json(entry) for entry in entries])
+        print_json([history_json(version) for version in versions])
         return 0
-    if not entries:
+    if not versions:
         print(f"{args.realm} has no saved versions")
         return 0
     rows = [
-        [
-            str(e.version),
-            when(e.saved_at),
-            e.settings.host,
-            str(e.settings.port),
-            e.settings.from_address,
-            e.note or "",
-        ]
-        for e in entries
-    ]
-    print(table(rows, ["version", "saved_at", "host", "port", "from", "note"]))
+        [str(v["version"]), when(v["saved_at"]), str(v["settings"].get("host", "")),
+         str(v["settings"].get("port", "")), str(v["settings"].get("from", "")), v["by"] or "", v["note"] or ""]
+        for v in versions
+    ]  # fmt: skip
+    print(table(rows, ["version", "saved_at", "host", "port", "from", "by", "note"]))
     return 0
 
 
 @store_errors
 def handle_rollback(args: argparse.Namespace) -> int:
-    print_saved(open_store().rollback(args.realm, args.to_version), args.json)
+    print_saved(open_store().rollback(args.realm, args.to_version, by=who(args)), args.json)
     return 0
 
 

@@ -18,13 +18,9 @@ def settings_json(settings: SmtpSettings, source: str, version: int) -> dict[str
     return {**settings.to_public(), "version": version, "source": source}
 
 
-def history_json(entry: SavedSettings) -> dict[str, Any]:
-    return {
-        "version": entry.version,
-        "saved_at": when(entry.saved_at),
-        "note": entry.note,
-        "settings": entry.settings.to_public(),
-    }
+def history_json(version: dict[str, Any]) -> dict[str, Any]:
+    """One saved version as `settings history --json` prints it (config.store.public_history)."""
+    return {**version, "saved_at": when(version["saved_at"])}
 
 
 def print_saved(saved: SavedSettings, as_json: bool) -> None:

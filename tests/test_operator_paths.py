@@ -1,0 +1,111 @@
+"""What an operator leans on: commands that need no secret key, a job's status as its latest truth, a
+requeued bulk dead letter back on the bulk queue. Real Redis, the session's in-thread worker, real SMTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks import api
+from tests.support.smtp_server import SmtpTestServer
+from worker.runtime import runtime
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTEXT = {"user": {"username": "alice"}, "link": "https://iam.example.com/r?k=1", "link_expiration": 30}
+
+
+def address() -> str:
+    return f"op-{uuid.uuid4().hex[:8]}@example.com"
+
+
+def without_key(*argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MAILWORKER_SECRET_KEY"}
+    return subprocess.run([sys.executable, "-m", "worker.cli", *argv], cwd=ROOT, env=env, input=stdin,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+PRODUCER = """
+import json, sys
+from tasks import api
+job = api.send_email(sys.argv[1], "password-reset", sys.argv[2], idempotency_key=sys.argv[3],
+                     context={"user": {"username": "a"}, "link": "https://iam.example.com/r", "link_expiration": 30})
+print(job)
+"""
+
+
+def test_commands_and_producers_that_decrypt_nothing_need_no_secret_key(
+    celery_worker: Any, realm: str, smtp_server: SmtpTestServer
+) -> None:
+    rt = runtime()
+    rt.store.save(realm, smtp_server.settings_dict())
+    rt.store.set_draft(realm, {"port": 2525})
+    smtp_server.reject_recipient("gone@example.com")
+    dead = api.send_email(realm, "password-reset", "gone@example.com", context=CONTEXT)
+    assert api.wait_for_result(dead)["status"] == "dead-lettered"
+    env = {k: v for k, v in os.environ.items() if k != "MAILWORKER_SECRET_KEY"}
+
+    produced = subprocess.run([sys.executable, "-c", PRODUCER, realm, address(), f"k-{uuid.uuid4().hex}"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert produced.returncode == 0, produced.stderr  # an idempotency key needs no key either
+    for argv in (["settings", "history", "--realm", realm], ["settings", "revert", "--realm", realm],
+                 ["stats", "--json"], ["realms", "--json"], ["status", dead, "--json"],
+                 ["dead", "requeue", dead]):  # fmt: skip
+        done = without_key(*argv)
+        assert done.returncode in (0, 1), (argv, done.stderr)  # status of a dead job: 1, by design
+        assert "MAILWORKER_SECRET_KEY" not in done.stderr, (argv, done.stderr)
+    assert rt.store.draft(realm) is None  # the revert happened
+    assert api.wait_for_result(produced.stdout.strip())["status"] == "sent"
+
+
+def test_a_job_dropped_then_sent_again_under_its_key_says_sent(
+    celery_worker: Any, realm: str, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = runtime()
+    rt.store.save(realm, smtp_server.settings_dict())
+    monkeypatch.setattr(rt.settings, "recipient_cooldown", 30)
+    to, key = address(), f"reset-{uuid.uuid4().hex}"
+    first = api.send_email(realm, "password-reset", to, context=CONTEXT)
+    assert api.wait_for_result(first)["status"] == "sent"
+    dropped = api.send_email(realm, "password-reset", to, context=CONTEXT, idempotency_key=key)
+    assert api.wait_for_result(dropped)["status"] == "dropped"
+
+    rt.redis.delete(rt.keys.cooldown(realm, "password-reset", to))  # the cooldown has passed
+    again = api.send_email(realm, "password-reset", to, context=CONTEXT, idempotency_key=key)
+
+    assert again == dropped
+    assert api.wait_for_result(again)["status"] == "sent"  # not the stale "dropped" of the first run
+    status = subprocess.run([sys.executable, "-m", "worker.cli", "status", again, "--json"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert (status.returncode, json.loads(status.stdout)["status"]) == (0, "sent")
+    assert len(smtp_server.received_for(to)) == 2
+
+
+def test_a_requeued_bulk_dead_letter_goes_back_to_the_bulk_queue(
+    celery_worker: Any, realm: str, smtp_server: SmtpTestServer
+) -> None:
+    from config.names import BULK, BULK_CHUNK_TASK
+    from worker.jobs.deadletters import DeadLetter
+    from worker.jobs.model import new_job
+
+    rt = runtime()
+    rt.store.save(realm, smtp_server.settings_dict())
+    job = new_job(realm, "notice", address(), context={"notice": {"subject": "S", "body": "B"}})
+    job = job.model_copy(update={"id": f"bulk-{uuid.uuid4().hex}-7"})
+    rt.dead_letters.add(DeadLetter(job_id=job.id, realm=realm, template="notice", to=job.to, reason="exhausted",
+                                   error="451 x", attempts=3, task=BULK_CHUNK_TASK,
+                                   job=job.model_dump(mode="json")))  # fmt: skip
+
+    api.requeue_dead_letter(job.id)
+
+    entry = json.loads(rt.redis.get(rt.keys.pending_job(job.id)))
+    assert entry["queue"] == BULK and entry["task"] == "mail.send"
+    assert api.wait_for_result(job.id)["status"] == "sent"  # taken up by a worker of the bulk queue

@@ -1,0 +1,60 @@
+"""`mailworker realms`: the realms with saved settings, their version, and whether a draft is pending."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from worker.cli.common import print_json, table
+from worker.cli.formats import OK, cut_notice, iso, page
+
+
+def register(subparsers: Any) -> None:
+    realms = subparsers.add_parser("realms", help="the realms with saved settings: version, draft pending")
+    realms.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    realms.add_argument("--after", metavar="REALM", help="the page after this realm (the last one shown)")
+    realms.add_argument("--json", action="store_true")
+    realms.set_defaults(handler=list_realms)
+
+
+def realm_rows(names: list[str]) -> list[dict[str, Any]]:
+    """Each realm's saved version, when and by whom it was saved, and its draft: read as stored, nothing
+    decrypted (needs no MAILWORKER_SECRET_KEY)."""
+    from worker.runtime import runtime
+
+    rt = runtime()
+    pipe = rt.redis.pipeline(transaction=False)
+    for name in names:
+        pipe.hmget(rt.keys.saved(name), "version", "saved_at", "by")
+        pipe.exists(rt.keys.draft(name))
+    replies = pipe.execute()
+    rows = []
+    for index, name in enumerate(names):
+        version, saved_at, by = replies[2 * index]
+        rows.append({
+            "realm": name, "version": int(version or 0), "saved_at": iso(float(saved_at)) if saved_at else None,
+            "by": by or None, "draft_pending": bool(replies[2 * index + 1]),
+        })  # fmt: skip
+    return rows
+
+
+def list_realms(args: argparse.Namespace) -> int:
+    from worker.runtime import runtime
+
+    names, next_after = page(
+        runtime().store.realms(), key=lambda name: name, after=args.after, limit=args.limit
+    )
+    rows = realm_rows(names)
+    if args.json:
+        print_json({"realms": rows, "next_after": next_after})
+        return OK
+    if not rows:
+        print("no realm has saved settings yet: `mailworker settings save --realm R --from ... --host ...`")
+        return OK
+    print(table([[r["realm"], str(r["version"]), r["saved_at"] or "-", r["by"] or "-",
+                  "yes" if r["draft_pending"] else "no"] for r in rows],
+                ["REALM", "VERSION", "SAVED_AT", "BY", "DRAFT"]))  # fmt: skip
+    more = cut_notice(len(rows), next_after, "mailworker realms")
+    if more:
+        print(more)
+    return OK
