@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,10 @@ from tests.support.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
+
+
+def log(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
@@ -211,6 +216,23 @@ def ping_workers(app: object, expected: int, timeout: float) -> list[str]:
 
     wait_until(answered, timeout, f"{expected} Celery worker(s) to answer a ping", interval=0.2)
     return names
+
+
+# The processes this run started (for the CPU split between the bench and the rest of the machine): each
+# entry is asked for its pids when the CPU is sampled, since worker pools fork and end during the run.
+OWN: list[Callable[[], list[int]]] = [lambda: [os.getpid()]]
+
+
+def own_pids() -> list[int]:
+    pids: set[int] = set()
+    for source in OWN:
+        with contextlib.suppress(Exception):
+            pids.update(source())
+    return sorted(pids)
+
+
+def own_tree(workers: Workers) -> Callable[[], list[int]]:
+    return lambda: process_tree(workers.pid) if workers.running() else []
 
 
 # ---- machine ---------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from typing import Any
 
 import redis
 
+from bench.figures import percentile as nearest_rank
 from config.settings import ServiceSettings
 from tests.support.redis_server import RedisServer
 from tests.support.smtp_server import session_ca
@@ -318,10 +319,13 @@ class Cluster:
 
 
 def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+    """bench.figures.percentile (nearest rank), one definition for the bench's and the scenarios' figures.
+
+    NaN rather than None for no samples: the scenarios compute ratios and comparisons with it, and NaN
+    makes those fail their assertion instead of raising a TypeError before the assertion that says why.
+    """
+    value = nearest_rank(values, q)
+    return float("nan") if value is None else value
 
 
 def latencies(results: dict[str, dict[str, Any]], jobs: dict[str, EmailJob]) -> list[float]:
