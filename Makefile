@@ -4,15 +4,32 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install test lint demo bench reliability clean
+.PHONY: install test lint lock demo bench reliability clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The versions are the locked ones (requirements-dev.lock, see `lock`): CI and every developer test the
+# same dependencies, and a new release upstream changes nothing until `make lock` takes it.
+$(STAMP): pyproject.toml requirements-dev.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c requirements-dev.lock -e '.[test]'
 	@touch $(STAMP)
+
+# Regenerates both lock files from pyproject.toml (needs PyPI; uv resolves for Linux, macOS and Windows
+# at once). requirements-dev.lock pins every extra and is what `make install` takes as constraints, without
+# hashes, since pip refuses an editable install next to hashes. requirements.lock is the image's part
+# (runtime, Flower, the build backend) at the same versions, with hashes for the Dockerfile's
+# --require-hashes. Pins already there are kept; `make lock LOCK_ARGS=--upgrade` takes the newest allowed.
+UV_VERSION = 0.13.9
+LOCK_FLAGS = --quiet --universal --python-version 3.11 --custom-compile-command "make lock" $(LOCK_ARGS)
+lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet 'uv==$(UV_VERSION)'
+	$(BIN)/uv pip compile $(LOCK_FLAGS) --extra monitor --extra test -o requirements-dev.lock pyproject.toml
+	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+		| $(BIN)/uv pip compile $(LOCK_FLAGS) --generate-hashes --extra monitor -c requirements-dev.lock \
+		-o requirements.lock pyproject.toml -
 
 # The whole suite but the slow fault scenarios; starts its own redis-server when none answers.
 test: install

@@ -5,7 +5,9 @@ This is the one place configuration comes from; every other module receives a `S
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -25,6 +27,9 @@ class ServiceSettings(BaseSettings):
     store_url: str = DEFAULT_REDIS_URL
     # Comma-separated Fernet keys; the first encrypts, all decrypt (rotation: prepend the new key).
     secret_key: SecretStr | None = None
+    # A file holding that value instead (a Docker or Kubernetes secret, /run/secrets/<name>): a key in the
+    # environment shows in `docker inspect`, `docker compose config` and every child process.
+    secret_key_file: str | None = None
     # Every Redis key the service writes starts with this; tests use their own prefix.
     key_prefix: str = "mailworker"
     # Prefix for the broker's own keys (kombu's global_keyprefix); empty in production, set by tests.
@@ -94,6 +99,18 @@ class ServiceSettings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _secret_key_from_file(self) -> ServiceSettings:
+        if not (self.secret_key_file or "").strip():
+            return self
+        if self.secret_key is not None and self.secret_key.get_secret_value().strip():
+            # Two sources would disagree after a rotation that updated only one of them.
+            raise ValueError(
+                "MAILWORKER_SECRET_KEY and MAILWORKER_SECRET_KEY_FILE are both set: keep one of them"
+            )
+        self.secret_key = SecretStr(read_key_file(self.secret_key_file or ""))
+        return self
+
     @property
     def heartbeat_interval(self) -> float:
         return self.worker_lease / 5
@@ -102,9 +119,40 @@ class ServiceSettings(BaseSettings):
         if self.secret_key is None or not self.secret_key.get_secret_value().strip():
             raise ConfigError(
                 "MAILWORKER_SECRET_KEY is not set: it encrypts stored SMTP passwords; "
-                "create one with `mailworker secret-key` and export it"
+                "create one with `mailworker secret-key` and export it (or name a file holding it in "
+                "MAILWORKER_SECRET_KEY_FILE)"
             )
         return [k.strip() for k in self.secret_key.get_secret_value().split(",") if k.strip()]
+
+
+def read_key_file(path: str) -> str:
+    """The keys in the file MAILWORKER_SECRET_KEY_FILE names; what is wrong with it as one line.
+
+    The messages never quote the file's content: it is the key.
+    """
+    variable = "MAILWORKER_SECRET_KEY_FILE"
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except PermissionError:
+        # A secret mounted into a container keeps its owner on the host: name the user that was refused.
+        raise ValueError(
+            f"{variable}: cannot read {path!r} (permission denied for uid {os.getuid()})"
+        ) from None
+    except OSError as error:
+        raise ValueError(
+            f"{variable}: cannot read {path!r} ({error.strerror or type(error).__name__})"
+        ) from None
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"{variable}: {path!r} is not UTF-8 text (expected comma-separated Fernet keys)"
+        ) from None
+    if not text:
+        raise ValueError(f"{variable}: {path!r} is empty (expected comma-separated Fernet keys)")
+    if "\n" in text:
+        raise ValueError(
+            f"{variable}: {path!r} holds more than one line: write the keys on one line, comma-separated"
+        )
+    return text
 
 
 def load_settings() -> ServiceSettings:
