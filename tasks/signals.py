@@ -9,13 +9,49 @@ import threading
 import time
 from typing import Any
 
-from celery.signals import setup_logging, worker_process_init, worker_process_shutdown, worker_ready
+from celery.signals import (
+    celeryd_after_setup,
+    celeryd_init,
+    setup_logging,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+)
 
 from worker.bulk.progress import BULK_JOB_PREFIX
-from worker.logs import configure_logging
+from worker.logs import configure_logging, say
 from worker.runtime import reset, runtime
 
 log = logging.getLogger(__name__)
+
+
+@celeryd_init.connect
+def _configure_the_worker_process(sender: str, instance: Any, **_: Any) -> None:
+    """A worker program (`mailworker worker`, `celery worker`) starting: log as configured from here on.
+
+    celeryd_init comes before anything the worker says: Celery's own logging set-up (setup_logging,
+    below) comes after its privilege check warns, and after the banner would be printed. Pool children
+    fork from this process and keep all of it.
+    """
+    settings = runtime().settings
+    configure_logging(settings, worker=sender, whole_process=True)
+    import celery.apps.worker
+
+    # Celery's shutdown notices are printed, not logged ("worker: Warm shutdown (MainProcess)").
+    celery.apps.worker.safe_say = say
+    if settings.log_format == "json":
+        instance.quiet = True  # the banner: twenty lines of ASCII art; _said_starting says what it says
+
+
+@celeryd_after_setup.connect
+def _said_starting(sender: str, instance: Any, **_: Any) -> None:
+    if not getattr(instance, "quiet", False):
+        return  # the banner said it
+    pool = instance.pool_cls if isinstance(instance.pool_cls, str) else instance.pool_cls.__module__
+    log.info(
+        "worker %s starting: queues %s, concurrency %s (%s)", sender,
+        ",".join(sorted(instance.app.amqp.queues.consume_from)), instance.concurrency, pool.split(".")[-1],
+    )  # fmt: skip
 
 
 @setup_logging.connect

@@ -10,6 +10,8 @@ import base64
 import io
 import json
 import logging
+import os
+import socket
 import sys
 import uuid
 from collections.abc import Iterator
@@ -32,8 +34,8 @@ FIELDS = {"job_id", "realm", "template", "attempt", "outcome", "smtp_code", "ms"
 @contextmanager
 def logging_as_configured(log_format: str) -> Iterator[io.StringIO]:
     """Logging as `configure_logging` sets it up in a worker, its stderr handler writing into a buffer."""
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
+    root, pool_log = logging.getLogger(), logging.getLogger("multiprocessing")
+    saved = root.handlers[:], root.level, pool_log.handlers[:], pool_log.level
     configure_logging(runtime().settings.model_copy(update={"log_format": log_format, "log_level": "INFO"}))
     buffer = io.StringIO()
     [handler] = root.handlers
@@ -42,8 +44,9 @@ def logging_as_configured(log_format: str) -> Iterator[io.StringIO]:
     try:
         yield buffer
     finally:
-        root.handlers[:], level = saved
+        root.handlers[:], level, pool_log.handlers[:], pool_level = saved
         root.setLevel(level)
+        pool_log.setLevel(pool_level)
 
 
 @pytest.fixture
@@ -82,7 +85,8 @@ def test_one_json_line_per_attempt_with_the_fields_and_no_password_or_body(
     assert (retry["attempt"], retry["outcome"], retry["smtp_code"]) == (1, "retry", 451)
     assert "451" in retry["error"]
     assert (sent["attempt"], sent["outcome"], sent["smtp_code"]) == (2, "sent", 250)
-    assert (sent["realm"], sent["template"], sent["level"]) == (realm, "password-reset", "INFO")
+    assert (sent["realm"], sent["template"], sent["level"], retry["level"]) == (realm, "password-reset", "INFO",
+                                                                                "INFO")  # fmt: skip
     assert isinstance(sent["ms"], int | float) and sent["ms"] >= 0
     output = "\n".join(lines)
     assert password not in output and marker not in output
@@ -98,6 +102,7 @@ def test_a_refused_login_is_logged_without_the_credentials(worker_log: Any, real
     lines = worker_log()
     [dead] = attempts_of(lines, job_id)
     assert (dead["outcome"], dead["smtp_code"], dead["attempt"]) == ("dead:settings", 535, 1)
+    assert dead["level"] == "ERROR"  # every mail of the realm fails alike: what an operator alerts on
     output = "\n".join(lines)
     auth_plain = base64.b64encode(f"\0mailer\0{password}".encode()).decode()
     assert password not in output and auth_plain not in output
@@ -105,7 +110,7 @@ def test_a_refused_login_is_logged_without_the_credentials(worker_log: Any, real
 
 
 def test_text_format_keeps_the_fields_as_key_value_pairs() -> None:
-    from worker.logs import log_attempt
+    from worker.logs import PROCESS, log_attempt
 
     with logging_as_configured("text") as buffer:
         log_attempt(job_id="j1", realm="acme", template="password-reset", attempt=2, outcome="sent",
@@ -113,8 +118,81 @@ def test_text_format_keeps_the_fields_as_key_value_pairs() -> None:
     [line] = buffer.getvalue().splitlines()
     assert line.endswith(
         "mailworker.delivery: delivery sent job_id=j1 realm=acme template=password-reset attempt=2 "
-        "outcome=sent smtp_code=250 ms=12.3"
+        f"outcome=sent smtp_code=250 ms=12.3 host={socket.gethostname()} pid={os.getpid()} worker={PROCESS.worker}"
     )
+
+
+# ---- levels, fields and what never shows ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("outcome", "level"),
+    [
+        ("sent", logging.INFO),
+        ("retry", logging.INFO),
+        ("retry:circuit-open", logging.INFO),
+        ("dropped:cooldown", logging.INFO),
+        ("dead:permanent", logging.WARNING),
+        ("dead:expired", logging.WARNING),
+        ("dead:exhausted", logging.WARNING),
+        ("dead:ambiguous", logging.WARNING),
+        ("dead:template", logging.WARNING),
+        ("dead:invalid", logging.WARNING),
+        ("dead:settings", logging.ERROR),
+        ("dead:internal", logging.ERROR),
+    ],
+)
+def test_an_attempt_is_logged_at_the_level_of_its_outcome(outcome: str, level: int) -> None:
+    from worker.logs import level_for, log_attempt
+
+    assert level_for(outcome) == level
+    with logging_as_configured("json") as buffer:
+        log_attempt(job_id="j1", realm="acme", template="password-reset", attempt=1, outcome=outcome,
+                    smtp_code=None, ms=1.0)  # fmt: skip
+    [line] = buffer.getvalue().splitlines()
+    assert json.loads(line)["level"] == logging.getLevelName(level)
+
+
+def test_json_lines_name_the_host_the_process_and_the_worker() -> None:
+    from worker.logs import PROCESS, set_worker_name
+
+    before = PROCESS.worker
+    with logging_as_configured("json") as buffer:
+        set_worker_name("transactional@mx1")
+        try:
+            logging.getLogger("celery.worker.strategy").info("Task mail.send[j1] received")
+        finally:
+            set_worker_name(before)
+    record = json.loads(buffer.getvalue())
+    assert (record["host"], record["pid"], record["worker"]) == (socket.gethostname(), os.getpid(),
+                                                                 "transactional@mx1")  # fmt: skip
+
+
+def test_celerys_success_line_never_carries_the_result() -> None:
+    """Celery logs "succeeded in ...: <result>", and a result names its recipient (`accepted`)."""
+    from celery.app.trace import LOG_SUCCESS
+
+    context = {"id": "j1", "name": "mail.send", "runtime": 0.05, "args": "[]", "kwargs": "{}",
+               "return_value": "{'status': 'sent', 'accepted': ['alice@example.com']}"}  # fmt: skip
+    trace_log = logging.getLogger("celery.app.trace")
+    with logging_as_configured("json") as buffer:
+        trace_log.info(LOG_SUCCESS, context, extra={"data": context})
+        assert buffer.getvalue() == ""  # at INFO: not at all (the attempt line says it)
+        logging.getLogger().setLevel(logging.DEBUG)
+        trace_log.info(LOG_SUCCESS, context, extra={"data": context})
+    record = json.loads(buffer.getvalue())
+    assert (record["level"], record["msg"]) == ("DEBUG", "Task mail.send[j1] succeeded in 0.05s")
+
+
+def test_an_attempt_line_masks_the_addresses_its_error_quotes() -> None:
+    from worker.logs import log_attempt
+
+    error = "rcpt: 451 alice.o+x@example.com: 4.3.0 try again; <zoë@exämple.com>, bob@[127.0.0.1]"
+    with logging_as_configured("json") as buffer:
+        log_attempt(job_id="j1", realm="acme", template="password-reset", attempt=1, outcome="retry",
+                    smtp_code=451, ms=1.0, error=error)  # fmt: skip
+    record = json.loads(buffer.getvalue())
+    assert record["error"] == "rcpt: 451 ***@example.com: 4.3.0 try again; <***@exämple.com>, ***@[127.0.0.1]"
 
 
 # ---- log lines cannot be forged --------------------------------------------------------------------------

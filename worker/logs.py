@@ -1,4 +1,66 @@
-"""Logging: one structured line per delivery attempt; JSON when MAILWORKER_LOG_FORMAT=json.
+"""Logging: one line per record, text or JSON (MAILWORKER_LOG_FORMAT), on stderr; no password, no body.
+
+Reading the logs
+----------------
+
+Every long-running process logs this way: `mailworker worker` (the supervisor, `worker=supervisor`), each
+Celery worker it starts or `mailworker worker --queues` runs (main process and pool children,
+`worker=<group>@<host>`, the Celery node name; `celery -A worker.app worker` too) and `mailworker ingest`
+(`worker=ingest`).
+
+Line format. Text (the default), one record per line::
+
+    2026-05-04 10:00:00,123 INFO mailworker.delivery: delivery sent job_id=... realm=acme
+        template=password-reset attempt=1 outcome=sent smtp_code=250 ms=23.5 host=mx1 pid=4242
+        worker=transactional@mx1
+
+(one line; wrapped here). A traceback follows on lines starting with `  | `; Celery's banner is printed
+at a worker's start as before. JSON
+(MAILWORKER_LOG_FORMAT=json): one object per line, and with it every line the process writes on stdout or
+stderr, nothing else: no Celery banner (a `worker ... starting` record says the node, its queues and
+concurrency instead), Python warnings and Celery's own notices (`worker: Warm shutdown`) as records, and
+whatever else a process prints, or an uncaught exception, as a record of `mailworker.stdout` (INFO),
+`mailworker.stderr` (ERROR) or `mailworker` (CRITICAL)::
+
+    {"ts": "2026-05-04T10:00:00.123Z", "level": "INFO", "logger": "mailworker.delivery",
+     "msg": "delivery sent", "job_id": "...", "realm": "acme", "template": "password-reset",
+     "attempt": 1, "outcome": "sent", "smtp_code": 250, "ms": 23.5, "host": "mx1", "pid": 4242,
+     "worker": "transactional@mx1"}
+
+Fields. Always `ts` (UTC), `level`, `logger`, `msg`, and who wrote the line: `host`, `pid` (a pool child's
+own), `worker`. A delivery attempt (logger `mailworker.delivery`) adds `job_id`, `realm`, `template`,
+`attempt`, `outcome`, `smtp_code`, `ms` and, when it failed, `error`; a record with a traceback adds `exc`
+(JSON). Never a message body, a password, or a task's arguments or result; and an attempt line never names
+the recipient: an address its error quotes (a refused recipient) shows as `***@example.com` (the dead
+letter keeps the error whole). Celery's "Task ... succeeded in ...: <result>" line (the result names the
+recipient) is cut to "Task ... succeeded in ...s" and logged at DEBUG.
+
+Levels, one line per attempt (`level_for`):
+
+    =====================================  =======  ===========================================
+    outcome                                level    meaning
+    =====================================  =======  ===========================================
+    sent                                   INFO     the server accepted the mail
+    retry, retry:circuit-open              INFO     transient failure, tried again later
+    dropped:cooldown                       INFO     same mail to the same recipient just before
+    dead:<reason> (permanent, expired,     WARNING  dead-lettered: this job will not be sent
+    exhausted, ambiguous, template, ...)
+    dead:settings                          ERROR    the realm's settings fail (auth, TLS, none
+                                                    saved): every mail of the realm fails alike
+    dead:internal                          ERROR    a bug or an unforeseen input
+    =====================================  =======  ===========================================
+
+Alert on ERROR; watch the rate of WARNING. A job that fails with an unexpected error (dead-lettered as
+`internal`) is logged by tasks/runner.py as "job <id> failed with an unexpected error" at ERROR, with its
+traceback, rather than as an attempt line.
+
+A job's outcome. Celery's own state of a dead-lettered job is SUCCESS (its task returned normally), so
+Flower or `celery events` do not tell a delivered job from a dead one. The job's attempt lines do
+(`job_id=<id>`: one per attempt, the last one says sent, dropped or dead:<reason>), and so does
+`mailworker status <id>` (state, attempts, last error) and `mailworker dead show <id>`.
+
+Safety
+------
 
 Never a password, never a message body: callers pass only the fields below.
 
@@ -19,10 +81,19 @@ URLs' included wherever a library quotes them.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import os
+import re
+import socket
 import sys
+import threading
 import time
+from types import TracebackType
 from typing import Any
+
+from celery.app.trace import LOG_SUCCESS
 
 from config.printable import json_text, shown
 from config.redis import redact_urls_in
@@ -43,10 +114,13 @@ STRUCTURED_FIELDS = (
     "error",
     "task_id",
 )
+# Who wrote the line (ProcessFields): last, after what the line is about.
+PROCESS_FIELDS = ("host", "pid", "worker")
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {name: getattr(record, name) for name in STRUCTURED_FIELDS if hasattr(record, name)}
+    names = (*STRUCTURED_FIELDS, *PROCESS_FIELDS)
+    return {name: getattr(record, name) for name in names if hasattr(record, name)}
 
 
 # Starts every line of a record but the first (a traceback, stack info): see the module's docstring.
@@ -104,8 +178,179 @@ class TextFormatter(logging.Formatter):
         return redact_urls_in(text, *self.secret_urls)
 
 
-def configure_logging(settings: ServiceSettings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+# ---- who wrote the line ----------------------------------------------------------------------------------
+
+
+class ProcessFields(logging.Filter):
+    """Adds `host`, `pid` and `worker` to every record the handler writes.
+
+    On the handler, not the root logger: a logger's filters see only the records logged on that logger,
+    not those its children pass up.
+    """
+
+    def __init__(self, worker: str = "-") -> None:
+        super().__init__()
+        self.host = socket.gethostname()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.host = self.host
+        # The pid of the process that made the record: a pool child forked after the set-up has its own.
+        record.pid = record.process if record.process is not None else os.getpid()
+        record.worker = self.worker
+        return True
+
+
+PROCESS = ProcessFields()
+
+
+def set_worker_name(name: str) -> None:
+    """The `worker` field from now on in this process and the children it forks (a Celery node name)."""
+    PROCESS.worker = name
+
+
+# ---- Celery's success line -------------------------------------------------------------------------------
+
+SUCCESS_WITHOUT_RESULT = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
+
+
+class CeleryTraceFilter(logging.Filter):
+    """Celery's "Task mail.send[id] succeeded in 0.05s: {result}": cut the result, and down to DEBUG.
+
+    The result names the recipient (`accepted`), personal data; and the attempt line of
+    mailworker.delivery already says the job was sent, with what matters. The logger's level check is
+    done by then, so this filter drops the record itself unless DEBUG is on.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != LOG_SUCCESS:
+            return True
+        record.msg = SUCCESS_WITHOUT_RESULT
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+CELERY_TRACE_FILTER = CeleryTraceFilter()
+
+
+# ---- what the process writes without logging -------------------------------------------------------------
+
+
+class LinesToLog(io.TextIOBase):
+    """A stand-in for sys.stdout or sys.stderr (JSON format): each line written becomes a record.
+
+    With JSON, a line that is not an object breaks the reader of the stream; a library's print or
+    Python's own reports on stderr ("Exception ignored in ...") are such lines.
+    """
+
+    # A line that never ends is cut here rather than held in memory.
+    LONGEST = 64 * 1024
+
+    def __init__(self, stream: Any, logger: str, level: int) -> None:
+        super().__init__()
+        self.stream = stream
+        self.logger = logging.getLogger(logger)
+        self.level = level
+        self._pending = ""
+        # Reentrant: a signal handler may print while the main thread is inside write().
+        self._lock = threading.RLock()
+        self._local = threading.local()
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return int(self.stream.fileno())
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(getattr(self.stream, "encoding", None) or "utf-8")
+
+    def write(self, text: str) -> int:
+        if getattr(self._local, "logging", False):
+            # The handler itself failed and reports it on stderr (logging.Handler.handleError): logging
+            # that would fail again, and again.
+            self.stream.write(text)
+            return len(text)
+        with self._lock:
+            self._pending += text
+            *lines, self._pending = self._pending.split("\n")
+            if len(self._pending) > self.LONGEST:
+                lines.append(self._pending)
+                self._pending = ""
+        self._log(lines)
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            rest, self._pending = self._pending, ""
+        self._log([rest])
+
+    def _log(self, lines: list[str]) -> None:
+        self._local.logging = True
+        try:
+            for line in lines:
+                if line.strip():
+                    self.logger.log(self.level, "%s", line)
+        finally:
+            self._local.logging = False
+
+
+def _beneath(stream: Any) -> Any:
+    """The real stream under a LinesToLog: where the handler writes (writing to the stand-in would loop)."""
+    return stream.stream if isinstance(stream, LinesToLog) else stream
+
+
+def _log_uncaught(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value, tb)
+        return
+    logging.getLogger("mailworker").critical("uncaught %s", kind.__name__, exc_info=(kind, value, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:  # what threading's own hook ignores too
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("mailworker").critical(
+        "uncaught %s in thread %s", args.exc_type.__name__, name,
+        exc_info=(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback),
+    )  # fmt: skip
+
+
+def _take_over_output(log_format: str) -> None:
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+    if log_format != "json":
+        return  # a text reader takes any line; the CLI's own error lines stay as they are
+    if not isinstance(sys.stdout, LinesToLog):
+        sys.stdout = LinesToLog(sys.stdout, "mailworker.stdout", logging.INFO)
+    if not isinstance(sys.stderr, LinesToLog):
+        sys.stderr = LinesToLog(sys.stderr, "mailworker.stderr", logging.ERROR)
+
+
+# ---- set-up ----------------------------------------------------------------------------------------------
+
+_handler: logging.StreamHandler[Any] | None = None
+
+
+def configure_logging(
+    settings: ServiceSettings, *, worker: str | None = None, whole_process: bool = False
+) -> None:
+    """Our handler on the root logger, with our format and fields; safe to call again (Celery does).
+
+    `worker` names the process (the `worker` field); `whole_process`, for a long-running command's own
+    process: uncaught exceptions are logged, and with JSON whatever else it writes on stdout and stderr
+    too (LinesToLog), so that every line is a record.
+    """
+    global _handler
+    if worker is not None:
+        set_worker_name(worker)
+    handler = logging.StreamHandler(_beneath(sys.stderr))
+    handler.addFilter(PROCESS)
     urls = (settings.broker_url, settings.result_backend, settings.store_url)
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter(secret_urls=urls))
@@ -116,6 +361,59 @@ def configure_logging(settings: ServiceSettings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+    # billiard's logger (a pool child killed: "Process ... exited with ...") does not propagate, and
+    # without a handler of its own its records would go out raw through logging.lastResort. ERROR, as
+    # Celery sets it: below that it reports every pool process's start and end.
+    pool_log = logging.getLogger("multiprocessing")
+    pool_log.handlers[:] = [handler]
+    pool_log.setLevel(logging.ERROR)
+    logging.getLogger("celery.app.trace").addFilter(CELERY_TRACE_FILTER)
+    logging.captureWarnings(True)
+    _handler = handler
+    if whole_process:
+        _take_over_output(settings.log_format)
+
+
+def say(message: str, _stream: Any = None) -> None:
+    """Celery's `safe_say` (celery.apps.worker: "worker: Warm shutdown (MainProcess)") as a record.
+
+    Called from a signal handler, like Celery's own: written with one os.write, unbuffered, so that it
+    cannot re-enter a buffered stream the interrupted code was writing to.
+    """
+    handler = _handler
+    if handler is None or not logging.getLogger("celery.apps.worker").isEnabledFor(logging.INFO):
+        return
+    record = logging.LogRecord("celery.apps.worker", logging.INFO, __file__, 0, message.strip(), None, None)
+    if handler.filter(record):
+        line = handler.format(record) + "\n"
+        # A notice lost, as with Celery's own, is never a reason for the shutdown to fail.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.write(handler.stream.fileno(), line.encode("utf-8", "backslashreplace"))
+
+
+# ---- delivery attempts -----------------------------------------------------------------------------------
+
+# The local part of an e-mail address: an SMTP reply quotes the recipient it refuses ("alice@example.com:
+# 451 try again"), and a retry's line is at INFO. The domain stays: it tells which provider refuses.
+_LOCAL_PART = re.compile(r"[^\s<>()\[\]{}:;,\"'@]+@(?=\[|[^\s@<>()\[\]{}:;,\"'])")
+
+
+def without_addresses(text: str) -> str:
+    """`text` with the local part of every e-mail address in it masked: ***@example.com."""
+    return _LOCAL_PART.sub("***@", text)
+
+
+# The attempt outcomes that mean every mail of a realm is failing, or a bug: what operators alert on.
+ERROR_OUTCOMES = frozenset({"dead:settings", "dead:internal"})
+
+
+def level_for(outcome: str) -> int:
+    """The level of an attempt's line: see "Levels" in the module's docstring."""
+    if outcome in ERROR_OUTCOMES:
+        return logging.ERROR
+    if outcome.startswith("dead:"):
+        return logging.WARNING
+    return logging.INFO
 
 
 def log_attempt(
@@ -129,7 +427,8 @@ def log_attempt(
     ms: float,
     error: str | None = None,
 ) -> None:
-    delivery_log.info(
+    delivery_log.log(
+        level_for(outcome),
         "delivery %s",
         outcome,
         extra={
@@ -140,6 +439,7 @@ def log_attempt(
             "outcome": outcome,
             "smtp_code": smtp_code,
             "ms": round(ms, 1),
-            **({"error": error} if error else {}),
+            # The dead letter and `mailworker status` keep the error whole, the address included.
+            **({"error": without_addresses(error)} if error else {}),
         },
     )

@@ -47,7 +47,8 @@ def run_ingest(args: argparse.Namespace) -> int:
     from worker.logs import configure_logging
     from worker.runtime import runtime
 
-    configure_logging(runtime().settings)
+    # With JSON, the --once summary printed below becomes a record as well (LinesToLog).
+    configure_logging(runtime().settings, worker="ingest", whole_process=True)
     consumer = build_consumer(args.name, args.block)
     if args.once:
         print(f"handled {consumer.drain()} ingest entry(ies) from {shown(consumer.source)}")

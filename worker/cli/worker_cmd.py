@@ -7,6 +7,7 @@ separate one for `bulk`, so a password reset never waits behind a bulk burst (pr
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import subprocess
@@ -20,6 +21,8 @@ DEFAULT_GROUPS = ((f"{TRANSACTIONAL},{CONTROL}", "transactional"), (BULK, "bulk"
 # The bulk worker runs at a lower CPU priority: during a burst a password reset (and Test Connection)
 # gets the CPU first; bulk takes what is left, which on an idle machine is all of it.
 BULK_NICENESS = 10
+
+log = logging.getLogger("mailworker.supervisor")
 
 
 def register(subparsers: Any) -> None:
@@ -49,12 +52,21 @@ def celery_argv(
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from worker.app import app
+    from config.settings import get_settings
+    from worker.logs import configure_logging
 
+    # Configured from the start, not only once Celery sets up its logging: what goes wrong before (the
+    # app's import, the broker) is logged in the configured format too.
     if args.queues:
+        from celery.utils.nodenames import default_nodename, host_format
+
         name = args.name or f"{args.queues.split(',')[0]}@%h"
+        configure_logging(get_settings(), worker=host_format(default_nodename(name)), whole_process=True)
+        from worker.app import app
+
         app.worker_main(celery_argv(args.queues, name, args.concurrency, args.pool, args.loglevel))
         return 0
+    configure_logging(get_settings(), worker="supervisor", whole_process=True)
     return supervise(args)
 
 
@@ -76,10 +88,11 @@ def child_commands(args: argparse.Namespace) -> list[tuple[list[str], int]]:
 def supervise(args: argparse.Namespace) -> int:
     """Run one Celery worker per queue group as child processes; stop them all when one ends."""
     children = []
-    for command, niceness in child_commands(args):
+    for (queues, group), (command, niceness) in zip(DEFAULT_GROUPS, child_commands(args), strict=True):
         children.append(
             subprocess.Popen(command, preexec_fn=(lambda n=niceness: os.nice(n)) if niceness else None)
         )
+        log.info("started the %s worker (queues %s): pid %d", group, queues, children[-1].pid)
 
     stopping: list[int] = []
 
@@ -91,13 +104,30 @@ def supervise(args: argparse.Namespace) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         signal.signal(signum, forward)
+    said = False
     while all(child.poll() is None for child in children):
+        said = said or _say_stopping(stopping)
         time.sleep(0.5)
+    if not stopping:
+        ended = next(child for child in children if child.poll() is not None)
+        log.error("a worker ended (pid %d, exit code %s): stopping the others", ended.pid, ended.returncode)
+    elif not said:
+        _say_stopping(stopping)
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
     codes = [child.wait() for child in children]
-    return exit_code(codes, asked_to_stop=bool(stopping))
+    code = exit_code(codes, asked_to_stop=bool(stopping))
+    log.log(logging.ERROR if code else logging.INFO, "workers stopped: exit code %d", code)
+    return code
+
+
+def _say_stopping(stopping: list[int]) -> bool:
+    # Said from the main loop, not from `forward`: a signal handler writing to the stream the interrupted
+    # code was writing to can break it.
+    if stopping:
+        log.info("stopping the workers (%s)", signal.Signals(stopping[0]).name)
+    return bool(stopping)
 
 
 def exit_code(codes: list[int], *, asked_to_stop: bool) -> int:
