@@ -25,6 +25,7 @@ import pytest
 import redis as redis_py
 from kombu.exceptions import OperationalError
 
+from config.errors import StoreUnavailable
 from config.keys import Keys
 from tasks import api
 from tests.support.smtp_server import SmtpTestServer
@@ -339,15 +340,24 @@ def test_run_re_processes_leftovers_first_and_an_idempotency_key_delivers_once(
     assert len(smtp_server.received_for(to)) == 1
 
 
-def test_a_broker_outage_keeps_the_entry_until_it_can_be_enqueued(
-    keys: Keys, redis_url: str, saved_realm: str, smtp_server: SmtpTestServer
+OUTAGES = {
+    # what app.send_task raises while the broker is down
+    "broker down": OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused."),
+    # what enqueueing raises while the store is wiped and not restored yet (config/epoch.py)
+    "store wiped": StoreUnavailable("the config store lost its data; restore it"),
+}
+
+
+@pytest.mark.parametrize("outage", OUTAGES)
+def test_an_outage_keeps_the_entry_until_it_can_be_enqueued(
+    keys: Keys, redis_url: str, saved_realm: str, smtp_server: SmtpTestServer, outage: str
 ) -> None:
     calls: list[tuple[str, str]] = []
 
     def enqueue_after_an_outage(data: dict[str, Any], token: str) -> str | None:
         calls.append((data["to"], token))
-        if len(calls) == 1:  # what app.send_task raises while the broker is down
-            raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        if len(calls) == 1:
+            raise OUTAGES[outage]
         return enqueue(data, token)
 
     client = ingest_client(redis_url, block=0.2)

@@ -40,7 +40,7 @@ from typing import Any, cast
 import redis
 from kombu.exceptions import OperationalError
 
-from config.errors import ConfigError, InvalidInput
+from config.errors import ConfigError, InvalidInput, StoreUnavailable
 from config.keys import Keys
 from worker.jobs.deadletters import DeadLetter, DeadLetterStore
 from worker.jobs.model import MAX_JSON_DEPTH
@@ -69,8 +69,8 @@ ERROR_KEPT = 1000  # characters of an unexpected exception's message kept in the
 CONSUMER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 # Failures of the infrastructure, not of the entry: the entry stays in the processing list and is tried
-# again once Redis or the broker answers.
-TRANSIENT = (redis.RedisError, OperationalError)
+# again once Redis or the broker answers, or the store holds settings again (wiped, not restored yet).
+TRANSIENT = (redis.RedisError, OperationalError, StoreUnavailable)
 
 
 @dataclass(frozen=True)
