@@ -109,3 +109,21 @@ def test_a_requeued_bulk_dead_letter_goes_back_to_the_bulk_queue(
     entry = json.loads(rt.redis.get(rt.keys.pending_job(job.id)))
     assert entry["queue"] == BULK and entry["task"] == "mail.send"
     assert api.wait_for_result(job.id)["status"] == "sent"  # taken up by a worker of the bulk queue
+
+
+@pytest.mark.parametrize("key", ["none", "another", "malformed"])
+def test_a_worker_refuses_to_start_with_a_key_that_does_not_open_the_stored_secrets(
+    realm: str, smtp_server: SmtpTestServer, key: str
+) -> None:
+    """Started anyway, it would take every job of a realm with a password and fail it."""
+    from cryptography.fernet import Fernet
+
+    runtime().store.save(realm, smtp_server.settings_dict(auth=True, username="u", password="pw-kept-secret"))
+    env = {k: v for k, v in os.environ.items() if k != "MAILWORKER_SECRET_KEY"}
+    env.update({"another": {"MAILWORKER_SECRET_KEY": Fernet.generate_key().decode()},
+                "malformed": {"MAILWORKER_SECRET_KEY": "not-a-key"}}.get(key, {}))  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "worker.cli", "worker", "--queues", "control", "--pool", "solo"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "MAILWORKER_SECRET_KEY" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert "pw-kept-secret" not in done.stderr + done.stdout

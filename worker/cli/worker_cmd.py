@@ -55,19 +55,42 @@ def run_worker(args: argparse.Namespace) -> int:
     from config.settings import get_settings
     from worker.logs import configure_logging
 
-    # Configured from the start, not only once Celery sets up its logging: what goes wrong before (the
-    # app's import, the broker) is logged in the configured format too.
-    if args.queues:
-        from celery.utils.nodenames import default_nodename, host_format
+    from celery.utils.nodenames import default_nodename, host_format
 
-        name = args.name or f"{args.queues.split(',')[0]}@%h"
-        configure_logging(get_settings(), worker=host_format(default_nodename(name)), whole_process=True)
+    name = (args.name or f"{args.queues.split(',')[0]}@%h") if args.queues else ""
+    # Configured from the start, not only once Celery sets up its logging: what goes wrong before (the
+    # app's import, the broker, the key) is logged in the configured format too.
+    configure_logging(
+        get_settings(), worker=host_format(default_nodename(name)) if name else "supervisor", whole_process=True
+    )
+    check_the_key()
+    if args.queues:
         from worker.app import app
 
         app.worker_main(celery_argv(args.queues, name, args.concurrency, args.pool, args.loglevel))
         return 0
-    configure_logging(get_settings(), worker="supervisor", whole_process=True)
     return supervise(args)
+
+
+def check_the_key() -> None:
+    """Refuse to start with a MAILWORKER_SECRET_KEY that cannot open the stored secrets.
+
+    A worker started with the wrong key (or none) would take every job of a realm with a password and
+    fail it; stopping here, with one line naming the variable, is what the person starting it can act on.
+    Raises ConfigError (exit 1). A store that does not answer yet is not a reason to refuse: Celery waits
+    for Redis, and each job checks again.
+    """
+    import redis
+
+    from worker.runtime import runtime
+
+    try:
+        realm = runtime().store.check_key()
+    except redis.RedisError as error:
+        log.warning("MAILWORKER_SECRET_KEY not checked: the config store does not answer (%s)", error)
+        return
+    if realm is not None:
+        log.info("MAILWORKER_SECRET_KEY opens the stored secrets (checked on realm %s)", realm)
 
 
 def child_commands(args: argparse.Namespace) -> list[tuple[list[str], int]]:
