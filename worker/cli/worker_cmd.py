@@ -52,16 +52,18 @@ def celery_argv(
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    from celery.utils.nodenames import default_nodename, host_format
+
     from config.settings import get_settings
     from worker.logs import configure_logging
-
-    from celery.utils.nodenames import default_nodename, host_format
 
     name = (args.name or f"{args.queues.split(',')[0]}@%h") if args.queues else ""
     # Configured from the start, not only once Celery sets up its logging: what goes wrong before (the
     # app's import, the broker, the key) is logged in the configured format too.
     configure_logging(
-        get_settings(), worker=host_format(default_nodename(name)) if name else "supervisor", whole_process=True
+        get_settings(),
+        worker=host_format(default_nodename(name)) if name else "supervisor",
+        whole_process=True,
     )
     check_the_key()
     if args.queues:
