@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from config.errors import InvalidInput, NotFound, StoreUnavailable
+from tasks.outcomes import DeadLettered
 from tasks.runner import CELERY_RETRY_LIMIT, run_job
 from worker.app import EVENT_TASK, app
 from worker.jobs.events import event_job, parse_event
@@ -14,7 +15,7 @@ from worker.runtime import runtime
 log = logging.getLogger(__name__)
 
 
-@app.task(name=EVENT_TASK, bind=True, acks_late=True)
+@app.task(name=EVENT_TASK, bind=True, acks_late=True, throws=(DeadLettered,))
 def handle_event(self: Any, realm: str, event: dict[str, Any]) -> dict[str, Any]:
     rt = runtime()
     try:

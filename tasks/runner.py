@@ -16,6 +16,7 @@ from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 
 from config.errors import NotFound, StoreUnavailable
 from config.smtp import SmtpSettings
+from tasks.outcomes import raise_if_dead
 from worker.delivery.breaker import PROBING, CircuitBreaker, Verdict
 from worker.delivery.deliver import DeliveryFailure, dead_letter, deliver
 from worker.jobs.ledger import DEAD, DROPPED, died_after_data
@@ -37,7 +38,8 @@ RATE_WAIT_IN_PLACE_S = 2.0
 
 
 def run_job(task: Task, job: EmailJob) -> dict[str, Any]:
-    """Deliver `job` once; retry transient failures; dead-letter the rest. Returns the task result."""
+    """Deliver `job` once; retry transient failures; dead-letter the rest. Returns the task result, or
+    raises DeadLettered carrying it (tasks/outcomes.py)."""
     try:
         result = _run_job(task, job)  # a retry raises: the job stays pending, with news due later
     except (Retry, Reject):
@@ -48,7 +50,7 @@ def run_job(task: Task, job: EmailJob) -> dict[str, Any]:
     # Ended: sent, dead-lettered, dropped or skipped. If Redis blinks here the sweeper finds it ended later.
     with contextlib.suppress(redis.RedisError):
         runtime().pending.done(job.id)
-    return result
+    return raise_if_dead(result)  # a dead letter is a FAILURE in Celery's eyes (tasks/outcomes.py)
 
 
 def _internal_error(task: Task, job: EmailJob, error: Exception) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import celery.exceptions
 from celery.result import AsyncResult
 
 from config.errors import WorkerUnavailable
+from tasks.outcomes import ended_value
 from worker.liveness.heartbeat import no_worker_message
 from worker.runtime import runtime
 
@@ -24,17 +25,17 @@ def require_worker(queue: str, then: str = "") -> None:
 
 
 def wait_result(result: AsyncResult, timeout: float, queue: str) -> Any:
-    """The task's return value; WorkerUnavailable as soon as nobody serves `queue`, TimeoutError after
+    """The task's return value (a dead letter's result dict too: tasks/outcomes.py); WorkerUnavailable as soon as nobody serves `queue`, TimeoutError after
     `timeout` seconds. A result that is there already is returned even when no worker runs."""
     deadline = time.monotonic() + timeout
     while True:
         if result.ready():
-            return result.get(propagate=True)
+            return ended_value(result.get(propagate=False))
         require_worker(queue, then="; the job stays queued and runs once a worker is back")
         left = deadline - time.monotonic()
         if left <= 0:
             raise celery.exceptions.TimeoutError(f"no result for {result.id} within {timeout:g}s")
         try:
-            return result.get(timeout=min(left, POLL_S), propagate=True)
+            return ended_value(result.get(timeout=min(left, POLL_S), propagate=False))
         except celery.exceptions.TimeoutError:
             continue

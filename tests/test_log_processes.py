@@ -18,13 +18,13 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.reliability.harness import MAILWORKER, ROOT, Cluster, WorkerProcess
+from tests.support.clusters import session_cluster
 from tests.support.smtp_server import SmtpTestServer
 
 pytestmark = pytest.mark.integration
@@ -33,26 +33,11 @@ JSON = {"MAILWORKER_LOG_FORMAT": "json"}
 HOST = socket.gethostname()  # what Celery puts for %h in a node name
 
 
-@dataclass
-class SessionRedis:
-    """The test session's Redis in place of a private redis-server: stopping one takes seconds."""
-
-    url: str
-
-    def stop(self) -> None:
-        pass  # the session's, not ours: our keys, under the test's prefix, go with the session's
-
-
 @pytest.fixture
 def cluster(tmp_path: Path, redis_url: str, key_prefix: str) -> Iterator[Cluster]:
     """Worker processes on the session's Redis, every key of theirs under a prefix of this test's own."""
-    found = Cluster(SessionRedis(redis_url), key_prefix, tmp_path)  # type: ignore[arg-type]
-    try:
+    with session_cluster(redis_url, key_prefix, tmp_path) as found:
         yield found
-    finally:
-        for worker in found.workers:
-            worker.stop()
-        found.close()
 
 
 @pytest.fixture

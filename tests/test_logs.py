@@ -184,6 +184,26 @@ def test_celerys_success_line_never_carries_the_result() -> None:
     assert (record["level"], record["msg"]) == ("DEBUG", "Task mail.send[j1] succeeded in 0.05s")
 
 
+def test_celerys_line_for_a_dead_letter_never_carries_the_error() -> None:
+    """tasks/outcomes.py: a dead letter raises DeadLettered; Celery logs "raised expected: <exc>"."""
+    from celery.app.trace import LOG_FAILURE
+
+    context = {"id": "j1", "name": "mail.send", "exc": "DeadLettered(permanent: rcpt: 550 alice@example.com)",
+               "description": "raised expected", "args": "[{'to': 'alice@example.com'}]", "kwargs": "{}",
+               "traceback": "", "hostname": "w1", "internal": False}  # fmt: skip
+    trace_log = logging.getLogger("celery.app.trace")
+    with logging_as_configured("json") as buffer:
+        trace_log.info(LOG_FAILURE.strip(), context, extra={"data": context})
+        assert buffer.getvalue() == ""
+        logging.getLogger().setLevel(logging.DEBUG)
+        trace_log.info(LOG_FAILURE.strip(), context, extra={"data": context})
+        unexpected = {**context, "description": "raised unexpected", "exc": "ValueError('a bug')"}
+        trace_log.error(LOG_FAILURE.strip(), unexpected, extra={"data": unexpected})
+    dead, bug = (json.loads(line) for line in buffer.getvalue().splitlines())
+    assert (dead["level"], dead["msg"]) == ("DEBUG", "Task mail.send[j1] ended as a dead letter")
+    assert (bug["level"], bug["msg"]) == ("ERROR", "Task mail.send[j1] raised unexpected: ValueError('a bug')")
+
+
 def test_an_attempt_line_masks_the_addresses_its_error_quotes() -> None:
     from worker.logs import log_attempt
 

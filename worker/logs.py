@@ -33,7 +33,8 @@ own), `worker`. A delivery attempt (logger `mailworker.delivery`) adds `job_id`,
 (JSON). Never a message body, a password, or a task's arguments or result; and an attempt line never names
 the recipient: an address its error quotes (a refused recipient) shows as `***@example.com` (the dead
 letter keeps the error whole). Celery's "Task ... succeeded in ...: <result>" line (the result names the
-recipient) is cut to "Task ... succeeded in ...s" and logged at DEBUG.
+recipient) is cut to "Task ... succeeded in ...s" and logged at DEBUG; its "raised expected:
+DeadLettered(...)" to "Task ... ended as a dead letter", at DEBUG.
 
 Levels, one line per attempt (`level_for`):
 
@@ -54,10 +55,11 @@ Alert on ERROR; watch the rate of WARNING. A job that fails with an unexpected e
 `internal`) is logged by tasks/runner.py as "job <id> failed with an unexpected error" at ERROR, with its
 traceback, rather than as an attempt line.
 
-A job's outcome. Celery's own state of a dead-lettered job is SUCCESS (its task returned normally), so
-Flower or `celery events` do not tell a delivered job from a dead one. The job's attempt lines do
-(`job_id=<id>`: one per attempt, the last one says sent, dropped or dead:<reason>), and so does
-`mailworker status <id>` (state, attempts, last error) and `mailworker dead show <id>`.
+A job's outcome. Celery's own state of a dead-lettered job is FAILURE with `DeadLettered(<reason>:
+<error>)` (tasks/outcomes.py), so Flower and `celery events` show it failed; Celery's own line for it is
+cut and logged at DEBUG, like its success line. The job's attempt lines say more (`job_id=<id>`: one per
+attempt, the last one says sent, dropped or dead:<reason>), and so do `mailworker status <id>` (state,
+attempts, last error) and `mailworker dead show <id>`.
 
 Safety
 ------
@@ -93,7 +95,7 @@ import time
 from types import TracebackType
 from typing import Any
 
-from celery.app.trace import LOG_SUCCESS
+from celery.app.trace import LOG_FAILURE, LOG_SUCCESS
 
 from config.printable import json_text, shown
 from config.redis import redact_urls_in
@@ -209,25 +211,36 @@ def set_worker_name(name: str) -> None:
     PROCESS.worker = name
 
 
-# ---- Celery's success line -------------------------------------------------------------------------------
+# ---- Celery's lines on a task's end -----------------------------------------------------------------------
 
 SUCCESS_WITHOUT_RESULT = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
+DEAD_WITHOUT_ERROR = "Task %(name)s[%(id)s] ended as a dead letter"
 
 
 class CeleryTraceFilter(logging.Filter):
-    """Celery's "Task mail.send[id] succeeded in 0.05s: {result}": cut the result, and down to DEBUG.
+    """Celery's "Task mail.send[id] succeeded in 0.05s: {result}" and "... raised expected:
+    DeadLettered(...)" (tasks/outcomes.py): cut the result or error, and down to DEBUG.
 
-    The result names the recipient (`accepted`), personal data; and the attempt line of
-    mailworker.delivery already says the job was sent, with what matters. The logger's level check is
-    done by then, so this filter drops the record itself unless DEBUG is on.
+    Both may name the recipient (`accepted`, a refusal quoting the address), personal data; and the
+    attempt line of mailworker.delivery already says the job was sent or dead-lettered, with what
+    matters. The logger's level check is done by then, so this filter drops the record itself unless
+    DEBUG is on. A task that raised unexpectedly keeps its line (ERROR, with the traceback).
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg != LOG_SUCCESS:
+        if record.msg == LOG_SUCCESS:
+            record.msg = SUCCESS_WITHOUT_RESULT
+        elif record.msg == LOG_FAILURE.strip() and _described(record) == "raised expected":
+            record.msg = DEAD_WITHOUT_ERROR
+            record.exc_info = record.exc_text = None
+        else:
             return True
-        record.msg = SUCCESS_WITHOUT_RESULT
         record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
         return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def _described(record: logging.LogRecord) -> Any:
+    return record.args.get("description") if isinstance(record.args, dict) else None
 
 
 CELERY_TRACE_FILTER = CeleryTraceFilter()

@@ -43,6 +43,18 @@ ROOT = Path(__file__).resolve().parents[2]
 MAILWORKER = Path(sys.executable).with_name("mailworker")
 FINAL = {"sent", "dead-lettered", "dropped", "duplicate-skipped"}
 
+
+def ended_result(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """A job's result dict from its raw result-backend entry: SUCCESS returns it, FAILURE carries it in
+    DeadLettered's arguments (tasks/outcomes.py); None for anything else (RETRY, a real failure)."""
+    value = meta.get("result")
+    if meta.get("status") == "SUCCESS" and isinstance(value, dict):
+        return value
+    if meta.get("status") == "FAILURE" and isinstance(value, dict) and value.get("exc_type") == "DeadLettered":
+        carried = (value.get("exc_message") or [None])[0]
+        return carried if isinstance(carried, dict) else None
+    return None
+
 USER = {"username": "alice", "first_name": "Alice", "last_name": "Liddell", "email": "alice@example.com"}
 CONTEXT = {
     "user": USER,
@@ -259,13 +271,8 @@ class Cluster:
             ):
                 if raw is None:
                     continue
-                meta = json.loads(raw)
-                value = meta.get("result")
-                if (
-                    meta.get("status") == "SUCCESS"
-                    and isinstance(value, dict)
-                    and value.get("status") in FINAL
-                ):
+                value = ended_result(json.loads(raw))
+                if value is not None and value.get("status") in FINAL:
                     found[job_id] = value
         return found
 

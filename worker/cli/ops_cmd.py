@@ -40,6 +40,7 @@ def job_status(task_id: str) -> dict[str, Any]:
     from celery.result import AsyncResult
 
     from config.errors import NotFound
+    from tasks.outcomes import dead_letter_result
     from worker.app import app
     from worker.runtime import runtime
 
@@ -49,7 +50,7 @@ def job_status(task_id: str) -> dict[str, Any]:
     try:
         result = AsyncResult(task_id, app=app)
         state = result.state
-        value = result.result
+        value = dead_letter_result(result.result) or result.result  # FAILURE: DeadLettered carries it
     except Exception as error:  # a backend Celery cannot load or reach: each raises its own kind
         url = rt.settings.result_backend
         raise unusable("MAILWORKER_RESULT_BACKEND", "the result backend", url, error) from None
