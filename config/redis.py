@@ -30,6 +30,10 @@ _QUOTED = re.compile(r"'([^']+)'|\"([^\"]+)\"")
 _MIN_PIECE = 4
 
 
+# URLs of a Redis server (kombu's Redis transport); `memory://` is the demo's in-process stand-in.
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 def connect(url: str, *, variable: str = "MAILWORKER_STORE_URL", check: bool = True) -> redis.Redis:
     """A client with timeouts; with check, one PING so an unreachable Redis is one clear line.
 

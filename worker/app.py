@@ -18,7 +18,9 @@ from config.names import (
     TEST_CONNECTION_TASK,
     TRANSACTIONAL,
 )
+from config.redis import REDIS_SCHEMES
 from config.settings import ServiceSettings, get_settings
+from worker.liveness.leases import Leases
 
 TASK_MODULES = ["tasks.send", "tasks.events", "tasks.connection", "tasks.bulk"]
 
@@ -81,7 +83,8 @@ def celery_config(settings: ServiceSettings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         # ... and none taken before a process is free to run it: a reset that arrives later in a higher
         # priority lane (tasks/lanes.py) is the next one taken, not the one after a prefetched batch.
-        "worker_disable_prefetch": True,
+        # (Celery implements it for Redis only, and warns on any other broker: the demo's in-memory one.)
+        "worker_disable_prefetch": settings.broker_url.startswith(REDIS_SCHEMES),
         "task_queues": [Queue(name, routing_key=name) for name in QUEUES],
         "task_default_queue": TRANSACTIONAL,
         "task_routes": ROUTES,
@@ -125,10 +128,7 @@ def create_app(settings: ServiceSettings | None = None) -> Celery:
     celery = Celery("iam-mail-worker", include=TASK_MODULES)
     celery.conf.update(celery_config(settings))
     celery.mailworker_settings = settings
-    if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
-        from worker.liveness.leases import Leases
-
-        celery.steps["consumer"].add(Leases)
+    celery.steps["consumer"].add(Leases)  # on any broker: the registry of live workers comes with it
     return celery
 
 

@@ -3,16 +3,21 @@
 A local SMTP server catches mail on loopback; a Celery worker runs in this process on an in-memory
 broker (or on Redis with --redis URL); three e-mails go through producer API -> queue -> worker ->
 templates -> MIME -> SMTP, and each is printed as received and written to ./outbox/ as an .eml file.
+
+Quiet by default: only warnings and errors of the service; --verbose shows its log lines at INFO and the
+SMTP conversation as the server saw it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 import sys
 import threading
 import time
+import unicodedata
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -20,6 +25,7 @@ from typing import Any
 
 OUTBOX = Path("outbox")
 REALM = "demo"
+REALM_NAME = "Demo Realm"  # what the mails call the realm; an event carries it as realmName
 USER = {"username": "alice", "first_name": "Alice", "last_name": "Liddell", "email": "alice@example.com"}
 
 
@@ -43,7 +49,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def configure_environment(redis_url: str | None) -> None:
+def configure_environment(redis_url: str | None, verbose: bool = False) -> None:
     """Before anything reads the settings: in-memory broker and store, unless a Redis is given."""
     from cryptography.fernet import Fernet
 
@@ -54,11 +60,20 @@ def configure_environment(redis_url: str | None) -> None:
         )  # fmt: skip
     else:
         os.environ.update(
-            MAILWORKER_BROKER_URL="memory://", MAILWORKER_RESULT_BACKEND="cache+memory://",
+            MAILWORKER_BROKER_URL="memory://localhost/", MAILWORKER_RESULT_BACKEND="cache+memory://",
             MAILWORKER_STORE_URL="memory://",
         )  # fmt: skip
     os.environ.setdefault("MAILWORKER_SECRET_KEY", Fernet.generate_key().decode())
     os.environ["MAILWORKER_RECIPIENT_COOLDOWN"] = "0"
+    # INFO with --verbose: every delivery line, Celery's, and the SMTP server's trace (aiosmtpd's mail.log).
+    os.environ["MAILWORKER_LOG_LEVEL"] = "INFO" if verbose else "WARNING"
+
+
+def outbox_name(number: int, subject: str) -> str:
+    """An ASCII file name from the subject: `2-setzen-sie-ihr-passwort-zuruck.eml`."""
+    ascii_subject = unicodedata.normalize("NFKD", subject).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_subject.lower()).strip("-")[:48].rstrip("-")
+    return f"{number}-{slug or 'message'}.eml"
 
 
 def show(number: int, raw: bytes, envelope_from: str) -> EmailMessage:
@@ -76,8 +91,8 @@ def show(number: int, raw: bytes, envelope_from: str) -> EmailMessage:
     return message
 
 
-def run(redis_url: str | None) -> int:
-    configure_environment(redis_url)
+def run(redis_url: str | None, verbose: bool = False) -> int:
+    configure_environment(redis_url, verbose)
     from aiosmtpd.controller import Controller
     from celery.contrib.testing.worker import start_worker
 
@@ -94,22 +109,23 @@ def run(redis_url: str | None) -> int:
     try:
         runtime().store.save(
             REALM,
-            {"from": "noreply@demo.example", "from_display_name": "Demo IAM – Anmeldung",
+            {"from": "noreply@demo.example", "from_display_name": "Demo IAM",
              "reply_to": "support@demo.example", "reply_to_display_name": "Demo Support",
              "envelope_from": "bounces@demo.example", "host": "127.0.0.1", "port": port},
         )  # fmt: skip
         with start_worker(app, pool="solo", perform_ping_check=False, queues=[TRANSACTIONAL, CONTROL],
-                          loglevel="WARNING", shutdown_timeout=30):  # fmt: skip
+                          loglevel="INFO" if verbose else "WARNING", shutdown_timeout=30):  # fmt: skip
             jobs = [
                 api.send_email(REALM, "email-verification", USER["email"], context={
-                    "user": USER, "realm_name": "Demo Realm",
+                    "user": USER, "realm_name": REALM_NAME,
                     "link": "https://iam.demo.example/realms/demo/verify?key=abc123", "link_expiration": 720}),
                 api.send_email(REALM, "password-reset", USER["email"], locale="de", context={
-                    "user": USER, "realm_name": "Demo Realm",
+                    "user": USER, "realm_name": REALM_NAME,
                     "link": "https://iam.demo.example/realms/demo/reset?key=def456", "link_expiration": 5}),
                 api.publish_event(REALM, {
                     "id": f"demo-{time.time_ns()}", "type": "LOGIN_ERROR", "time": int(time.time() * 1000),
                     "ipAddress": "203.0.113.7", "clientId": "account-console", "error": "invalid_user_credentials",
+                    "realmName": REALM_NAME,
                     "user": {"email": USER["email"], "firstName": "Alice", "username": "alice", "locale": "fr"}}),
             ]  # fmt: skip
             results = [api.wait_for_result(job_id, timeout=60) for job_id in jobs if job_id]
@@ -119,7 +135,7 @@ def run(redis_url: str | None) -> int:
     OUTBOX.mkdir(exist_ok=True)
     for number, (envelope_from, _rcpts, raw) in enumerate(handler.messages, start=1):
         message = show(number, raw, envelope_from)
-        path = OUTBOX / f"{number}-{message['Subject'][:40].replace('/', '-')}.eml"
+        path = OUTBOX / outbox_name(number, str(message["Subject"]))
         path.write_bytes(raw)
         print(f"--- written to {path}")
     print(f"\n{len(handler.messages)} e-mail(s) received; results: {[r.get('status') for r in results]}")
@@ -133,7 +149,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--redis", metavar="URL", default=os.environ.get("MAILWORKER_DEMO_REDIS_URL"),
                         help="use this Redis for broker, results and settings instead of memory")  # fmt: skip
-    return run(parser.parse_args().redis)
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="show the service's log lines and the SMTP conversation")  # fmt: skip
+    args = parser.parse_args()
+    return run(args.redis, args.verbose)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import redis
 from celery import bootsteps
 
 from config.keys import Keys
-from config.redis import connect
+from config.redis import REDIS_SCHEMES, connect
 from config.settings import ServiceSettings
 from worker.liveness.heartbeat import LiveWorkers, process_name
 
@@ -60,7 +60,13 @@ class LeaseRenewer:
         keys = Keys(settings.key_prefix)
         self._store = connect(settings.store_url, check=False)
         self.registry = LiveWorkers(self._store, keys, settings.worker_lease)
-        self._broker = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=3)
+        # Leases exist only on kombu's Redis transport; on another broker (the demo's in-memory one) the
+        # registry is still kept: whoever waits on a worker must find this one.
+        self._broker = (
+            redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=3)
+            if settings.broker_url.startswith(REDIS_SCHEMES)
+            else None
+        )
         # kombu prefixes its own keys with the global key prefix (tests, shared Redis servers).
         self.unacked_index = f"{settings.broker_key_prefix}unacked_index"
 
@@ -74,8 +80,8 @@ class LeaseRenewer:
         """One beat: the registry entry, then the leases; returns how many leases were renewed."""
         now = time.time() if now is None else now
         self.registry.register(self.node, self.queues(), self.started, now)
-        tags = held_delivery_tags(self.consumer)
-        if tags:
+        tags = held_delivery_tags(self.consumer) if self._broker is not None else []
+        if tags and self._broker is not None:
             # XX: only messages still unacknowledged; one acked meanwhile must not come back.
             self._broker.zadd(self.unacked_index, dict.fromkeys(tags, now), xx=True)
         return len(tags)
