@@ -63,10 +63,11 @@ def store_empty_error(wipe: dict[str, str] | None) -> StoreUnavailable:
         noticed = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(wipe.get("noticed_at") or 0)))
         return StoreUnavailable(
             f"the config store was wiped (Redis lost its data; noticed {noticed} by {wipe.get('noticed_by')}): "
-            "every realm's settings are gone; save each realm again (`mailworker settings save --realm ...`) "
-            "and retry"
+            "every realm's settings are gone; restore them (`mailworker settings import FILE`, from an export) "
+            "or save each realm again (`mailworker settings save --realm ...`), and retry"
         )
     return StoreUnavailable(
         "the config store holds no settings at all: no realm was saved yet, or Redis lost its data "
-        "(restarted without persistence?); save the realm's settings (`mailworker settings save`) and retry"
+        "(restarted without persistence?); save the realm's settings (`mailworker settings save`, or "
+        "`mailworker settings import FILE` from an export) and retry"
     )

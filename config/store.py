@@ -43,10 +43,11 @@ from config.codec import (
 from config.conflicts import conflict_message, draft_conflict_message, save_conflict
 from config.crypto import SecretBox
 from config.edits import Change, apply_changes, check_note, diff_settings, edit_settings, weakening_change
-from config.epoch import Epoch, queue_epoch, read_epoch, read_wipe, record_wipe
+from config.epoch import Epoch, read_epoch, read_wipe, record_wipe
 from config.errors import ConflictError, NotFound
 from config.keys import Keys
 from config.names import check_realm
+from config.records import queue_saved, stored_json
 from config.rotation import retrying_transaction, rotate_secrets
 from config.smtp import SmtpSettings
 
@@ -398,24 +399,9 @@ class SettingsStore:
             ) from None
 
     def _queue_write(self, pipe: Any, record: SavedSettings) -> None:
-        realm = record.realm
-        data = encode_settings(record.settings, self._box, realm=realm)
-        pipe.hset(
-            self._keys.saved(realm),
-            mapping={
-                "version": record.version,
-                "data": json.dumps(data, sort_keys=True, ensure_ascii=False),
-                "saved_at": repr(record.saved_at),
-                "note": record.note or "",
-                "by": record.by or "",
-            },
-        )
-        entry = {"version": record.version, "data": data, "saved_at": record.saved_at, "note": record.note,
-                 "by": record.by}  # fmt: skip
-        pipe.lpush(self._keys.history(realm), json.dumps(entry, sort_keys=True, ensure_ascii=False))
-        pipe.ltrim(self._keys.history(realm), 0, self.history_size - 1)
-        pipe.sadd(self._keys.realms(), realm)
-        queue_epoch(pipe, self._keys)
+        entry = {"version": record.version, "data": encode_settings(record.settings, self._box, realm=record.realm),
+                 "saved_at": record.saved_at, "note": record.note, "by": record.by}  # fmt: skip
+        queue_saved(pipe, self._keys, record.realm, entry, self.history_size)
 
     def _encode_draft(self, draft: DraftSettings) -> str:
         entry = {
@@ -424,4 +410,4 @@ class SettingsStore:
             "data": encode_settings(draft.settings, self._box, realm=draft.realm),
             "updated_at": draft.updated_at,
         }
-        return json.dumps(entry, sort_keys=True, ensure_ascii=False)
+        return stored_json(entry)

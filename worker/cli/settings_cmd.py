@@ -124,9 +124,11 @@ def register(subparsers: Any) -> None:
     _add_json(rollback)
     rollback.set_defaults(handler=handle_rollback)
 
+    from worker.cli.backup_cmd import register_backup
     from worker.cli.settings_test_cmd import register_test
 
     register_test(commands)
+    register_backup(commands)
 
     secret_key = subparsers.add_parser("secret-key", help="print a new Fernet key for MAILWORKER_SECRET_KEY")
     secret_key.set_defaults(handler=handle_secret_key)

@@ -48,7 +48,8 @@ class SettingsCache:
             created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seen.created_at))
             log.error(
                 "the config store was wiped: its epoch %s (created %s) is %s. Every realm's settings, queued "
-                "job, result and dead letter stored before are lost; save the realms' settings again",
+                "job, result and dead letter stored before are lost; restore the settings (`mailworker settings "
+                "import FILE`) or save each realm again",
                 seen.id, created, "gone" if current is None else f"replaced by {current.id}",
             )  # fmt: skip
             self.store.record_wipe(seen, process_name())
