@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from config.crypto import MASK, SealBroken, Sealed, SecretBox
+from config.crypto import MASK, KeyNotHeld, SealBroken, Sealed, SecretBox
 from config.edits import SECRET_LABELS, secretless_data, shown
 from config.errors import InvalidInput, NotFound
 from config.smtp import CREDENTIAL_BOUND_FIELDS, SECRET_FIELDS, SmtpSettings, parse_smtp_settings
@@ -131,36 +131,51 @@ def encode_settings(settings: SmtpSettings, box: SecretBox, *, realm: str) -> di
     return data
 
 
-def read_settings(data: Mapping[str, Any], box: SecretBox, *, realm: str) -> Decoded:
+def read_settings(
+    data: Mapping[str, Any], box: SecretBox, *, realm: str, lenient_keys: bool = False
+) -> Decoded:
     """Stored data back to settings, saying which secrets cannot be used rather than failing.
 
-    Raises ConfigError for a key problem and InvalidInput for stored fields that break a rule.
+    Raises ConfigError for a key problem and InvalidInput for stored fields that break a rule. With
+    `lenient_keys` (editing and showing), a secret no configured key opens is one that cannot be used,
+    like a broken binding: after a lost key, entering the secret again is the way back.
     """
     plain = dict(data)
     sealed: dict[str, Any] = {}
     legacy: list[str] = []
+    lost: dict[str, str] = {}  # lenient_keys: secrets no configured key opens
     for name in SECRET_FIELDS:
         stored = plain.pop(encrypted_name(name), None)
         plain.pop(name, None)  # never stored in clear; ignore anything that claims to be
         if stored is None:
             continue
         if isinstance(stored, str):
-            plain[name] = box.decrypt(stored)
+            try:
+                plain[name] = box.decrypt(stored)
+            except KeyNotHeld as error:
+                if not lenient_keys:
+                    raise
+                lost[name] = error.reason
+                plain[name] = _PLACEHOLDER
             legacy.append(name)
         else:
             sealed[name] = stored
             plain[name] = _PLACEHOLDER
     shape = parse_smtp_settings(plain)
     if not sealed:
-        return Decoded(shape, {}, tuple(legacy))
+        return Decoded(shape, lost, tuple(legacy))
     current = bound_values(shape)
-    unusable: dict[str, str] = {}
+    unusable: dict[str, str] = dict(lost)
     for name, stored in sealed.items():
         try:
             plain[name] = open_secret(box, realm, name, stored, current)
         except _Unusable as why:
             unusable[name] = str(why)
-    settings = shape if len(unusable) == len(sealed) else parse_smtp_settings(plain)
+        except KeyNotHeld as error:
+            if not lenient_keys:
+                raise
+            unusable[name] = error.reason
+    settings = shape if len(unusable) == len(sealed) + len(lost) else parse_smtp_settings(plain)
     return Decoded(settings, unusable, tuple(legacy))
 
 

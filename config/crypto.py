@@ -35,6 +35,21 @@ _AES_INFO = b"iam-mail-worker secret sealing v2: aes-256-gcm key"
 _KID_INFO = b"iam-mail-worker secret sealing v2: key id"
 
 
+class KeyNotHeld(ConfigError):
+    """No configured key opens a stored secret: the key it was encrypted with was lost or replaced."""
+
+    def __init__(self, kid: str | None) -> None:
+        self.kid = kid
+        super().__init__(f"a stored secret {self.reason.removeprefix('it ')}: was the key replaced instead of "
+                         "rotated (new key first, old key kept after a comma)?")  # fmt: skip
+
+    @property
+    def reason(self) -> str:
+        """Why the secret cannot be used, for a message about that secret (config/codec.py)."""
+        which = f" (key id {self.kid})" if self.kid else ""
+        return f"it was encrypted with a key that is not in MAILWORKER_SECRET_KEY{which}"
+
+
 class SealBroken(Exception):
     """The key is there, but the ciphertext or its associated data are not what was sealed."""
 
@@ -109,11 +124,7 @@ class SecretBox:
                     return aes.decrypt(sealed.nonce, sealed.ciphertext, associated_data).decode()
                 except InvalidTag:
                     raise SealBroken() from None
-        raise ConfigError(
-            f"a stored secret was encrypted with a key that is not in MAILWORKER_SECRET_KEY (key id "
-            f"{sealed.kid or '?'}): was the key replaced instead of rotated (new key first, old key kept "
-            "after a comma)?"
-        )
+        raise KeyNotHeld(sealed.kid or "?")
 
     # ---- Fernet (cached tokens; settings secrets of the old format) -------------------------------------
 
@@ -124,10 +135,7 @@ class SecretBox:
         try:
             return self._fernet.decrypt(token.encode()).decode()
         except InvalidToken:
-            raise ConfigError(
-                "a stored secret cannot be decrypted with MAILWORKER_SECRET_KEY: "
-                "was the key replaced instead of rotated (new key first, old key kept after a comma)?"
-            ) from None
+            raise KeyNotHeld(None) from None
 
 
 def new_key() -> str:

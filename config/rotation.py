@@ -1,4 +1,5 @@
-"""`mailworker secrets rotate`: every stored settings secret sealed again with the first key.
+"""`mailworker secrets rotate`: every stored settings secret sealed again with the first key; and the
+check that the key opens the saved secrets at all (`mailworker health`, a worker's start).
 
 Saved settings, drafts and history entries of every realm; secrets of the old (Fernet) format are sealed
 to their settings on the way (config/codec.py). Each key is rewritten under WATCH, so a save landing
@@ -8,14 +9,15 @@ meanwhile is never overwritten with older data: the rotation of that key simply 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis
 from redis.exceptions import WatchError
 
-from config.codec import Rotation, draft_id_of, rotate_data
-from config.crypto import SecretBox
+from config.codec import Rotation, draft_id_of, read_settings, rotate_data
+from config.crypto import KeyNotHeld, SecretBox
 from config.keys import Keys
 
 T = TypeVar("T")
@@ -105,3 +107,43 @@ def _rotate_history(pipe: Any, key: str, realm: str, box: SecretBox) -> Rotation
     pipe.delete(key)
     pipe.rpush(key, *(_dumps(e) for e in entries))
     return result
+
+
+@dataclass
+class KeyCheck:
+    """What `check_key` found: the realms whose saved secret the key opens, and those it does not."""
+
+    opened: list[str] = field(default_factory=list)
+    lost: dict[str, str] = field(default_factory=dict)  # realm -> why (the key id no configured key has)
+
+    def problem(self) -> str | None:
+        """One line for a person when some secret cannot be opened, else None."""
+        if not self.lost:
+            return None
+        realms = sorted(self.lost)
+        shown = ", ".join(realms[:5]) + (f" and {len(realms) - 5} more" if len(realms) > 5 else "")
+        why = self.lost[realms[0]].removeprefix("it was ")
+        return (f"the saved secrets of {len(realms)} realm(s) ({shown}) were {why}: add that key to "
+                "MAILWORKER_SECRET_KEY (rotation keeps the old key after a comma), or, if it is lost, enter "
+                "each secret again (`mailworker settings save --realm R --password-stdin`)")  # fmt: skip
+
+
+def check_key(
+    box: SecretBox, realms: Iterable[str], saved_fields: Callable[[str], dict[str, Any] | None]
+) -> KeyCheck:
+    """Try the key on each realm's saved secret. `box` raises ConfigError at once when the key is missing or
+    malformed. A secret whose settings were changed behind the store's back is not the key's fault: it
+    counts neither way (the job that meets it says so)."""
+    check = KeyCheck()
+    for realm in realms:
+        fields = saved_fields(realm)
+        if not fields or not any(name.endswith("_encrypted") for name in fields):
+            continue
+        try:
+            decoded = read_settings(fields, box, realm=realm)
+        except KeyNotHeld as error:
+            check.lost[realm] = error.reason
+            continue
+        if not decoded.unusable:
+            check.opened.append(realm)
+    return check

@@ -48,7 +48,7 @@ from config.errors import ConflictError, NotFound
 from config.keys import Keys
 from config.names import check_realm
 from config.records import queue_saved, stored_json
-from config.rotation import retrying_transaction, rotate_secrets
+from config.rotation import KeyCheck, check_key, retrying_transaction, rotate_secrets
 from config.smtp import SmtpSettings
 
 __all__ = [  # what other modules import from here
@@ -128,18 +128,9 @@ class SettingsStore:
     def draft(self, realm: str, *, lenient: bool = False) -> DraftSettings | None:
         return self._read_draft(self._redis, realm, lenient=lenient)
 
-    def check_key(self) -> str | None:
-        """Prove MAILWORKER_SECRET_KEY opens the stored secrets: decrypt the saved secret of one realm that
-        has one (ConfigError when the key is missing, malformed or not the one they were sealed with; a
-        secret whose settings were changed behind the store's back is not the key's fault and is left to
-        the job that meets it). Returns the realm checked, or None when no realm stores a secret."""
-        _ = self._box  # a missing or malformed key: ConfigError naming the variable
-        for realm in self.realms():
-            fields = self.saved_fields(realm)
-            if fields and any(name.endswith("_encrypted") for name in fields):
-                self.saved(realm, lenient=True)
-                return realm
-        return None
+    def check_key(self) -> KeyCheck:
+        """Does MAILWORKER_SECRET_KEY open the saved secrets? (config/rotation.py)"""
+        return check_key(self._box, self.realms(), self.saved_fields)
 
     def saved_fields(self, realm: str) -> dict[str, Any] | None:
         """The saved settings as stored (JSON names), secrets still encrypted, nothing decrypted.
@@ -325,7 +316,7 @@ class SettingsStore:
         )
 
     def _decode(self, data: Mapping[str, Any], realm: str, *, lenient: bool) -> Decoded:
-        decoded = read_settings(data, self._box, realm=realm)
+        decoded = read_settings(data, self._box, realm=realm, lenient_keys=lenient)
         if decoded.unusable and not lenient:
             raise UnusableSettings(unusable_message(realm, decoded.unusable))
         return decoded

@@ -63,12 +63,15 @@ def secrets_check(settings: Any, store: Any) -> Check:
     if settings.secret_key is None and not getattr(settings, "secret_key_file", None):
         return WARN, "secrets MAILWORKER_SECRET_KEY is not set here: not checked (workers need it)"
     try:
-        realm = store.check_key()
+        check = store.check_key()
     except ConfigError as error:
         return FAIL, f"secrets {error}"
-    if realm is None:
+    problem = check.problem()
+    if problem is not None:
+        return FAIL, f"secrets {problem}"
+    if not check.opened:
         return OK, "secrets the key is usable (no realm stores a secret yet)"
-    return OK, f"secrets the key opens the stored secrets (checked on realm {realm})"
+    return OK, f"secrets the key opens the saved secrets of {len(check.opened)} realm(s)"
 
 
 def workers_check(registry: Any, nodes: Sequence[str]) -> list[Check]:

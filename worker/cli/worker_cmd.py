@@ -79,20 +79,29 @@ def check_the_key() -> None:
 
     A worker started with the wrong key (or none) would take every job of a realm with a password and
     fail it; stopping here, with one line naming the variable, is what the person starting it can act on.
-    Raises ConfigError (exit 1). A store that does not answer yet is not a reason to refuse: Celery waits
+    Raises ConfigError (exit 1) when the key is missing or malformed, or opens none of the saved secrets;
+    when it opens some, the worker starts and says (ERROR) which realms it cannot serve. A store that does not answer yet is not a reason to refuse: Celery waits
     for Redis, and each job checks again.
     """
     import redis
 
+    from config.errors import ConfigError
     from worker.runtime import runtime
 
     try:
-        realm = runtime().store.check_key()
+        check = runtime().store.check_key()
     except redis.RedisError as error:
         log.warning("MAILWORKER_SECRET_KEY not checked: the config store does not answer (%s)", error)
         return
-    if realm is not None:
-        log.info("MAILWORKER_SECRET_KEY opens the stored secrets (checked on realm %s)", realm)
+    problem = check.problem()
+    if problem is not None and not check.opened:
+        raise ConfigError(problem)  # a wrong key: every stored secret is closed to it
+    if problem is not None:
+        # Some realms' secrets only (a key lost or missing for them): the others' mail must go on; each
+        # job of those realms ends as a dead letter (reason settings) saying what to do.
+        log.error("MAILWORKER_SECRET_KEY: %s", problem)
+    elif check.opened:
+        log.info("MAILWORKER_SECRET_KEY opens the saved secrets of %d realm(s)", len(check.opened))
 
 
 def child_commands(args: argparse.Namespace) -> list[tuple[list[str], int]]:

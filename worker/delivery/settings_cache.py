@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
+from config.codec import UnusableSettings
+from config.crypto import KeyNotHeld
 from config.epoch import Epoch, store_empty_error
 from config.errors import NotFound
 from config.smtp import SmtpSettings
@@ -23,7 +25,8 @@ class SettingsCache:
     def get(self, realm: str) -> tuple[int, SmtpSettings]:
         """The realm's saved settings and their version; a save is seen by the very next message.
 
-        NotFound when the realm has none; StoreUnavailable (retryable) when the store holds no settings
+        NotFound when the realm has none, or its secret cannot be used (UnusableSettings: a broken
+        binding, or a key this worker lacks); StoreUnavailable (retryable) when the store holds no settings
         at all (wiped, or never configured): the job waits for an admin instead of dying.
         """
         version = self.store.version(realm)
@@ -31,7 +34,15 @@ class SettingsCache:
         if cached is not None and cached[0] == version:
             return cached
         self.check_epoch()
-        saved = self.store.saved(realm)
+        try:
+            saved = self.store.saved(realm)
+        except KeyNotHeld as error:
+            # This realm's only: a dead letter (reason settings) saying what to do, not a task failure.
+            raise UnusableSettings(
+                f"realm {realm}: the stored secret cannot be used: {error.reason}; add that key to "
+                f"MAILWORKER_SECRET_KEY, or enter the secret again (`mailworker settings save --realm {realm} "
+                "--password-stdin`)"
+            ) from None
         if saved is None:
             self._entries.pop(realm, None)
             if self._epoch is None:
