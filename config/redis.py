@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -82,6 +83,20 @@ def persistence(client: Any) -> tuple[bool | None, str]:
         "keeps nothing on disk (appendonly no, no save points): a restart loses queued mail, results and "
         "every realm's settings; turn on AOF (docs/reliability.md)"
     )
+
+
+@dataclass(frozen=True)
+class Memory:
+    used: int  # bytes
+    maximum: int  # bytes; 0: no maxmemory (Redis grows until the machine runs out)
+    policy: str  # maxmemory-policy: noeviction refuses writes when full; the others delete keys
+
+
+def memory(client: Any) -> Memory:
+    """How full a Redis server is (INFO memory: works on managed Redis without CONFIG)."""
+    info = client.info("memory")
+    return Memory(int(info.get("used_memory") or 0), int(info.get("maxmemory") or 0),
+                  str(info.get("maxmemory_policy") or "unknown"))  # fmt: skip
 
 
 def redact_url(url: object) -> str:

@@ -7,6 +7,9 @@ What it checks, in order, one line each (`ok`, `warn` or `FAIL`):
                (Redis lost its data, or nothing was saved yet); a wipe a worker noticed is named;
 - secrets:     MAILWORKER_SECRET_KEY opens the stored secrets (warn when this shell has no key);
 - persistence: whether that Redis keeps anything on disk (warn only: a restart would lose queued mail);
+- memory:      how full it is: FAIL from 95% of maxmemory (at 100% Redis refuses every write: no mail is
+               enqueued, no result written), warn from 80%, and warn when its policy evicts keys (queued
+               mail and settings would vanish); the broker's Redis too when it is another one;
 - broker:      the broker's Redis answers;
 - workers:     every queue has a live consumer (heartbeat within one lease, worker/liveness/heartbeat.py), or
                with --node, each named worker is alive.
@@ -56,6 +59,30 @@ def settings_check(store: Any) -> Check:
     return OK, f"settings stored since {created} ({len(store.realms())} realm(s))"
 
 
+# Shares of maxmemory from which `memory` warns, and fails (Redis refuses writes at 100%: fail before).
+MEMORY_WARN, MEMORY_FAIL = 0.80, 0.95
+
+
+def memory_check(what: str, used: int, maximum: int, policy: str) -> Check:
+    """How full a Redis is, and whether it would delete keys when full."""
+    mib = f"{used / 2**20:.1f} MiB"
+    if maximum <= 0:
+        return OK, f"{what} {mib} used (no maxmemory: it grows until the machine runs out)"
+    share = used / maximum
+    text = f"{what} {mib} of {maximum / 2**20:.0f} MiB ({share:.0%}), policy {policy}"
+    if share >= MEMORY_FAIL:
+        full = "full: it refuses every write" if share >= 1 else "nearly full"
+        return FAIL, f"{text}: {full}; free space or raise maxmemory (docs/runbook.md#redis-is-full)"
+    if policy != "noeviction":
+        return (
+            WARN,
+            f"{text}: when full it deletes keys (queued mail, settings); set maxmemory-policy noeviction",
+        )
+    if share >= MEMORY_WARN:
+        return WARN, f"{text}: filling up (docs/runbook.md#redis-is-full)"
+    return OK, text
+
+
 def secrets_check(settings: Any, store: Any) -> Check:
     """Does MAILWORKER_SECRET_KEY (as this shell has it) open the stored secrets?"""
     from config.errors import ConfigError
@@ -101,7 +128,7 @@ def check_health(timeout: float, nodes: Sequence[str] = ()) -> list[Check]:
     import redis
 
     from config.errors import ConfigError
-    from config.redis import connect, persistence, redact_url, redact_urls_in
+    from config.redis import connect, memory, persistence, redact_url, redact_urls_in
     from worker.runtime import runtime
 
     rt = runtime()
@@ -119,6 +146,8 @@ def check_health(timeout: float, nodes: Sequence[str] = ()) -> list[Check]:
         checks.append(secrets_check(settings, rt.store))
         keeps, what = persistence(client)  # config/redis.py
         checks.append((OK if keeps else WARN, f"persistence {what}"))
+        use = memory(client)
+        checks.append(memory_check("memory ", use.used, use.maximum, use.policy))
         store_ok = True
     except (redis.RedisError, OSError) as error:
         reason = redact_urls_in(str(error), settings.store_url)
@@ -137,7 +166,10 @@ def check_health(timeout: float, nodes: Sequence[str] = ()) -> list[Check]:
         with broker_connection(settings, timeout) as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
             conn.default_channel.client.ping()
-        checks.append((OK, f"broker  {redact_url(settings.broker_url)} answers ({_ms(started)})"))
+            checks.append((OK, f"broker  {redact_url(settings.broker_url)} answers ({_ms(started)})"))
+            if settings.broker_url != settings.store_url:
+                use = memory(conn.default_channel.client)
+                checks.append(memory_check("broker memory", use.used, use.maximum, use.policy))
     except Exception as error:  # kombu wraps every transport error differently
         reason = redact_urls_in(str(error), settings.broker_url)
         checks.append(

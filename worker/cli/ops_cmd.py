@@ -170,8 +170,16 @@ def queue_depths(settings: ServiceSettings) -> dict[str, Any]:
         with broker_connection(settings) as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
             channel = conn.default_channel
-            queues = {name: int(channel._size(name)) for name in QUEUES}
-            unacked = int(channel.client.hlen(channel.unacked_key))
+            # Reads only, outside a transaction: a full Redis (maxmemory reached) refuses MULTI, and the
+            # depths are what an operator needs most then.
+            pipe = channel.client.pipeline(transaction=False)
+            for name in QUEUES:
+                for priority in channel.priority_steps:
+                    pipe.llen(channel._q_for_pri(name, priority))
+            pipe.hlen(channel.unacked_key)
+            *lengths, unacked = (int(n) for n in pipe.execute())
+            steps = len(channel.priority_steps)
+            queues = {name: sum(lengths[i * steps : (i + 1) * steps]) for i, name in enumerate(QUEUES)}
     except Exception as error:  # kombu wraps every transport and URL error differently
         raise unusable("MAILWORKER_BROKER_URL", "the broker", settings.broker_url, error) from None
     return {"queues": queues, "unacked": unacked}
