@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.errors import ConfigError
+from config.variables import variable_problem
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -55,7 +56,7 @@ class ServiceSettings(BaseSettings):
     delivered_marker_ttl: int = Field(default=7 * 86_400, ge=60)
     dead_letter_ttl: int = Field(default=30 * 86_400, ge=60)
 
-    # Retries (worker/retry.py): backoff from `retry_base_delay` doubling up to `retry_max_delay`. A job
+    # Retries (worker/policy.py): backoff from `retry_base_delay` doubling up to `retry_max_delay`. A job
     # retries until its link expires, or for `retry_max_age` seconds when it has no link (MTAs keep mail
     # for days; identity mail is stale after a day). `max_attempts` 0 means no limit by count.
     max_attempts: int = Field(default=0, ge=0, le=10_000)
@@ -157,6 +158,9 @@ def read_key_file(path: str) -> str:
 
 def load_settings() -> ServiceSettings:
     """Read the environment; a bad value becomes one ConfigError naming the variable."""
+    problem = variable_problem(os.environ, ServiceSettings.model_fields)
+    if problem is not None:
+        raise ConfigError(problem)
     try:
         return ServiceSettings()
     except ValidationError as error:

@@ -127,3 +127,34 @@ def test_a_worker_refuses_to_start_with_a_key_that_does_not_open_the_stored_secr
     assert done.returncode == 1, done.stderr
     assert "MAILWORKER_SECRET_KEY" in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert "pw-kept-secret" not in done.stderr + done.stdout
+
+
+# ---- a malformed service setting: one line, exit 1, from every command ------------------------------------
+
+BAD_SETTINGS = {
+    "MAILWORKER_LOG_FORMAT": ("yaml", "MAILWORKER_LOG_FORMAT: "),
+    "MAILWORKER_MAX_ATTEMPTS": ("abc", "MAILWORKER_MAX_ATTEMPTS: Input should be a valid integer"),
+    "MAILWORKER_VISIBILITY_TIMEOUT": ("100", "MAILWORKER_VISIBILITY_TIMEOUT was removed"),
+    "MAILWORKER_MAX_ATTEMPT": ("3", "did you mean MAILWORKER_MAX_ATTEMPTS?"),
+}
+COMMANDS = [["health"], ["stats"], ["status", "x"], ["dead", "list"], ["realms"], ["job", "list"],
+            ["settings", "history", "--realm", "r"], ["ingest", "--once"],
+            ["worker", "--queues", "control", "--pool", "solo"]]  # fmt: skip
+
+
+def with_setting(name: str, value: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, name: value}
+    return subprocess.run([sys.executable, "-m", "worker.cli", *argv], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name, argv",
+    [(name, ["health"]) for name in BAD_SETTINGS]
+    + [(name, argv) for name in ("MAILWORKER_MAX_ATTEMPTS", "MAILWORKER_VISIBILITY_TIMEOUT") for argv in COMMANDS],
+)
+def test_a_malformed_or_removed_setting_is_one_line_and_exit_1_from_every_command(name: str, argv: list[str]) -> None:
+    value, says = BAD_SETTINGS[name]
+    done = with_setting(name, value, argv)
+    assert done.returncode == 1, (argv, done.stderr[-2000:])
+    assert done.stderr.count("\n") == 1 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
