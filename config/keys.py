@@ -58,7 +58,7 @@ class Keys:
         """Hash: consumer node -> JSON {queues, host, pid, beat}: who consumes which queue, and since when."""
         return f"{self.prefix}:workers"
 
-    # the store's identity (worker/epoch.py)
+    # the store's identity (config/epoch.py)
     def epoch(self) -> str:
         """Hash {id, created_at}: written with the first saved settings; gone means Redis lost its data."""
         return f"{self.prefix}:epoch"

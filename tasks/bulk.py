@@ -3,7 +3,8 @@
 `mail.bulk.start` fans a job out into one `mail.bulk.chunk` per chunk (the recipients stay in Redis).
 A chunk task runs `run_chunk` and turns its result into "done" or the same task again after a countdown:
 a retry after a transient failure, or "later" when the rate limit or the run's time budget says so.
-Every countdown stays below the broker's visibility timeout (worker/bulk/chunks.py caps them).
+A countdown may be as long as it needs: the worker holding the message renews its lease meanwhile
+(worker/liveness/leases.py), so no other worker takes it early.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
 
 The task's arguments carry no secret: the worker reads the draft or the saved settings from the store, so a
 password being edited is tested before it is saved without ever travelling through the broker. The result
-(JSON) is the probe's status (worker/probe.py) plus realm, source ("draft" | "saved") and version.
+(JSON) is the probe's status (worker/probe/status.py) plus realm, source ("draft" | "saved") and version.
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ def celery_config(settings: ServiceSettings) -> dict[str, Any]:
         # behind a hundred others.
         "worker_prefetch_multiplier": 1,
         # ... and none taken before a process is free to run it: a reset that arrives later in a higher
-        # priority lane (tasks/lanes.py) is the next one taken, not the one after a prefetched batch.
+        # priority lane (worker/jobs/lanes.py) is the next one taken, not the one after a prefetched batch.
         # (Celery implements it for Redis only, and warns on any other broker: the demo's in-memory one.)
         "worker_disable_prefetch": settings.broker_url.startswith(REDIS_SCHEMES),
         "task_queues": [Queue(name, routing_key=name) for name in QUEUES],

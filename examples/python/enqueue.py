@@ -1,6 +1,6 @@
 """Enqueue e-mail from Python with the producer API (validated before anything reaches Redis).
 
-MAILWORKER_SECRET_KEY=... python examples/python/enqueue.py REALM TO LINK
+python examples/python/enqueue.py REALM TO LINK      # a producer needs no MAILWORKER_SECRET_KEY
 """
 
 from __future__ import annotations
