@@ -18,7 +18,10 @@ from typing import Any
 
 from config.errors import InvalidInput
 from worker.cli.common import print_json
-from worker.cli.formats import FAILED, OK
+from worker.cli.formats import FAILED, OK, iso
+
+# The Unix times of a wipe notice (config/epoch.py record_wipe), printed as ISO 8601 UTC.
+WIPE_TIMES = ("lost_epoch_created_at", "noticed_at")
 
 # An export holds every realm's sealed secrets: readable by its owner only, like the key that opens them.
 EXPORT_FILE_MODE = 0o600
@@ -92,6 +95,20 @@ def read_document(path: str) -> Any:
         raise InvalidInput.one("FILE", f"{path} is not JSON ({str(error)[:200]})") from None
 
 
+def wipe_json(wipe: dict[str, str] | None) -> dict[str, Any] | None:
+    """The wipe notice an import cleared, its times as ISO 8601 UTC (Redis keeps them as Unix seconds)."""
+    if wipe is None:
+        return None
+    return {name: _iso_text(value) if name in WIPE_TIMES else value for name, value in wipe.items()}
+
+
+def _iso_text(value: str) -> str | None:
+    try:
+        return iso(float(value))
+    except (ValueError, OverflowError, OSError):  # not a Unix time: shown as stored
+        return value
+
+
 def handle_import(args: argparse.Namespace) -> int:
     from config.backup import import_settings
     from worker.cli.settings_cmd import open_store, who
@@ -105,7 +122,8 @@ def handle_import(args: argparse.Namespace) -> int:
         history_size=rt.store.history_size, dry_run=args.dry_run,
     )  # fmt: skip
     if args.json:
-        print_json({"dry_run": args.dry_run, **report.as_json()})
+        wipe_cleared = wipe_json(report.wipe_cleared)
+        print_json({"dry_run": args.dry_run, **report.as_json(), "wipe_cleared": wipe_cleared})
         return FAILED if report.unusable else OK
     would = "would be " if args.dry_run else ""
     for realm in report.restored:

@@ -8,12 +8,17 @@ line above, reorder text with bidi overrides). JSON output goes through `json_te
 
 from __future__ import annotations
 
+import argparse
+import functools
 import sys
+from collections.abc import Callable
 from typing import Any
 
+from config.errors import NotFound
 from config.printable import UNSAFE, json_text, shown
+from worker.cli.formats import NOT_FOUND
 
-__all__ = ["UNSAFE", "fail", "json_text", "print_json", "shown", "table"]
+__all__ = ["UNSAFE", "fail", "json_text", "names_a_job", "print_json", "shown", "table"]
 
 
 def print_json(data: Any) -> None:
@@ -23,6 +28,20 @@ def print_json(data: Any) -> None:
 def fail(message: str, code: int = 1) -> int:
     print(f"error: {shown(message)}", file=sys.stderr)
     return code
+
+
+def names_a_job(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """For a command given a job id: an unknown (or expired) one is exit 3, as for `status`
+    (worker/cli/formats.py), not 1, which `job --watch` gives a job that ended failed or cancelled."""
+
+    @functools.wraps(handler)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except NotFound as error:
+            return fail(str(error), NOT_FOUND)
+
+    return wrapper
 
 
 def table(rows: list[list[str]], headers: list[str]) -> str:

@@ -1,4 +1,7 @@
-"""`mailworker dead list|show|requeue|purge`: the jobs that could not be delivered."""
+"""`mailworker dead list|show|requeue|purge`: the jobs that could not be delivered.
+
+An unknown job id (`dead show`, `dead requeue`) exits 3, as for `status` (worker/cli/formats.py).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import time
 from typing import Any
 
 from config.errors import InvalidInput
-from worker.cli.common import print_json, shown, table
+from worker.cli.common import names_a_job, print_json, shown, table
 from worker.cli.formats import cut_notice, duration, page, with_iso_times
 from worker.jobs.deadletters import REASONS
 
@@ -89,6 +92,7 @@ def list_dead(args: argparse.Namespace) -> int:
     return 0
 
 
+@names_a_job
 def show_dead(args: argparse.Namespace) -> int:
     from worker.runtime import runtime
 
@@ -101,6 +105,7 @@ def show_dead(args: argparse.Namespace) -> int:
     return 0
 
 
+@names_a_job
 def requeue_dead(args: argparse.Namespace) -> int:
     from tasks.api import requeue_dead_letter
     from worker.runtime import runtime

@@ -7,7 +7,7 @@ Exit codes (docs/cli.md lists them with the commands that use each):
          Test Connection, a job that ended without delivery (dead-lettered, dropped), a bulk job that
          ended failed or cancelled
     2    a usage error (argparse's convention): an unknown option, a missing argument
-    3    no such thing: an unknown job id
+    3    no such thing: an unknown job id (`status`, `job`, `dead show`, `dead requeue`)
     4    not ended yet: a job that waits in a queue or for its retry (`status`)
     130  interrupted (Ctrl-C)
     141  the reader of the output went away (`... | head`), as a shell reports SIGPIPE

@@ -1,7 +1,8 @@
 """`mailworker job JOB_ID [--watch] [--json]`, `job cancel JOB_ID` and `job list`: bulk jobs.
 
-`--watch` exits 0 when the job ends done, 1 when it ends failed or cancelled; `--watch --json` prints one
-JSON object per line (JSON Lines), each a progress as `job JOB_ID --json` prints it.
+`--watch` exits 0 when the job ends done, 1 when it ends failed or cancelled; an unknown job id exits 3
+(for `job cancel` too). `--watch --json` prints one JSON object per line (JSON Lines), each a progress as
+`job JOB_ID --json` prints it.
 
 $ mailworker job bulk-3f2a...
 bulk-3f2a...  realm acme  template policy-change  running
@@ -18,7 +19,7 @@ import time
 from typing import Any
 
 from config.errors import InvalidInput, NotFound
-from worker.cli.common import print_json, shown, table
+from worker.cli.common import names_a_job, print_json, shown, table
 from worker.cli.formats import FAILED, OK, cut_notice, iso, json_line, page, with_iso_times
 
 BAR_WIDTH = 30
@@ -102,6 +103,7 @@ def render_progress(p: dict[str, Any], now: float | None = None) -> str:
     return f"{head}\n[{bar}] {share * 100:5.1f}%  {settled:,}/{total:,}\n{counts}"
 
 
+@names_a_job
 def show_job(args: argparse.Namespace) -> int:
     from tasks import api
 

@@ -7,6 +7,7 @@ a URL's credentials are masked (config/redis.py), in the errors of the libraries
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from config.errors import ConfigError
@@ -16,6 +17,9 @@ from worker.cli.formats import FAILED, NOT_ENDED, NOT_FOUND, OK, iso, with_iso_t
 
 if TYPE_CHECKING:
     from config.settings import ServiceSettings
+
+# The Unix times of `status`, printed as ISO 8601 UTC (worker/cli/formats.py).
+STATUS_TIMES = ("sent_at", "died_at", "date_done")
 
 # Counters every realm row shows, even at zero (worker/jobs/stats.py names; more appear when counted).
 REALM_COLUMNS = ("sent", "dead", "dropped_cooldown")
@@ -93,6 +97,8 @@ def job_status(task_id: str) -> dict[str, Any]:
             info["status"] = f"unknown: no such job, or its records expired{wiped}"
     for name in ("name", "worker", "queue", "date_done"):
         extended = getattr(result, name, None)
+        if isinstance(extended, dt.datetime):  # date_done: Celery's UTC datetime, a Unix time here
+            extended = (extended if extended.tzinfo else extended.replace(tzinfo=dt.UTC)).timestamp()
         if extended is not None:
             info["task" if name == "name" else name] = extended
     info.setdefault("status", state.lower())
@@ -121,7 +127,7 @@ def show_status(args: argparse.Namespace) -> int:
     code = status_exit(info)
     info.pop("known", None)
     if args.json:
-        print_json(with_iso_times(info, ("sent_at", "died_at")))
+        print_json(with_iso_times(info, STATUS_TIMES))
         return code
     order = ("job_id", "state", "status", "task", "realm", "attempts", "ambiguous", "maybe_delivered", "reason",
              "error", "retry", "last_error", "smtp_code", "message_id", "sent_at", "died_at", "worker", "queue",
@@ -133,7 +139,7 @@ def show_status(args: argparse.Namespace) -> int:
 
 
 def _shown(name: str, value: Any) -> str:
-    if name in ("sent_at", "died_at") and isinstance(value, int | float):
+    if name in STATUS_TIMES and isinstance(value, int | float):
         return str(iso(value))
     return shown(value)
 
