@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery.result import AsyncResult
+from pydantic import ValidationError
 
 from config.epoch import store_empty_error
 from config.errors import InvalidInput
@@ -174,9 +175,15 @@ def requeue_dead_letter(job_id: str) -> str:
             f"{job_id} is an ingest entry that never became a job: push it again (fix the producer, "
             "or report an `internal` error)",
         )
-    job = EmailJob.model_validate(letter.job).model_copy(
-        update={"requeued": letter.job.get("requeued", 0) + 1}
-    )
+    try:
+        job = EmailJob.model_validate(letter.job).model_copy(
+            update={"requeued": int(letter.job.get("requeued", 0)) + 1}
+        )
+    except (ValidationError, TypeError, ValueError, AttributeError):
+        # Written by hand or by an older version: nothing here can be sent again as it is.
+        raise InvalidInput.one(
+            "job_id", f"dead letter {job_id} holds no job that can be sent again; purge it (`dead purge`)"
+        ) from None
     rt.ledger.reset(job.id)
     result(job.id).forget()  # the dead result must not answer for the new attempt
     # Back to the queue it came from: a bulk recipient's mail goes to the bulk workers (and their pace),

@@ -158,3 +158,21 @@ def test_a_malformed_or_removed_setting_is_one_line_and_exit_1_from_every_comman
     done = with_setting(name, value, argv)
     assert done.returncode == 1, (argv, done.stderr[-2000:])
     assert done.stderr.count("\n") == 1 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("job", [{}, {"realm": "acme", "requeued": "many"}, {"to": ["not", "a", "job"]}])
+def test_a_dead_letter_that_holds_no_job_cannot_be_requeued_and_says_so(job: dict[str, Any]) -> None:
+    """Written by hand or by an older version: one line, not a pydantic traceback."""
+    from worker.jobs.deadletters import DeadLetter
+
+    job_id = f"handmade-{uuid.uuid4().hex[:8]}"
+    runtime().dead_letters.add(DeadLetter(job_id, "acme", "password-reset", "a@example.com", "permanent",
+                                          "550", 1, job=job))  # fmt: skip
+    try:
+        done = without_key("dead", "requeue", job_id)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.strip() == (f"error: job_id: dead letter {job_id} holds no job that can be sent "
+                                       "again; purge it (`dead purge`)")  # fmt: skip
+        assert runtime().dead_letters.get(job_id).job_id == job_id  # kept, for the operator to look at
+    finally:
+        runtime().dead_letters.remove(job_id)
