@@ -54,7 +54,11 @@ def _connect_pinned(pinned: Pinned) -> Callable[..., socket.socket]:
     return create_connection
 
 
-class _TimedHTTPConnection(http.client.HTTPConnection):
+class _Timed:
+    """Connects to a pinned address under the connect timeout, then reads under `read_timeout`."""
+
+    sock: Any
+
     def __init__(
         self,
         host: str,
@@ -64,32 +68,22 @@ class _TimedHTTPConnection(http.client.HTTPConnection):
         pinned: Pinned | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(host, *args, **kwargs)
+        super().__init__(host, *args, **kwargs)  # type: ignore[call-arg]
         self._read_timeout = read_timeout
         self._create_connection = _connect_pinned(pinned or {})
 
     def connect(self) -> None:
-        super().connect()  # under the connect timeout given to urlopen
+        # TCP (and for HTTPS the TLS handshake, to the host name, not the address) under the connect timeout
+        super().connect()  # type: ignore[misc]
         self.sock.settimeout(self._read_timeout)
 
 
-class _TimedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(
-        self,
-        host: str,
-        /,
-        *args: Any,
-        read_timeout: float = 10.0,
-        pinned: Pinned | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(host, *args, **kwargs)
-        self._read_timeout = read_timeout
-        self._create_connection = _connect_pinned(pinned or {})
+class _TimedHTTPConnection(_Timed, http.client.HTTPConnection):
+    pass
 
-    def connect(self) -> None:
-        super().connect()  # TCP and the TLS handshake (to the host name, not the address), under the connect timeout
-        self.sock.settimeout(self._read_timeout)
+
+class _TimedHTTPSConnection(_Timed, http.client.HTTPSConnection):
+    pass
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):
