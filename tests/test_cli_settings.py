@@ -101,7 +101,7 @@ def test_save_show_history(cli: str, capsys: Any, monkeypatch: pytest.MonkeyPatc
 def test_password_comes_from_stdin_without_its_newline(
     cli: str, capsys: Any, monkeypatch: pytest.MonkeyPatch, realm: str
 ) -> None:
-    from worker.cli.settings_cmd import open_store
+    from worker.cli.editing import open_store
 
     create(capsys, monkeypatch, realm)
     assert open_store().saved(realm).settings.secret("password") == PASSWORD  # type: ignore[union-attr]
@@ -289,7 +289,7 @@ def test_secret_key_prints_a_fernet_key(cli: str, capsys: Any, monkeypatch: pyte
 
 
 def test_secrets_rotate(cli: str, capsys: Any, monkeypatch: pytest.MonkeyPatch, realm: str) -> None:
-    from worker.cli.settings_cmd import open_store
+    from worker.cli.editing import open_store
 
     create(capsys, monkeypatch, realm)
     new = Fernet.generate_key().decode()

@@ -111,7 +111,7 @@ def _iso_text(value: str) -> str | None:
 
 def handle_import(args: argparse.Namespace) -> int:
     from config.backup import import_settings
-    from worker.cli.settings_cmd import open_store, who
+    from worker.cli.editing import open_store, who
     from worker.runtime import runtime
 
     document = read_document(args.file)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import getpass
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -22,8 +20,9 @@ from config.crypto import new_key
 from config.errors import ConfigError, InvalidInput, NotFound
 from config.names import check_realm
 from config.redis import redact_url
-from config.store import DraftSettings, SavedSettings, SettingsStore
+from config.store import DraftSettings, SavedSettings
 from worker.cli.common import print_json, table
+from worker.cli.editing import open_store, who
 from worker.cli.settings_view import (
     aligned,
     history_json,
@@ -74,7 +73,7 @@ SECRET_OPTIONS = [
 def register(subparsers: Any) -> None:
     settings = subparsers.add_parser("settings", help="a realm's SMTP settings: edit, save, show, history")
     commands = settings.add_subparsers(dest="settings_command", required=True)
-    # Other modules add commands here (e.g. `settings test`): see settings_group().
+    # Other modules add commands to it (`settings test`, `export`, `import`): see the end of this function.
     settings.set_defaults(settings_commands=commands)
 
     edit = commands.add_parser("set", help="edit the draft (starts from the saved settings)")
@@ -139,20 +138,6 @@ def register(subparsers: Any) -> None:
     rotate.set_defaults(handler=handle_rotate)
 
 
-def open_store() -> SettingsStore:
-    """This process's store; the secret key first: a missing key is one line before Redis is contacted."""
-    from worker.runtime import runtime
-
-    rt = runtime()
-    _ = rt.box
-    return rt.store
-
-
-def settings_group(subparsers: Any) -> Any:
-    """The `settings` sub-commands, for a module that adds one (call after this module's register)."""
-    return subparsers.choices["settings"].get_default("settings_commands")
-
-
 def _add_realm(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--realm", required=True, help="realm name")
 
@@ -160,16 +145,6 @@ def _add_realm(parser: argparse.ArgumentParser) -> None:
 def _add_by(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--by", default=None, metavar="WHO",
                         help="who saves, kept in the history (default: the user running the command)")  # fmt: skip
-
-
-def who(args: argparse.Namespace) -> str:
-    """The --by given, else the OS user running the command (an audit trail even from a plain shell)."""
-    if args.by:
-        return str(args.by)
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
-        return f"uid {os.getuid()}"
 
 
 def _add_json(parser: argparse.ArgumentParser) -> None:
