@@ -19,6 +19,7 @@ from cryptography.fernet import Fernet
 
 from config.codec import UnusableSettings
 from config.crypto import KeyNotHeld, SecretBox
+from config.errors import InvalidInput
 from config.keys import Keys
 from config.rotation import KeyCheck
 from config.store import SettingsStore
@@ -51,7 +52,7 @@ def test_the_realm_can_be_shown_and_its_secret_entered_again(after_the_loss: Set
     )
     assert store.check_key().lost.keys() == {"acme"}
     # Keeping the closed secret is refused, as for a broken binding...
-    with pytest.raises(Exception, match="password: it was encrypted with a key .*: enter the password again"):
+    with pytest.raises(InvalidInput, match=r"password: it was encrypted with a key .*: enter the password again"):
         store.save("acme", {"from_display_name": "ACME"})
     # ... entering it again is the way back.
     saved = store.save("acme", {"password": "pw-entered-again"})
