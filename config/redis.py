@@ -6,6 +6,7 @@ import functools
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import redis
 
@@ -99,6 +100,48 @@ def memory(client: Any) -> Memory:
                   str(info.get("maxmemory_policy") or "unknown"))  # fmt: skip
 
 
+# The URLs that take the password of MAILWORKER_REDIS_PASSWORD_FILE: a Redis server's, and Sentinel's (kombu
+# and Celery authenticate to the master with the password of its sentinel:// URLs).
+_PASSWORD_SCHEMES = (*REDIS_SCHEMES, "sentinel://")
+# redis-py reads a password from the query too.
+_PASSWORD_PARAM = re.compile(r"[?&]password=", re.IGNORECASE)
+
+
+def has_password(url: str) -> bool:
+    """Whether a Redis URL of `url` (one, or a `;`-separated list) carries a password of its own.
+
+    What redaction takes for a credential counts: whatever comes before the last `@`, unless it is a plain
+    user name without a `:` (`redis://mailer@host/0`: a Redis ACL user); and a `password=` query parameter
+    (redis-py reads it). URLs of anything else (`memory://`) never take the file's password: not counted.
+    """
+    for part in _URL_LIST.split(url):
+        prefix, credentials, rest = _parts(part)
+        if prefix.lower() not in _PASSWORD_SCHEMES:
+            continue
+        if _PASSWORD_PARAM.search(rest) or (credentials is not None and not _user_only(prefix, credentials)):
+            return True
+    return False
+
+
+def with_password(url: str, password: str) -> str:
+    """`url` with `password` in each of its Redis URLs (each URL of a `;`-separated list, Sentinel's too).
+
+    The password is percent-quoted, so any character works: redis-py, kombu and Celery unquote it. A user
+    name in the URL stays (`redis://mailer@host/0` becomes `redis://mailer:PASSWORD@host/0`, for a Redis
+    ACL user). URLs of anything else (`memory://`, `cache+memory://`) are returned as they are. The caller
+    makes sure the URL carries no password of its own (has_password): this one would replace it.
+    """
+    quoted = quote(password, safe="")
+    parts = []
+    for part in _URL_LIST.split(url):
+        prefix, credentials, rest = _parts(part)
+        if prefix.lower() in _PASSWORD_SCHEMES:
+            user = credentials if credentials is not None and _user_only(prefix, credentials) else ""
+            part = f"{prefix}{user}:{quoted}{rest if credentials is not None else '@' + rest}"
+        parts.append(part)
+    return ";".join(parts)
+
+
 def redact_url(url: object) -> str:
     """A Redis URL, or a `;`-separated list of them (Sentinel), with every credential hidden.
 
@@ -144,6 +187,10 @@ def _parts(url: str) -> tuple[str, str | None, str]:
 def _user_kept(prefix: str, credentials: str) -> str | None:
     user, colon, _ = credentials.partition(":")
     return user if prefix and colon and _PLAIN_USER.match(user) else None
+
+
+def _user_only(prefix: str, credentials: str) -> bool:
+    return bool(prefix) and ":" not in credentials and _PLAIN_USER.match(credentials) is not None
 
 
 def _redact_one(url: str) -> str:

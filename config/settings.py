@@ -14,10 +14,13 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.errors import ConfigError
+from config.redis import has_password, with_password
 from config.variables import variable_problem
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# The settings that name a Redis server: MAILWORKER_REDIS_PASSWORD_FILE gives each its password.
+REDIS_URL_FIELDS = ("broker_url", "result_backend", "store_url")
 
 
 class ServiceSettings(BaseSettings):
@@ -26,6 +29,10 @@ class ServiceSettings(BaseSettings):
     broker_url: str = DEFAULT_REDIS_URL
     result_backend: str = DEFAULT_REDIS_URL
     store_url: str = DEFAULT_REDIS_URL
+    # A file holding the password of the Redis URLs above (a Docker secret, /run/secrets/redis_password),
+    # for URLs written without one: a password in a URL shows in `docker compose config`, `docker inspect`
+    # and the environment of every child process. A URL with a password of its own next to it is refused.
+    redis_password_file: str | None = None
     # Comma-separated Fernet keys; the first encrypts, all decrypt (rotation: prepend the new key).
     secret_key: SecretStr | None = None
     # A file holding that value instead (a Docker or Kubernetes secret, /run/secrets/<name>): a key in the
@@ -112,6 +119,23 @@ class ServiceSettings(BaseSettings):
         self.secret_key = SecretStr(read_key_file(self.secret_key_file or ""))
         return self
 
+    @model_validator(mode="after")
+    def _redis_password_from_file(self) -> ServiceSettings:
+        if not (self.redis_password_file or "").strip():
+            return self
+        password = read_password_file(self.redis_password_file or "")
+        own = [f"MAILWORKER_{name.upper()}" for name in REDIS_URL_FIELDS if has_password(getattr(self, name))]
+        if own:
+            # Two passwords for one server: whichever won, the other is a stale secret that fails one day.
+            raise ValueError(
+                f"MAILWORKER_REDIS_PASSWORD_FILE is set and {' and '.join(own)} "
+                f"{'carries a password of its' if len(own) == 1 else 'carry a password of their'} own: "
+                "keep one of them (the URL without its password, or no file)"
+            )
+        for name in REDIS_URL_FIELDS:
+            setattr(self, name, with_password(getattr(self, name), password))
+        return self
+
     @property
     def heartbeat_interval(self) -> float:
         return self.worker_lease / 5
@@ -134,15 +158,8 @@ def read_key_file(path: str) -> str:
     variable = "MAILWORKER_SECRET_KEY_FILE"
     try:
         text = Path(path).read_text(encoding="utf-8").strip()
-    except PermissionError:
-        # A secret mounted into a container keeps its owner on the host: name the user that was refused.
-        raise ValueError(
-            f"{variable}: cannot read {path!r} (permission denied for uid {os.getuid()})"
-        ) from None
     except OSError as error:
-        raise ValueError(
-            f"{variable}: cannot read {path!r} ({error.strerror or type(error).__name__})"
-        ) from None
+        raise _unreadable(variable, path, error) from None
     except UnicodeDecodeError:
         raise ValueError(
             f"{variable}: {path!r} is not UTF-8 text (expected comma-separated Fernet keys)"
@@ -154,6 +171,47 @@ def read_key_file(path: str) -> str:
             f"{variable}: {path!r} holds more than one line: write the keys on one line, comma-separated"
         )
     return text
+
+
+def read_password_file(path: str) -> str:
+    """The Redis password in the file MAILWORKER_REDIS_PASSWORD_FILE names; what is wrong with it as one line.
+
+    The password is the file's content without its trailing newline: exactly what `$(cat FILE)` gives
+    redis-server in docker-compose.yml, so that the server and its clients agree on it. White space around
+    it (a Windows line end), a second line or a control character is refused rather than dropped: the
+    server would keep it, and every connection would fail with a password that looks right. The messages
+    never quote the file's content: it is the password.
+    """
+    variable = "MAILWORKER_REDIS_PASSWORD_FILE"
+    try:
+        data = Path(path).read_bytes()  # bytes: text mode would turn a \r\n into the \n the server keeps
+    except OSError as error:
+        raise _unreadable(variable, path, error) from None
+    try:
+        password = data.decode("utf-8").rstrip("\n")
+    except UnicodeDecodeError:
+        raise ValueError(f"{variable}: {path!r} is not UTF-8 text (expected the Redis password)") from None
+    if not password.strip():
+        raise ValueError(f"{variable}: {path!r} is empty (expected the Redis password)")
+    if "\n" in password:
+        raise ValueError(
+            f"{variable}: {path!r} holds more than one line: write the password alone on one line"
+        )
+    if password != password.strip():
+        raise ValueError(
+            f"{variable}: {path!r} has white space around the password (a space, a tab, a Windows line end): "
+            "write the password alone"
+        )
+    if any(ord(char) < 32 or ord(char) == 127 for char in password):
+        raise ValueError(f"{variable}: {path!r} holds a control character: write the password alone")
+    return password
+
+
+def _unreadable(variable: str, path: str, error: OSError) -> ValueError:
+    if isinstance(error, PermissionError):
+        # A secret mounted into a container keeps its owner on the host: name the user that was refused.
+        return ValueError(f"{variable}: cannot read {path!r} (permission denied for uid {os.getuid()})")
+    return ValueError(f"{variable}: cannot read {path!r} ({error.strerror or type(error).__name__})")
 
 
 def load_settings() -> ServiceSettings:
