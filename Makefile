@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install test lint lock demo bench reliability clean
+.PHONY: install test lint lock demo bench reliability openapi clean
 
 install: $(STAMP)
 
@@ -53,6 +53,10 @@ bench: install
 # suite (tests/test_fuzz.py) with its large hypothesis profile.
 reliability: install
 	HYPOTHESIS_PROFILE=reliability $(BIN)/python -m pytest tests/reliability tests/test_hostile_input.py tests/test_secrets_scan.py tests/test_breaker.py tests/test_fuzz.py -q -s
+
+# The HTTP API's schema, kept in docs/ (tests/test_api_schema.py fails when it is not current).
+openapi: install
+	$(BIN)/python -m worker.http.schema > docs/openapi.json
 
 clean:
 	rm -rf $(VENV) outbox .pytest_cache .mypy_cache .ruff_cache

@@ -133,6 +133,23 @@ class Keys:
         """String with the worker running the chunk now; expires by itself (a killed worker's claim)."""
         return f"{self.prefix}:bulk:{job_id}:chunk:{chunk}:claim"
 
+    # the HTTP API (worker/http/)
+    def api_token(self, digest: str) -> str:
+        """Hash: one API token, found by the SHA-256 of the token (the token itself is never stored)."""
+        return f"{self.prefix}:api:token:{digest}"
+
+    def api_tokens(self) -> str:
+        """Hash: token id -> the SHA-256 its record is found by (`mailworker token list|revoke`)."""
+        return f"{self.prefix}:api:tokens"
+
+    def console_session(self, session_id: str) -> str:
+        """Hash: a web console session (token id, CSRF token); expires after MAILWORKER_HTTP_SESSION_TTL."""
+        return f"{self.prefix}:api:session:{session_id}"
+
+    def auth_failures(self, client: str) -> str:
+        """String: failed authentications of one client address in the current minute."""
+        return f"{self.prefix}:api:auth-failures:{client}"
+
     # per-realm circuit breaker (worker/delivery/breaker.py)
     def breaker(self, realm: str) -> str:
         """Hash: the realm's connection failures, cool-off and probe; expires by itself."""

@@ -142,6 +142,12 @@ def with_password(url: str, password: str) -> str:
     return ";".join(parts)
 
 
+def unusable_url(variable: str, what: str, url: str, error: BaseException) -> ConfigError:
+    """One line naming the variable to check, the URL and the library's error without credentials."""
+    reason = redact_urls_in(f"{type(error).__name__}: {error}", url)
+    return ConfigError(f"{variable}: {what} at {redact_url(url)} failed ({reason})")
+
+
 def redact_url(url: object) -> str:
     """A Redis URL, or a `;`-separated list of them (Sentinel), with every credential hidden.
 

@@ -87,6 +87,23 @@ class ServiceSettings(BaseSettings):
     breaker_cooloff: float = Field(default=30.0, gt=0)
     breaker_max_cooloff: float = Field(default=240.0, gt=0)
 
+    # The HTTP API and web console (`mailworker serve`, worker/http/).
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8025, ge=1, le=65535)
+    # The largest request body (bytes), but for a bulk upload streamed as NDJSON (its own limit below).
+    http_max_body: int = Field(default=1_048_576, ge=1024)
+    # The largest bulk upload (bytes): 100,000 recipients are about 5 MB; it is read as it comes.
+    http_max_bulk_body: int = Field(default=256 * 1_048_576, ge=1024)
+    # Origins a browser may call the API from (comma-separated); none by default: no CORS headers at all.
+    http_cors_origins: str = ""
+    # Reverse proxies (comma-separated addresses or networks) whose X-Forwarded-For and X-Forwarded-Proto
+    # are believed: the client address for the sign-in rate limit, https for the Secure cookie.
+    http_trusted_proxies: str = ""
+    # A console session ends after this many seconds without a request.
+    http_session_ttl: int = Field(default=8 * 3600, ge=60)
+    # Failed authentications per client address and minute before the API answers 429.
+    http_auth_failures_per_minute: int = Field(default=10, ge=1, le=10_000)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 

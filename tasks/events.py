@@ -29,16 +29,21 @@ def handle_event(self: Any, realm: str, event: dict[str, Any]) -> dict[str, Any]
     except (InvalidInput, NotFound) as error:
         # Validated at publish time already; this only happens when the realm changed in between.
         log.warning("event for realm %s not deliverable: %s", realm, error)
-        return _ended(self.request.id, {"status": "rejected", "job_id": self.request.id, "error": str(error)})
+        return _ended(
+            self.request.id, realm, {"status": "rejected", "job_id": self.request.id, "error": str(error)}
+        )
     if job is None:
         log.debug("event %s of realm %s does not notify", parsed.type, realm)
         return _ended(
-            self.request.id, {"status": "ignored", "job_id": self.request.id, "event_type": parsed.type}
+            self.request.id,
+            realm,
+            {"status": "ignored", "job_id": self.request.id, "event_type": parsed.type},
         )
     return run_job(self, job.model_copy(update={"id": self.request.id}))
 
 
-def _ended(job_id: str, result: dict[str, Any]) -> dict[str, Any]:
+def _ended(job_id: str, realm: str, result: dict[str, Any]) -> dict[str, Any]:
+    result["realm"] = realm
     rt = runtime()
     rt.ledger.end(job_id, result["status"])  # a late copy (or the sweeper) finds it ended
     rt.pending.done(job_id)

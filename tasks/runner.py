@@ -47,6 +47,7 @@ def run_job(task: Task, job: EmailJob) -> dict[str, Any]:
     except Exception as error:  # a bug or an input nothing foresaw: a dead letter, never a bare FAILURE
         result = _internal_error(task, job, error)
     result.setdefault("task", task.name)  # `mailworker status` shows it (results are not "extended")
+    result.setdefault("realm", job.realm)  # whose job: an API token limited to realms sees only theirs
     # Ended: sent, dead-lettered, dropped or skipped. If Redis blinks here the sweeper finds it ended later.
     with contextlib.suppress(redis.RedisError):
         runtime().pending.done(job.id)

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -362,7 +363,8 @@ def test_every_command_with_json_output_has_a_shape() -> None:
 
 
 def test_the_status_verdicts_are_the_exit_codes_status_gives() -> None:
-    from worker.cli.ops_cmd import DELIVERED, NOT_DELIVERED, status_exit
+    from tasks.status import DELIVERED, NOT_DELIVERED
+    from worker.cli.ops_cmd import status_exit
 
     tables = [t for t in section_tables(SECTIONS["status"]) if t[1] == ["`status`", "exit"]]
     assert len(tables) == 1, "docs/cli.md: `status` should have one table | `status` | exit |"
@@ -486,6 +488,8 @@ def key_runs(data: dict[str, Any]) -> dict[str, Run]:
         "health": Run("health", ["health"], 0, key=False),
         "job cancel": Run("job cancel", ["job", "cancel", data["bulk_done"]], 0, key=False),
         "ingest": Run("ingest", ["ingest", "--once"], 0, key=False),
+        # Without the key it starts: here on a port another socket holds, so it stops at once, naming it.
+        "serve": Run("serve", ["serve", "--port", str(data["busy_port"])], 1, key=False),
     })  # fmt: skip
     return runs
 
@@ -535,8 +539,13 @@ def data(celery_worker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         rt.bulk_jobs.create(
             loading, realm=realm, template="notice", locale=None, context=notice, chunk_size=10
         )
+        busy = socket.socket()  # a port on 127.0.0.1 someone holds: `serve` cannot have it
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
         yield {"realm": realm, "failing": failing, "sent": sent, "dead": dead, "bulk_done": bulk_done,
-               "bulk_failed": bulk_failed, "queued": queued, "export": export, "wiped": wiped, "loading": loading}  # fmt: skip
+               "bulk_failed": bulk_failed, "queued": queued, "export": export, "wiped": wiped, "loading": loading,
+               "busy_port": busy.getsockname()[1]}  # fmt: skip
+        busy.close()
         rt.redis.delete(rt.keys.pending_job(queued), rt.keys.bulk_job(loading))
 
 
@@ -569,6 +578,10 @@ def runs(data: dict[str, Any]) -> list[Run]:
         Run("dead list", ["dead", "list", "--bogus"], 2, key=False),
         Run("stats", ["stats", "--json"], 0, "json", key=False),
         Run("realms", ["realms", "--json", "--limit", "1"], 0, "json", key=False),
+        Run("token create", ["token", "create", "--scope", "producer", "--realm", realm, "--name", "cli reference",
+                             "--json"], 0, "json", key=False),
+        Run("token list", ["token", "list", "--json"], 0, "json", key=False),
+        Run("token revoke", ["token", "revoke", f"no-such-{realm}"], 3, key=False),
         Run("settings history", ["settings", "history", "--realm", realm, "--json"], 0, "json", key=False),
         Run("settings export", ["settings", "export", "--realm", realm], 0, "json", key=False),
         Run("settings show", ["settings", "show", "--realm", realm, "--json"], 0, "json"),

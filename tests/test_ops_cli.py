@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from tasks import api
+from tasks.stats import queue_depths
 from tests.support.smtp_server import SmtpTestServer, closed_port
 from worker.cli import main
-from worker.cli.ops_cmd import queue_depths
 from worker.runtime import runtime
 
 pytestmark = pytest.mark.integration
@@ -192,7 +192,7 @@ def test_monitoring_commands_need_no_secret_key(realm: str, smtp_server: SmtpTes
 def test_status_of_a_retrying_job_says_why(realm: str, smtp_server: SmtpTestServer) -> None:
     import time
 
-    from worker.cli.ops_cmd import job_status
+    from tasks.status import job_status
 
     runtime().store.save(realm, smtp_server.settings_dict())
     smtp_server.fail_next("451 4.3.0 greylisted, try again later", times=3)

@@ -32,6 +32,8 @@ COMMAND_MODULES = [
     "worker.cli.health_cmd",
     "worker.cli.realms_cmd",
     "worker.cli.ingest_cmd",
+    "worker.cli.serve_cmd",
+    "worker.cli.token_cmd",
 ]
 
 

@@ -18,7 +18,7 @@ from config.errors import NotFound
 from config.printable import UNSAFE, json_text, shown
 from worker.cli.formats import NOT_FOUND
 
-__all__ = ["UNSAFE", "fail", "json_text", "names_a_job", "print_json", "shown", "table"]
+__all__ = ["UNSAFE", "fail", "json_text", "names_a_thing", "print_json", "shown", "table"]
 
 
 def print_json(data: Any) -> None:
@@ -30,8 +30,8 @@ def fail(message: str, code: int = 1) -> int:
     return code
 
 
-def names_a_job(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """For a command given a job id: an unknown (or expired) one is exit 3, as for `status`
+def names_a_thing(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """For a command given an id (a job, a token): an unknown (or expired) one is exit 3, as for `status`
     (worker/cli/formats.py), not 1, which `job --watch` gives a job that ended failed or cancelled."""
 
     @functools.wraps(handler)

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from config.errors import InvalidInput
-from worker.cli.common import names_a_job, print_json, shown, table
+from worker.cli.common import names_a_thing, print_json, shown, table
 from worker.cli.formats import cut_notice, duration, page, with_iso_times
 from worker.jobs.deadletters import REASONS
 
@@ -92,7 +92,7 @@ def list_dead(args: argparse.Namespace) -> int:
     return 0
 
 
-@names_a_job
+@names_a_thing
 def show_dead(args: argparse.Namespace) -> int:
     from worker.runtime import runtime
 
@@ -105,7 +105,7 @@ def show_dead(args: argparse.Namespace) -> int:
     return 0
 
 
-@names_a_job
+@names_a_thing
 def requeue_dead(args: argparse.Namespace) -> int:
     from tasks.api import requeue_dead_letter
     from worker.runtime import runtime

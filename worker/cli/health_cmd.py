@@ -161,7 +161,7 @@ def check_health(timeout: float, nodes: Sequence[str] = ()) -> list[Check]:
 
     started = time.monotonic()
     try:
-        from worker.cli.ops_cmd import broker_connection
+        from tasks.stats import broker_connection
 
         with broker_connection(settings, timeout) as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)

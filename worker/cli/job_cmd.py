@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from config.errors import InvalidInput, NotFound
-from worker.cli.common import names_a_job, print_json, shown, table
+from worker.cli.common import names_a_thing, print_json, shown, table
 from worker.cli.formats import FAILED, OK, cut_notice, iso, json_line, page, with_iso_times
 
 BAR_WIDTH = 30
@@ -103,7 +103,7 @@ def render_progress(p: dict[str, Any], now: float | None = None) -> str:
     return f"{head}\n[{bar}] {share * 100:5.1f}%  {settled:,}/{total:,}\n{counts}"
 
 
-@names_a_job
+@names_a_thing
 def show_job(args: argparse.Namespace) -> int:
     from tasks import api
 

@@ -1,0 +1,65 @@
+"""Producer endpoints (scope producer or admin): send mail, publish IAM events, bulk notices, job status.
+
+Each route is the HTTP form of a tasks.api call, with the same validation and the same errors: an
+`InvalidInput` becomes 422 naming the field and the rule (worker/http/errors.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Header
+from pydantic import BaseModel, ConfigDict, Field
+
+from config.errors import NotFound
+from tasks import api
+from tasks.status import job_status
+from worker.http.auth import producer, realm_for
+from worker.http.tokens import ApiToken
+
+router = APIRouter(prefix="/v1", tags=["producer"])
+
+
+class EmailRequest(BaseModel):
+    """The arguments of `tasks.api.send_email`; their rules are checked there (422 names the field)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    template: Any = Field(description="template name", examples=["password-reset"])
+    to: Any = Field(description="the recipient's address", examples=["alice@example.com"])
+    locale: Any = Field(default=None, description="language tag, e.g. de or pt-BR (default: en)")
+    context: Any = Field(default=None, description="the template's variables (a JSON object)")
+    to_name: Any = Field(default=None, description="the recipient's display name")
+    expires_in: Any = Field(default=None, description="seconds after which the job is not sent any more")
+
+
+class JobAccepted(BaseModel):
+    job_id: str | None
+
+
+@router.post("/realms/{realm}/emails", status_code=202, response_model=JobAccepted,
+             summary="Send one e-mail (the job is queued; GET /v1/jobs/{job_id} follows it)")  # fmt: skip
+def send_email(
+    realm: str,
+    body: EmailRequest,
+    token: ApiToken = Depends(producer),  # noqa: B008
+    idempotency_key: str | None = Header(default=None, description="sending twice sends once"),
+) -> JobAccepted:
+    realm = realm_for(token, realm)
+    job_id = api.send_email(
+        realm, body.template, body.to, locale=body.locale, context=body.context, to_name=body.to_name,
+        expires_in=body.expires_in, idempotency_key=idempotency_key,
+    )  # fmt: skip
+    return JobAccepted(job_id=job_id)
+
+
+@router.get("/jobs/{job_id}", summary="A job's status: sent, dead-lettered, queued, retry, ...")
+def get_job(job_id: str, token: ApiToken = Depends(producer)) -> dict[str, Any]:  # noqa: B008
+    if len(job_id) > 200:
+        raise NotFound(f"job {job_id[:40]}... not found")
+    info = job_status(job_id)
+    realm = info.get("realm")
+    if info.pop("known", True) is False or (token.realms and realm not in token.realms):
+        # A token limited to realms sees only their jobs; one of another realm is as unknown.
+        raise NotFound(f"job {job_id} not found")
+    return info
