@@ -123,3 +123,30 @@ def store() -> object:
     from worker.runtime import runtime
 
     return runtime().store
+
+
+@pytest.fixture(scope="session")
+def api() -> Iterator[object]:
+    """The real HTTP app on a real uvicorn server on 127.0.0.1 (tests/support/http.py)."""
+    from tests.support.http import serve
+    from worker.http.app import create_app
+    from worker.runtime import runtime
+
+    # Every test calls from 127.0.0.1: the failed-sign-in limit would let one test's 401s refuse the next
+    # test's calls. tests/test_http_core.py lowers it again where it is the subject.
+    settings = runtime().settings.model_copy(update={"http_auth_failures_per_minute": 10_000})
+    yield from serve(create_app(settings))
+
+
+@pytest.fixture
+def producer_token() -> str:
+    from tests.support.http import new_token
+
+    return new_token("producer")
+
+
+@pytest.fixture
+def admin_token() -> str:
+    from tests.support.http import new_token
+
+    return new_token("admin")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
@@ -28,15 +29,16 @@ SECURITY_HEADERS = [
 ]
 
 
+BULK_UPLOAD = re.compile(r"^/v1/realms/[^/]+/bulk/?\Z")
+
+
 class BodyTooLarge(Exception):
     pass
 
 
 def body_limit_for(method: str, path: str, default: int, bulk: int) -> int:
     """A bulk upload (`POST /v1/realms/{realm}/bulk`) may be large, and is read as it streams in."""
-    if method == "POST" and path.startswith("/v1/realms/") and path.rstrip("/").endswith("/bulk"):
-        return bulk
-    return default
+    return bulk if method == "POST" and BULK_UPLOAD.match(path) else default
 
 
 class GuardMiddleware:
