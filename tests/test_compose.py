@@ -40,11 +40,12 @@ APP_IMAGE = "iam-mail-worker"
 # The services that decrypt stored SMTP passwords. The ingest consumer enqueues through tasks.api like any
 # producer, and Flower only watches events: neither ever opens a secret (test_delivery_e2e.py's
 # test_a_producer_needs_no_secret_key), so neither gets the key.
-KEY_USERS = {"worker-transactional", "worker-bulk"}
+# The api seals a password an admin saves (the console's Save), so it has the key too.
+KEY_USERS = {"worker-transactional", "worker-bulk", "api"}
 SECRET_MOUNT = "/run/secrets/mailworker_secret_key"
 REDIS_URL_SETTINGS = ("MAILWORKER_BROKER_URL", "MAILWORKER_RESULT_BACKEND", "MAILWORKER_STORE_URL")
 # Redis and every service of the image (each connects to Redis) get the password, as a file.
-PASSWORD_USERS = {"redis", "worker-transactional", "worker-bulk", "ingest", "flower"}
+PASSWORD_USERS = {"redis", "worker-transactional", "worker-bulk", "ingest", "api", "flower"}
 PASSWORD_MOUNT = "/run/secrets/redis_password"
 
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
@@ -185,7 +186,7 @@ def test_the_env_example_holds_no_secret() -> None:
 
 
 def test_every_service_of_the_image_reads_the_env_file() -> None:
-    assert set(app_services()) == {"worker-transactional", "worker-bulk", "ingest", "flower"}
+    assert set(app_services()) == {"worker-transactional", "worker-bulk", "ingest", "api", "flower"}
     for name, service in app_services().items():
         env_file = service.get("env_file")
         assert env_file == ".env" or (isinstance(env_file, list) and ".env" in env_file), name
@@ -604,19 +605,20 @@ def compose_config(project: Path, *files: str) -> subprocess.CompletedProcess[st
 
 
 @needs_compose
-def test_compose_config_gives_settings_to_all_and_the_key_to_the_workers_only(project: Path) -> None:
+def test_compose_config_gives_settings_to_all_and_the_key_to_the_workers_and_the_api_only(project: Path) -> None:
     result = compose_config(project)
     assert result.returncode == 0, result.stderr
     assert PROJECT_KEY not in result.stdout and PROJECT_KEY not in result.stderr
     assert "flower-password-marker" not in result.stdout
     config = yaml.safe_load(result.stdout)
     found = config["services"]
-    assert set(found) == {"redis", "worker-transactional", "worker-bulk", "ingest", "flower", "mailpit"}
+    assert set(found) == {"redis", "worker-transactional", "worker-bulk", "ingest", "api", "flower", "mailpit"}
     expected = {
         "redis": {"redis_password"},
         "worker-transactional": {"redis_password", "mailworker_secret_key"},
         "worker-bulk": {"redis_password", "mailworker_secret_key"},
         "ingest": {"redis_password"},
+        "api": {"redis_password", "mailworker_secret_key"},
         "flower": {"redis_password", "flower_basic_auth"},
         "mailpit": set(),
     }
@@ -681,3 +683,25 @@ def test_compose_config_needs_no_password_variable(project: Path) -> None:
     result = compose_config(project)
     assert result.returncode == 0, result.stderr
     assert "REDIS_PASSWORD" not in result.stderr
+
+
+@pytest.mark.integration
+def test_the_api_healthcheck_passes_while_it_serves_and_fails_when_it_does_not(redis_url: str) -> None:
+    """The api service's own health check, run against `mailworker serve` on a free port of 127.0.0.1."""
+    port = free_port()
+    argv = [part.replace("127.0.0.1:8025", f"127.0.0.1:{port}") for part in healthcheck_argv("api")]
+    assert argv != healthcheck_argv("api"), "the health check no longer names the api's address"
+    server = subprocess.Popen([sys.executable, "-m", "worker.cli", "serve", "--port", str(port)], cwd=ROOT,
+                              env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=30)
+            if result.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert result.returncode == 0, result.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert subprocess.run(argv, cwd=ROOT, capture_output=True, timeout=30).returncode != 0
