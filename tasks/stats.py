@@ -66,3 +66,13 @@ def collect_stats(settings: ServiceSettings | None = None, now: float | None = N
             realms[realm] = {**dict.fromkeys(REALM_COLUMNS, 0), **counts}
     data["last_hour"] = realms
     return data
+
+
+def realm_hours(realm: str, hours: int = 24, now: float | None = None) -> list[dict[str, Any]]:
+    """One realm's counts per clock hour, oldest first: {"hour": ISO start of the hour, "sent": n, ...};
+    every hour is there, at zero when nothing happened (a chart's x axis)."""
+    from tasks.views import iso
+    from worker.runtime import runtime
+
+    return [{"hour": iso(hour * 3600), **dict.fromkeys(REALM_COLUMNS, 0), **counts}
+            for hour, counts in runtime().stats.by_hour(realm, hours, now=now)]  # fmt: skip

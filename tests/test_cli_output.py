@@ -202,7 +202,8 @@ def test_settings_test_prints_the_servers_reply_escaped() -> None:
 
 def test_settings_show_prints_stored_values_escaped() -> None:
     from config.smtp import parse_smtp_settings
-    from worker.cli.settings_view import aligned, settings_json
+    from tasks.views import settings_json
+    from worker.cli.settings_view import aligned
 
     # Control codes in a host are refused at save; what Redis holds behind the store's back (a model built
     # without validation here) is printed escaped all the same.

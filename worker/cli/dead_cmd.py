@@ -10,8 +10,9 @@ import time
 from typing import Any
 
 from config.errors import InvalidInput
+from tasks.views import letter_json
 from worker.cli.common import names_a_thing, print_json, shown, table
-from worker.cli.formats import cut_notice, duration, page, with_iso_times
+from worker.cli.formats import cut_notice, duration, page
 from worker.jobs.deadletters import REASONS
 
 
@@ -54,11 +55,6 @@ def _ago(ts: float) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit} ago"
     return f"{seconds}s ago"
-
-
-def letter_json(letter: Any) -> dict[str, Any]:
-    """A dead letter as every --json output shows it (times in ISO 8601 UTC)."""
-    return with_iso_times(letter.public(), ("died_at", "first_attempt_at"))
 
 
 def list_dead(args: argparse.Namespace) -> int:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from tasks.views import realm_rows
 from worker.cli.common import print_json, table
-from worker.cli.formats import OK, cut_notice, iso, page
+from worker.cli.formats import OK, cut_notice, page
 
 
 def register(subparsers: Any) -> None:
@@ -15,27 +16,6 @@ def register(subparsers: Any) -> None:
     realms.add_argument("--after", metavar="REALM", help="the page after this realm (the last one shown)")
     realms.add_argument("--json", action="store_true")
     realms.set_defaults(handler=list_realms)
-
-
-def realm_rows(names: list[str]) -> list[dict[str, Any]]:
-    """Each realm's saved version, when and by whom it was saved, and its draft: read as stored, nothing
-    decrypted (needs no MAILWORKER_SECRET_KEY)."""
-    from worker.runtime import runtime
-
-    rt = runtime()
-    pipe = rt.redis.pipeline(transaction=False)
-    for name in names:
-        pipe.hmget(rt.keys.saved(name), "version", "saved_at", "by")
-        pipe.exists(rt.keys.draft(name))
-    replies = pipe.execute()
-    rows = []
-    for index, name in enumerate(names):
-        version, saved_at, by = replies[2 * index]
-        rows.append({
-            "realm": name, "version": int(version or 0), "saved_at": iso(float(saved_at)) if saved_at else None,
-            "by": by or None, "draft_pending": bool(replies[2 * index + 1]),
-        })  # fmt: skip
-    return rows
 
 
 def list_realms(args: argparse.Namespace) -> int:

@@ -21,17 +21,10 @@ from config.errors import ConfigError, InvalidInput, NotFound
 from config.names import check_realm
 from config.redis import redact_url
 from config.store import DraftSettings, SavedSettings
+from tasks.views import history_json, iso, pending_changes, settings_json
 from worker.cli.common import print_json, table
 from worker.cli.editing import open_store, who
-from worker.cli.settings_view import (
-    aligned,
-    history_json,
-    pending_changes,
-    print_changes,
-    print_saved,
-    settings_json,
-    when,
-)
+from worker.cli.settings_view import aligned, print_changes, print_saved
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -318,7 +311,7 @@ def handle_history(args: argparse.Namespace) -> int:
         print(f"{args.realm} has no saved versions")
         return 0
     rows = [
-        [str(v["version"]), when(v["saved_at"]), str(v["settings"].get("host", "")),
+        [str(v["version"]), iso(v["saved_at"]) or "-", str(v["settings"].get("host", "")),
          str(v["settings"].get("port", "")), str(v["settings"].get("from", "")), v["by"] or "", v["note"] or ""]
         for v in versions
     ]  # fmt: skip
