@@ -24,7 +24,9 @@ def smtp(realm: str) -> str:
     return f"/v1/realms/{realm}/smtp"
 
 
-def test_the_email_tab_cycle_draft_save_history_rollback_revert(api: ApiServer, admin_token: str, realm: str) -> None:
+def test_the_email_tab_cycle_draft_save_history_rollback_revert(
+    api: ApiServer, admin_token: str, realm: str
+) -> None:
     with api.client(admin_token) as client:
         assert client.get(smtp(realm)).status_code == 404  # nothing saved yet
         assert client.get(f"{smtp(realm)}/draft").status_code == 404
@@ -32,7 +34,12 @@ def test_the_email_tab_cycle_draft_save_history_rollback_revert(api: ApiServer, 
                                                          "port": 2525, "from_display_name": "Acme"})  # fmt: skip
         assert draft.status_code == 200, draft.text
         body = draft.json()
-        assert (body["source"], body["version"], body["host"], body["port"]) == ("draft", 0, "127.0.0.1", 2525)
+        assert (body["source"], body["version"], body["host"], body["port"]) == (
+            "draft",
+            0,
+            "127.0.0.1",
+            2525,
+        )
         assert {c["field"] for c in body["pending_changes"]} >= {"from", "host", "port"}
         assert client.get(f"{smtp(realm)}/draft").json()["draft_id"] == body["draft_id"]
 
@@ -223,3 +230,29 @@ def test_stats_per_realm_and_hour(api: ApiServer, admin_token: str, realm: str) 
         limited = client.get("/v1/stats").json()
         assert list(limited["realms"]) == [realm]
         assert client.get("/v1/stats", params={"realm": f"{realm}-other"}).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("PUT", "/smtp/draft", b"[1, 2]", 422),
+        ("PUT", "/smtp/draft", b'"text"', 422),
+        ("PUT", "/smtp/draft", b"{not json", 400),
+        ("PUT", "/smtp/draft", b'{"port": [1], "host": {"a": 1}}', 422),
+        ("PUT", "/smtp/draft", b'{"notify_events": "' + b"A" * 5000 + b'"}', 422),
+        ("PUT", "/smtp/draft", b'{"from": "a@b.example", "host": "h\\u0000\\r\\nRCPT TO:<x>"}', 422),
+        ("POST", "/smtp/save", b'{"changes": [], "draft_id": 5}', 422),
+        ("POST", "/smtp/save", b'{"expect_version": 1e400}', 422),
+        ("POST", "/smtp/rollback", b'{"version": "x"}', 422),
+        ("POST", "/smtp/rollback", b'{"version": 99999999999999999999999999}', 422),
+        ("POST", "/smtp/test", b'{"send_to": {"$ne": 1}}', 422),
+    ],
+)
+def test_no_body_gives_a_500(api: ApiServer, admin_token: str, realm: str, method: str, path: str, body: bytes,
+                             status: int) -> None:  # fmt: skip
+    with api.client(admin_token) as client:
+        reply = client.request(method, f"/v1/realms/{realm}{path}", content=body,
+                               headers={"Content-Type": "application/json"})  # fmt: skip
+    assert reply.status_code == status, reply.text
+    if status == 422:
+        assert all(set(problem) == {"field", "rule"} for problem in reply.json()["errors"])

@@ -31,6 +31,7 @@ from worker.http.tokens import ApiToken
 router = APIRouter(prefix="/v1/realms/{realm}/smtp", tags=["admin: SMTP settings"])
 
 TEST_WAIT_S = 60.0
+MAX_VERSION = 2**31  # versions count saves: anything beyond is a typo, said as a rule rather than a 404
 
 
 class SaveRequest(BaseModel):
@@ -57,7 +58,7 @@ class ConnectionTestRequest(BaseModel):
 class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1, description="the saved version to save again")
+    version: int = Field(ge=1, le=MAX_VERSION, description="the saved version to save again")
     note: str | None = None
 
 
