@@ -103,7 +103,7 @@ def stats(
     realm: str | None = Query(default=None),
     hours: int = Query(default=24, ge=1, le=48, description="how many clock hours per realm"),
 ) -> dict[str, Any]:
-    from tasks.stats import collect_stats, realm_hours
+    from tasks.stats import REALM_COLUMNS, collect_stats, realm_hours
 
     context = context_of(request)
     if realm is not None:
@@ -116,6 +116,7 @@ def stats(
         data["dead_letters"] = sum(
             1 for letter in context.runtime.dead_letters.list(limit=10**9) if token.sees(letter.realm)
         )
-    data["realms"] = {name: {"last_hour": last_hour.get(name, {}), "hours": realm_hours(name, hours)}
+    data["realms"] = {name: {"last_hour": last_hour.get(name) or dict.fromkeys(REALM_COLUMNS, 0),
+                             "hours": realm_hours(name, hours)}
                       for name in names}  # fmt: skip
     return data
