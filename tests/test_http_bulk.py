@@ -281,3 +281,20 @@ def test_a_line_is_refused_as_soon_as_it_is_too_long() -> None:
 
     with pytest.raises(ApiError, match="line 2 is longer than 4096 bytes"):
         list(lines(endless(), max_line=4096))
+
+
+@pytest.mark.parametrize(
+    "content_type, kind",
+    [(None, "json"), ("application/json", "json"), ("application/json; charset=utf-8", "json"),
+     ("application/vnd.acme+json", "json"), ("application/x-ndjson", "ndjson"), ("Application/X-NDJSON; charset=utf-8", "ndjson"),
+     ("application/jsonl", "ndjson"), ("text/plain", None), ("multipart/form-data; boundary=x", None), ("text/json", None)],
+)  # fmt: skip
+def test_media_type(content_type: str | None, kind: str | None) -> None:
+    from worker.http.errors import ApiError
+
+    if kind is None:
+        with pytest.raises(ApiError) as refused:
+            bulk.media_type(content_type)
+        assert refused.value.status == 415
+    else:
+        assert bulk.media_type(content_type) == kind
