@@ -28,7 +28,7 @@ from tasks.waiting import POLL_S, require_worker, wait_result
 from templates.catalogue import DEFAULT_NOTIFY_EVENTS, TEMPLATE_NAMES, event_template
 from worker.app import BULK, BULK_CHUNK_TASK, BULK_START_TASK, EVENT_TASK, SEND_TASK, TRANSACTIONAL, app
 from worker.bulk.recipients import DEFAULT_CHUNK_SIZE
-from worker.jobs.events import event_job, parse_event
+from worker.jobs.events import event_job, ignored_because, parse_event
 from worker.jobs.lanes import LATER, lane_for
 from worker.jobs.model import (
     EmailJob,
@@ -131,6 +131,17 @@ def publish_event(realm: str, event: dict[str, Any], *, idempotency_key: str | N
 
     `idempotency_key` (else the event's own `id`) makes publishing the same event twice one job.
     """
+    return submit_event(realm, event, idempotency_key=idempotency_key).job_id
+
+
+@dataclass(frozen=True)
+class EventOutcome:
+    job_id: str | None  # None: nothing to send
+    ignored: str | None = None  # why nothing is sent (worker.jobs.events.ignored_because)
+
+
+def submit_event(realm: str, event: dict[str, Any], *, idempotency_key: str | None = None) -> EventOutcome:
+    """`publish_event` saying why an event sends nothing: the HTTP API answers the producer with it."""
     settings = _realm_settings(realm)
     parsed = parse_event(event)
     check_context(event, field="event")  # it travels as is in the broker message
@@ -138,15 +149,14 @@ def publish_event(realm: str, event: dict[str, Any], *, idempotency_key: str | N
         check_line("idempotency_key", idempotency_key, max_length=200)
     job = event_job(realm, parsed, settings.notify_events, allow_utf8=settings.allow_utf8,
                     idempotency_key=idempotency_key)  # fmt: skip
-    if job is None:
-        log.debug("event %s of realm %s does not notify: ignored", parsed.type, realm)
-        return None
-    if not runtime().renderer.exists(realm, event_template(parsed.type)):
-        log.warning("event %s of realm %s notifies but has no template %s: ignored",
-                    parsed.type, realm, event_template(parsed.type))  # fmt: skip
-        return None
+    has_template = job is not None and runtime().renderer.exists(realm, event_template(parsed.type))
+    ignored = ignored_because(realm, parsed.type, settings.notify_events, has_template)
+    if job is None or ignored is not None:
+        # A type the realm does not notify is normal (debug); one it notifies without a template is not.
+        (log.debug if job is None else log.warning)("event of realm %s ignored: %s", realm, ignored)
+        return EventOutcome(None, ignored)
     _publish_tracked(EVENT_TASK, [realm, event], job.id, lane_for(job.expires_at, time.time()))
-    return job.id
+    return EventOutcome(job.id)
 
 
 def result(job_id: str) -> AsyncResult:
