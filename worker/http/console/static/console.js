@@ -1,0 +1,54 @@
+// The console's only script (served from the package; the CSP allows no inline script).
+// 1. A bulk job's page polls its progress (session-authenticated JSON) until the job is over.
+// 2. A button with data-busy says so while its form is being sent (Test Connection waits for a worker).
+"use strict";
+
+(function () {
+  var POLL_MS = 1000;
+
+  function pollBulk(box) {
+    var url = box.getAttribute("data-progress-url");
+    var bar = document.getElementById("bulk-bar");
+    var cancel = document.getElementById("cancel");
+    function show(progress) {
+      box.querySelectorAll("[data-field]").forEach(function (el) {
+        var name = el.getAttribute("data-field");
+        if (!(name in progress)) { return; }
+        var value = progress[name];
+        el.textContent = name === "rate" ? Number(value).toFixed(1) : String(value);
+        if (name === "state") { el.className = "badge state-" + value; }
+      });
+      if (bar) { bar.value = progress.percent; }
+    }
+    function tick() {
+      fetch(url, { credentials: "same-origin", headers: { "Accept": "application/json" } })
+        .then(function (reply) { if (!reply.ok) { throw new Error(String(reply.status)); } return reply.json(); })
+        .then(function (progress) {
+          show(progress);
+          var over = ["done", "cancelled", "failed"].indexOf(progress.state) >= 0 && progress.pending === 0;
+          if (over) {
+            box.setAttribute("data-finished", "true");
+            if (cancel) { cancel.disabled = true; }
+          } else {
+            window.setTimeout(tick, POLL_MS);
+          }
+        })
+        .catch(function () { window.setTimeout(tick, POLL_MS * 5); });
+    }
+    if (box.getAttribute("data-finished") !== "true") { window.setTimeout(tick, POLL_MS); }
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var box = document.getElementById("bulk");
+    if (box) { pollBulk(box); }
+    document.querySelectorAll("form").forEach(function (form) {
+      form.addEventListener("submit", function (event) {
+        var button = event.submitter;
+        if (button && button.getAttribute("data-busy")) {
+          button.textContent = button.getAttribute("data-busy");
+          button.classList.add("busy");
+        }
+      });
+    });
+  });
+})();
