@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from config.errors import NotFound
 from worker.http.console.access import PREFIX, Posted, Visitor, posted, visitor
+from worker.bulk.progress import FINISHED_STATES, QUEUED, RUNNING
 from worker.http.console.views import page
 from worker.http.context import context_of
 
@@ -32,6 +33,14 @@ def visible_progress(request: Request, who: Visitor, job_id: str) -> dict[str, A
     return progress
 
 
+def with_view(progress: dict[str, Any]) -> dict[str, Any]:
+    """The progress with what the page shows: the percentage, whether the job is over (every chunk
+    settled, not just its state set: a cancelled job still counts what it drops) and may be cancelled."""
+    over = progress["state"] in FINISHED_STATES and progress["chunks_done"] >= progress["chunks"]
+    return {**progress, "percent": percent(progress), "finished": over,
+            "cancellable": progress["state"] in (QUEUED, RUNNING)}  # fmt: skip
+
+
 def percent(progress: dict[str, Any]) -> float:
     """How much of the job is settled (sent, failed or cancelled), 0 to 100."""
     total = int(progress.get("total") or 0)
@@ -50,7 +59,7 @@ def bulk_list(request: Request, who: Visitor = Depends(visitor)) -> Response:  #
         except NotFound:  # expired between the index and now
             continue
         if who.token.sees(str(progress.get("realm"))):
-            jobs.append({**progress, "percent": percent(progress)})
+            jobs.append(with_view(progress))
         if len(jobs) >= LISTED:
             break
     return page("bulk_list.html", who, jobs=jobs)
@@ -58,15 +67,12 @@ def bulk_list(request: Request, who: Visitor = Depends(visitor)) -> Response:  #
 
 @router.get("/bulk/{job_id}")
 def bulk_page(request: Request, job_id: str, who: Visitor = Depends(visitor)) -> Response:  # noqa: B008
-    progress = visible_progress(request, who, job_id)
-    return page("bulk.html", who, job=progress, percent=percent(progress),
-                finished=progress["state"] in ("done", "cancelled", "failed"))  # fmt: skip
+    return page("bulk.html", who, job=with_view(visible_progress(request, who, job_id)))
 
 
 @router.get("/data/bulk/{job_id}")
 def bulk_data(request: Request, job_id: str, who: Visitor = Depends(visitor)) -> JSONResponse:  # noqa: B008
-    progress = visible_progress(request, who, job_id)
-    return JSONResponse({**progress, "percent": percent(progress)})
+    return JSONResponse(with_view(visible_progress(request, who, job_id)))
 
 
 @router.post("/bulk/{job_id}/cancel")

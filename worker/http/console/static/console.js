@@ -25,10 +25,9 @@
         .then(function (reply) { if (!reply.ok) { throw new Error(String(reply.status)); } return reply.json(); })
         .then(function (progress) {
           show(progress);
-          var over = ["done", "cancelled", "failed"].indexOf(progress.state) >= 0 && progress.pending === 0;
-          if (over) {
+          if (cancel) { cancel.disabled = !progress.cancellable; }
+          if (progress.finished) {
             box.setAttribute("data-finished", "true");
-            if (cancel) { cancel.disabled = true; }
           } else {
             window.setTimeout(tick, POLL_MS);
           }
