@@ -29,6 +29,7 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["when"] = when
+    env.filters["short_when"] = short_when
     env.globals["prefix"] = PREFIX
     return env
 
@@ -48,3 +49,8 @@ def when(timestamp: float | None) -> str:
         return ""
     moment = datetime.datetime.fromtimestamp(float(timestamp), tz=datetime.UTC)
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def short_when(timestamp: float | None) -> str:
+    """A time for a table cell: UTC, to the minute (the full time is in the cell's title)."""
+    return when(timestamp)[:16]
