@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.browser import chromium, page, screenshot  # noqa: F401 (fixtures)
+from tests.support.browser import screenshot
 from tests.support.http import ApiServer
 from tests.support.smtp_server import SmtpTestServer
 from worker.runtime import runtime

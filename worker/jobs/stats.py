@@ -40,7 +40,9 @@ class Stats:
             for name in sorted(set(current) | set(previous))
         }
 
-    def hourly(self, realm: str, hours: int = 24, now: float | None = None) -> list[tuple[int, dict[str, int]]]:
+    def hourly(
+        self, realm: str, hours: int = 24, now: float | None = None
+    ) -> list[tuple[int, dict[str, int]]]:
         """(epoch hour, counts) of the last `hours` clock hours, oldest first, the current one last."""
         hours = max(1, min(hours, KEEP_HOURS))
         last = epoch_hour(now)

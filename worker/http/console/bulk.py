@@ -11,8 +11,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from config.errors import NotFound
-from worker.http.console.access import PREFIX, Posted, Visitor, posted, visitor
 from worker.bulk.progress import FINISHED_STATES, QUEUED, RUNNING
+from worker.http.console.access import PREFIX, Posted, Visitor, posted, visitor
 from worker.http.console.views import page
 from worker.http.context import context_of
 

@@ -64,7 +64,8 @@ def render_tab(request: Request, who: Visitor, realm: str, state: TabState, stat
     shown = draft or saved
     settings = shown.settings if shown is not None else None
     draft_id, version = state.form_ids or (
-        draft.draft_id if draft else "", draft.base_version if draft else saved.version if saved else 0
+        draft.draft_id if draft else "",
+        draft.base_version if draft else saved.version if saved else 0,
     )
     warnings = [f"The stored {name} cannot be used ({why}): enter it again." for name, why in
                 (shown.unusable.items() if shown is not None else ())]  # fmt: skip

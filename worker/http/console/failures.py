@@ -31,7 +31,9 @@ def install(console: FastAPI) -> None:
 
     @console.exception_handler(CsrfRefused)
     async def _csrf(_: Request, __: CsrfRefused) -> Response:
-        return error_page(403, "Forbidden", "The form was not sent with its CSRF token: reload the page and try again.")
+        return error_page(
+            403, "Forbidden", "The form was not sent with its CSRF token: reload the page and try again."
+        )
 
     @console.exception_handler(NotFound)
     async def _not_found(_: Request, error: NotFound) -> Response:
