@@ -205,6 +205,25 @@ def test_save_applies_the_whole_form_as_the_next_version(api: ApiServer, admin_t
     assert saved.by == "console: test"
 
 
+def test_a_new_realm_opens_with_the_defaults_and_its_first_save_is_version_1(
+    api: ApiServer, admin_token: str, realm: str
+) -> None:
+    with signed_in(api, admin_token) as client:
+        opened = client.get("/console/open", params={"name": realm})
+        assert opened.headers["location"] == f"/console/realms/{realm}/email"
+        page = client.get(opened.headers["location"]).text
+        assert 'id="version">0<' in page and 'id="draft">none<' in page
+        empty = client.post(f"/console/realms/{realm}/email/save", data=email_form(page))
+        assert empty.status_code == 422
+        assert field_errors(empty.text, "from") == ["is required"] and field_errors(empty.text, "host") == ["is required"]
+        reply = client.post(f"/console/realms/{realm}/email/save",
+                            data=email_form(page, **{"from": "noreply@example.com", "host": "127.0.0.1"}))  # fmt: skip
+        assert reply.headers["location"].endswith("?saved=1")
+        assert realm in client.get("/console/").text
+    saved = runtime().store.saved(realm)
+    assert saved is not None and saved.settings.port == 25 and saved.settings.verify_tls
+
+
 def test_errors_appear_next_to_their_fields_and_nothing_is_saved(api: ApiServer, admin_token: str, realm: str) -> None:
     saved_realm(realm)
     with signed_in(api, admin_token) as client:

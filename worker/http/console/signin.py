@@ -12,6 +12,7 @@ from fastapi.responses import RedirectResponse, Response
 from worker.http.auth import WINDOW_S, AuthFailures
 from worker.http.console.access import (
     PREFIX,
+    SIGN_IN_COOKIE,
     CsrfRefused,
     Posted,
     clear_session_cookie,
@@ -63,6 +64,7 @@ async def sign_in(request: Request) -> Response:
     session_id, _ = context.sessions.open(token.id)
     response = RedirectResponse(f"{PREFIX}/", status_code=303)
     set_session_cookie(response, context, request, session_id)
+    response.delete_cookie(SIGN_IN_COOKIE, path=PREFIX, httponly=True, samesite="strict")  # used up
     return response
 
 
