@@ -195,7 +195,6 @@ def test_a_script_in_a_display_name_shows_as_text_everywhere(
     page.wait_for_url(re.compile(r".*\?saved=2$"))
     assert page.input_value("#f-from_display_name") == XSS
     assert page.input_value("#f-reply_to_display_name") == XSS
-    assert any(XSS in item for item in page.locator(".changes li").all_inner_texts()) or True
     page.goto(f"{api.url}/console/")
     row = page.locator("#realms tr", has_text=realm)
     assert f"{XSS} <noreply@example.com>" in row.locator(".sender").inner_text()
