@@ -11,10 +11,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 
 from tests.support.http import ApiServer
+
+# A realm's settings for pages that only show them (nothing is sent: no server listens on this port).
+SETTINGS = {"from": "noreply@example.com", "host": "127.0.0.1", "port": 2525, "connect_timeout": 5, "timeout": 5}
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 _HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)"')
@@ -45,3 +49,11 @@ def signed_in(api: ApiServer, token: str) -> Iterator[httpx.Client]:
         reply = sign_in(client, token)
         assert reply.status_code == 303 and reply.headers["location"] == "/console/", reply.text
         yield client
+
+
+def saved_realm(realm: str, **overrides: Any) -> str:
+    """`realm` saved as version 1 with SETTINGS and `overrides`."""
+    from worker.runtime import runtime
+
+    runtime().store.save(realm, {**SETTINGS, **overrides})
+    return realm
