@@ -15,7 +15,7 @@ from worker.http.console.forms import (
     FIELD_NAMES,
     FIELDS,
     changes_from_form,
-    draft_conflict,
+    form_conflict,
     place_errors,
     posted_values,
     shown_values,
@@ -92,17 +92,21 @@ def test_place_errors(problems: list[tuple[str, str]], by_field: dict[str, list[
 
 
 @pytest.mark.parametrize(
-    "pending, shown, refused",
+    "pending, shown, saved, version, refused",
     [
-        ("", "", None),  # no draft then, none now
-        ("ab12", "ab12", None),  # the draft the page showed
-        ("", "ab12", "saved or discarded meanwhile"),
-        ("ab12", "", "Someone started draft ab12"),
-        ("cd34", "ab12", "The draft changed"),
+        ("", "", 3, 3, None),  # no draft then, none now, the same version
+        ("ab12", "ab12", 3, 3, None),  # the draft the page showed
+        ("ab12", "ab12", 4, 3, None),  # (its base is the store's to check at save: it says which version)
+        ("", "", 0, 0, None),  # a new realm
+        ("", "ab12", 3, 3, "saved or discarded meanwhile"),
+        ("ab12", "", 3, 3, "Someone started draft ab12"),
+        ("cd34", "ab12", 3, 3, "The draft changed"),
+        ("", "", 4, 3, "saved by someone else"),  # Test Connection would re-base the form on version 4
+        ("", "", 1, 0, "saved by someone else"),  # a new realm someone saved first
     ],
-)
-def test_draft_conflict(pending: str, shown: str, refused: str | None) -> None:
-    reason = draft_conflict(pending, shown)
+)  # fmt: skip
+def test_form_conflict(pending: str, shown: str, saved: int, version: int, refused: str | None) -> None:
+    reason = form_conflict(pending, shown, saved, version)
     assert (reason is None) if refused is None else (reason is not None and refused in reason)
 
 

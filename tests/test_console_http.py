@@ -254,13 +254,16 @@ def test_the_password_is_never_shown_an_empty_field_keeps_it_and_a_new_host_asks
     assert saved is not None and (saved.version, saved.settings.secret("password")) == (3, "new-pw")
 
 
-def test_a_save_over_a_version_saved_meanwhile_is_a_conflict(api: ApiServer, admin_token: str, realm: str) -> None:
+def test_save_or_test_over_a_version_saved_or_a_draft_started_meanwhile_is_a_conflict(api: ApiServer, admin_token: str, realm: str) -> None:
     saved_realm(realm)
     with signed_in(api, admin_token) as client:
         page = client.get(f"/console/realms/{realm}/email").text
         runtime().store.save(realm, {"port": 2526})  # another admin, version 2
-        reply = client.post(f"/console/realms/{realm}/email/save", data=email_form(page, port="2600"))
-        assert reply.status_code == 409 and "saved by someone else" in reply.text
+        for action in ("save", "test"):
+            reply = client.post(f"/console/realms/{realm}/email/{action}", data=email_form(page, port="2600"))
+            assert reply.status_code == 409 and "saved by someone else" in reply.text, action
+            assert 'value="2600"' in reply.text  # the admin's edit is still on the page, to re-apply
+        assert runtime().store.draft(realm) is None
         page = client.get(f"/console/realms/{realm}/email").text
         runtime().store.set_draft(realm, {"port": 2700})  # another admin's pending draft
         for action in ("save", "test"):

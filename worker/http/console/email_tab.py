@@ -27,7 +27,7 @@ from worker.http.console.forms import (
     SECTIONS,
     FormValues,
     changes_from_form,
-    draft_conflict,
+    form_conflict,
     place_errors,
     posted_values,
     shown_values,
@@ -102,7 +102,7 @@ def save(request: Request, realm: str, post: Posted = Depends(posted)) -> Respon
     draft_id, version = form_ids(form)
     state = TabState(values=posted_values(form), form_ids=(draft_id, version))
     try:
-        check_draft(store, realm, draft_id)
+        check_unchanged(store, realm, draft_id, version)
         record = store.save(realm, changes_from_form(form), expected_version=version,
                             draft_id=draft_id or None, by=who.who)  # fmt: skip
     except InvalidInput as error:
@@ -125,7 +125,7 @@ def test(request: Request, realm: str, post: Posted = Depends(posted)) -> Respon
     send_to = form.get("send_to", "").strip()
     state = TabState(values=posted_values(form), form_ids=(draft_id, version), send_to=send_to)
     try:
-        check_draft(store, realm, draft_id)
+        check_unchanged(store, realm, draft_id, version)
         draft = store.set_draft(realm, changes_from_form(form))
     except InvalidInput as error:
         state.errors, state.general = place_errors(error.problems)
@@ -161,9 +161,10 @@ def form_ids(form: dict[str, str]) -> tuple[str, int]:
     return form.get("draft_id", "").strip(), version
 
 
-def check_draft(store: SettingsStore, realm: str, draft_id: str) -> None:
-    """ConflictError when the realm's draft is not the one the page showed (forms.draft_conflict)."""
+def check_unchanged(store: SettingsStore, realm: str, draft_id: str, version: int) -> None:
+    """ConflictError when the realm moved on since the page was shown (forms.form_conflict). The store
+    checks again when it writes: this check words it for the page and covers Test Connection too."""
     pending = store.draft(realm, lenient=True)
-    reason = draft_conflict(pending.draft_id if pending else "", draft_id)
+    reason = form_conflict(pending.draft_id if pending else "", draft_id, store.version(realm), version)
     if reason:
         raise ConflictError(reason)

@@ -165,17 +165,26 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def draft_conflict(pending: str, shown: str) -> str | None:
-    """Why a button must not act on the realm's draft: the draft pending now (`pending`, "" for none) is
-    not the one the page was opened with (`shown`). None: it is. Saving or testing over a draft the admin
-    never saw would apply someone else's pending edits unseen (config/conflicts.py, the CLI's rule)."""
-    if pending == shown:
-        return None
-    if not pending:
-        return "The draft this page showed was saved or discarded meanwhile: reload the Email tab."
-    if not shown:
+def form_conflict(pending: str, shown: str, saved_version: int, shown_version: int) -> str | None:
+    """Why a button must not act on the form: the realm moved on since the page was shown. None: it did not.
+
+    `pending`: the draft pending now ("" for none); `shown`: the draft the page was opened with; the
+    versions likewise. Saving or testing over a draft the admin never saw would apply someone else's
+    pending edits unseen (config/conflicts.py, the CLI's rule); testing a form opened before someone else's
+    save would make it a draft on top of that save, and a Save would then undo it without a word.
+    """
+    if pending != shown:
+        if not pending:
+            return "The draft this page showed was saved or discarded meanwhile: reload the Email tab."
+        if not shown:
+            return (
+                f"Someone started draft {pending} since this page was opened: reload the Email tab to see "
+                "it, then Save or Revert it."
+            )
+        return f"The draft changed since this page was opened (it showed {shown}, {pending} is pending): reload the Email tab."
+    if not pending and saved_version != shown_version:
         return (
-            f"Someone started draft {pending} since this page was opened: reload the Email tab to see it, "
-            "then Save or Revert it."
+            f"The settings were saved by someone else since this page was opened (it showed version "
+            f"{shown_version}, now version {saved_version}): reload the Email tab and apply your change again."
         )
-    return f"The draft changed since this page was opened (it showed {shown}, {pending} is pending): reload the Email tab."
+    return None
