@@ -107,6 +107,7 @@ def test_ssl_and_starttls_both_on_shows_the_error_next_to_the_field(
     switch(page, "ssl")
     switch(page, "starttls")
     page.click("#save")
+    assert page.inner_text("#form-errors") == "Not saved: 1 field to fix, marked below (Enable SSL)."
     error = page.locator("#field-ssl .field-error")
     assert "ssl and starttls cannot both be on" in error.inner_text()
     assert error.is_visible()

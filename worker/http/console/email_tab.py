@@ -24,6 +24,7 @@ from config.errors import ConflictError, InvalidInput, Unavailable
 from config.store import SettingsStore
 from worker.http.console.access import PREFIX, Posted, Visitor, posted, visitor
 from worker.http.console.forms import (
+    LABELS,
     SECTIONS,
     FormValues,
     changes_from_form,
@@ -51,6 +52,7 @@ class TabState:
     errors: dict[str, list[str]] = field(default_factory=dict)
     general: list[str] = field(default_factory=list)
     conflict: str | None = None
+    failed: str | None = None  # "Not saved" / "Not tested": above the form when a field has an error
     notice: str | None = None
     test: dict[str, Any] | None = None
     test_error: str | None = None
@@ -73,7 +75,7 @@ def render_tab(request: Request, who: Visitor, realm: str, state: TabState, stat
     return page(
         "email_tab.html", who, status, realm=realm, sections=SECTIONS,
         values=state.values if state.values is not None else shown_values(settings),
-        stored=stored_secrets(settings), mask=MASK, saved=saved, draft=draft, pending=pending,
+        stored=stored_secrets(settings), mask=MASK, labels=LABELS, saved=saved, draft=draft, pending=pending,
         draft_id=draft_id, form_version=version, state=state, warnings=warnings, tab="email",
     )  # fmt: skip
 
@@ -107,6 +109,7 @@ def save(request: Request, realm: str, post: Posted = Depends(posted)) -> Respon
                             draft_id=draft_id or None, by=who.who)  # fmt: skip
     except InvalidInput as error:
         state.errors, state.general = place_errors(error.problems)
+        state.failed = "Not saved"
         return render_tab(request, who, realm, state, 422)
     except ConflictError as error:
         state.conflict = f"{error} Reload the Email tab to see the current settings."
@@ -129,6 +132,7 @@ def test(request: Request, realm: str, post: Posted = Depends(posted)) -> Respon
         draft = store.set_draft(realm, changes_from_form(form))
     except InvalidInput as error:
         state.errors, state.general = place_errors(error.problems)
+        state.failed = "Not tested"
         return render_tab(request, who, realm, state, 422)
     except ConflictError as error:
         state.conflict = str(error)

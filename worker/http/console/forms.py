@@ -70,6 +70,7 @@ SECTIONS = (
 )  # fmt: skip
 FIELDS = tuple(field for section in SECTIONS for field in section.fields)
 FIELD_NAMES = frozenset(field.name for field in FIELDS)
+LABELS = {field.name: field.label for field in FIELDS}
 
 FormValues = dict[str, Any]  # name -> str (text, number, choice) or bool (toggle); secrets: "" or MASK
 
