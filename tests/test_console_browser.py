@@ -83,7 +83,12 @@ def test_fill_the_email_tab_and_save_the_version_goes_up(
     page.fill("#f-reply_to_display_name", "Acme Help")
     page.fill("#f-envelope_from", "bounces@acme.example")
     page.fill("#f-rate_limit_per_hour", "500")
+    assert not page.is_visible("#field-username")  # login fields show only with Authentication on
     switch(page, "auth")
+    assert page.is_visible("#field-password") and not page.is_visible("#field-oauth_client_id")
+    page.select_option("#f-auth_type", "xoauth2")
+    assert page.is_visible("#field-oauth_client_id") and not page.is_visible("#field-password")
+    page.select_option("#f-auth_type", "password")
     page.fill("#f-username", "mailer")
     page.fill("#f-password", "pw-typed-in")
     page.click("#save")

@@ -34,7 +34,7 @@ def email_form(html: str, **changes: Any) -> dict[str, Any]:
 
 
 def field_errors(html: str, name: str) -> list[str]:
-    block = re.search(rf'<div class="field[^"]*" id="field-{name}">(.*?)</div>\s*</div>', html, re.S)
+    block = re.search(rf'<div class="field[^"]*" id="field-{name}"[^>]*>(.*?)</div>\s*</div>', html, re.S)
     assert block, f"no field {name} on the page"
     return re.findall(r'<p class="field-error">(.*?)</p>', block.group(1))
 

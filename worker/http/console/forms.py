@@ -25,6 +25,9 @@ class Field:
     kind: str = TEXT
     hint: str = ""
     choices: tuple[str, ...] = ()
+    # Shown only when it applies, as on Keycloak's Email tab (static/console.js; without the script every
+    # field shows): "auth" while Authentication is on, "password" / "xoauth2" for that type of login.
+    when: str = ""
 
 
 @dataclass(frozen=True)
@@ -54,13 +57,14 @@ SECTIONS = (
     )),
     Section("Authentication", (
         Field("auth", "Authentication", TOGGLE),
-        Field("auth_type", "Type", CHOICE, choices=("password", "xoauth2")),
-        Field("username", "Username"),
-        Field("password", "Password", SECRET, "empty: keep the stored password"),
-        Field("oauth_token_url", "XOAUTH2 token URL", hint="https://..."),
-        Field("oauth_client_id", "XOAUTH2 client id"),
-        Field("oauth_client_secret", "XOAUTH2 client secret", SECRET, "empty: keep the stored secret"),
-        Field("oauth_scope", "XOAUTH2 scope"),
+        Field("auth_type", "Type", CHOICE, choices=("password", "xoauth2"), when="auth"),
+        Field("username", "Username", when="auth"),
+        Field("password", "Password", SECRET, "empty: keep the stored password", when="password"),
+        Field("oauth_token_url", "XOAUTH2 token URL", hint="https://...", when="xoauth2"),
+        Field("oauth_client_id", "XOAUTH2 client id", when="xoauth2"),
+        Field("oauth_client_secret", "XOAUTH2 client secret", SECRET, "empty: keep the stored secret",
+              when="xoauth2"),
+        Field("oauth_scope", "XOAUTH2 scope", when="xoauth2"),
     )),
     Section("Notices and limits", (
         Field("notify_events", "Notified events", hint="IAM event types that send a notice, comma-separated"),

@@ -1,6 +1,8 @@
 // The console's only script (served from the package; the CSP allows no inline script).
 // 1. A bulk job's page polls its progress (session-authenticated JSON) until the job is over.
 // 2. A button with data-busy says so while its form is being sent (Test Connection waits for a worker).
+// 3. The Email tab shows the login fields only when they apply (data-when), as Keycloak's does; a field
+//    with an error always shows, and without this script every field does.
 "use strict";
 
 (function () {
@@ -37,7 +39,27 @@
     if (box.getAttribute("data-finished") !== "true") { window.setTimeout(tick, POLL_MS); }
   }
 
+  function loginFields(form) {
+    var auth = form.querySelector("input[name=auth]");
+    var type = form.querySelector("select[name=auth_type]");
+    if (!auth || !type) { return; }
+    function applies(when) {
+      if (when === "auth") { return auth.checked; }
+      return auth.checked && type.value === when;
+    }
+    function refresh() {
+      form.querySelectorAll("[data-when]").forEach(function (field) {
+        field.hidden = !applies(field.getAttribute("data-when")) && !field.classList.contains("has-error");
+      });
+    }
+    auth.addEventListener("change", refresh);
+    type.addEventListener("change", refresh);
+    refresh();
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    var settings = document.getElementById("email-form");
+    if (settings) { loginFields(settings); }
     var box = document.getElementById("bulk");
     if (box) { pollBulk(box); }
     document.querySelectorAll("form").forEach(function (form) {
