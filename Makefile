@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install test lint lock demo bench reliability openapi clean
+.PHONY: install test lint lock demo bench reliability openapi screenshots clean
 
 install: $(STAMP)
 
@@ -57,6 +57,11 @@ reliability: install
 # The HTTP API's schema, kept in docs/ (tests/test_api_schema.py fails when it is not current).
 openapi: install
 	$(BIN)/python -m worker.http.schema > docs/openapi.json
+
+# The console's screenshots in docs/img (the README and docs/console.md show them), taken by its browser
+# tests in Debian's Chromium (apt-get install chromium) against a real server, worker and SMTP server.
+screenshots: install
+	MAILWORKER_SCREENSHOTS=docs/img $(BIN)/python -m pytest tests/test_console_browser.py -q
 
 clean:
 	rm -rf $(VENV) outbox .pytest_cache .mypy_cache .ruff_cache

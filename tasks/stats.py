@@ -75,4 +75,4 @@ def realm_hours(realm: str, hours: int = 24, now: float | None = None) -> list[d
     from worker.runtime import runtime
 
     return [{"hour": iso(hour * 3600), **dict.fromkeys(REALM_COLUMNS, 0), **counts}
-            for hour, counts in runtime().stats.by_hour(realm, hours, now=now)]  # fmt: skip
+            for hour, counts in runtime().stats.hourly(realm, hours, now=now)]  # fmt: skip

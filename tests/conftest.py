@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.browser import chromium, page  # noqa: F401 (fixtures: the console's browser tests)
 from tests.support.redis_server import RedisServer, session_redis_url
 from tests.support.smtp_server import SmtpTestServer, session_ca, smtp_server_fixture
 

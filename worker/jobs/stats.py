@@ -40,17 +40,17 @@ class Stats:
             for name in sorted(set(current) | set(previous))
         }
 
-    def by_hour(
+    def hourly(
         self, realm: str, hours: int = 24, now: float | None = None
     ) -> list[tuple[int, dict[str, int]]]:
-        """The counts of the last `hours` clock hours, oldest first, as (epoch hour, counts); one round trip."""
+        """(epoch hour, counts) of the last `hours` clock hours, oldest first, the current one last."""
+        hours = max(1, min(hours, KEEP_HOURS))
         last = epoch_hour(now)
-        span = range(last - min(hours, KEEP_HOURS) + 1, last + 1)
         pipe = self.redis.pipeline(transaction=False)
-        for hour in span:
+        for hour in range(last - hours + 1, last + 1):
             pipe.hgetall(self.keys.stats(realm, hour))
-        return [(hour, {str(k): int(v) for k, v in counts.items()})
-                for hour, counts in zip(span, pipe.execute(), strict=True)]  # fmt: skip
+        counts = [{str(k): int(v) for k, v in found.items()} for found in pipe.execute()]
+        return list(zip(range(last - hours + 1, last + 1), counts, strict=True))
 
     def realms(self) -> list[str]:
         return sorted(str(r) for r in self.redis.smembers(self.keys.stats_realms()))
