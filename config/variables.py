@@ -26,6 +26,7 @@ OTHERS = frozenset({
     "MAILWORKER_FLOWER_BASIC_AUTH",  # Flower's entry point
     "MAILWORKER_DEMO_REDIS_URL",  # worker/demo.py
     "MAILWORKER_TEST_REDIS_URL", "MAILWORKER_TEST_SECRET_KEY",  # tests/
+    "MAILWORKER_SCREENSHOTS", "MAILWORKER_REQUIRE_BROWSER",  # tests/support/browser.py, .ci/run
 })  # fmt: skip
 # How close a name must be to a setting's to be taken for a typo of it (difflib's ratio).
 TYPO_CUTOFF = 0.85

@@ -5,13 +5,18 @@ The flags keep Chromium on loopback: the machine's network is closed, and withou
 outside hosts (component updates, sync, QUIC probes). Playwright's `launch` gives it a fresh temporary
 user-data-dir; each test gets a context of its own (no cookies from another test).
 
-Screenshots: with MAILWORKER_SCREENSHOTS=<dir> (`make screenshots` sets docs/img), `screenshot(page,
-name)` writes <dir>/<name>.png; otherwise it does nothing, so a plain test run leaves docs/ alone.
+Screenshots: `screenshot(page, name)` writes <dir>/<name>.png, <dir> being MAILWORKER_SCREENSHOTS
+(`make screenshots` sets docs/img) or else a folder in the temporary directory: every test run takes them
+(a page that cannot be drawn fails), and a plain run leaves docs/ alone.
+
+Without Chromium the browser tests skip, unless MAILWORKER_REQUIRE_BROWSER=1 (.ci/run sets it): then they
+fail, so CI never passes without having run them.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +34,10 @@ VIEWPORT = {"width": 1360, "height": 900}
 @pytest.fixture(scope="session")
 def chromium() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium; .ci/run does)")
+        missing = f"{CHROMIUM} is not installed (apt-get install chromium; .ci/run does)"
+        if os.environ.get("MAILWORKER_REQUIRE_BROWSER") == "1":
+            pytest.fail(missing)
+        pytest.skip(missing)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -56,11 +64,12 @@ def page(chromium: Any) -> Iterator[Any]:
     context.close()
 
 
-def screenshot(page: Any, name: str, *, full_page: bool = True) -> Path | None:
-    folder = os.environ.get("MAILWORKER_SCREENSHOTS")
-    if not folder:
-        return None
+def screenshot(page: Any, name: str, *, full_page: bool = True) -> Path:
+    folder = (
+        os.environ.get("MAILWORKER_SCREENSHOTS") or Path(tempfile.gettempdir()) / "mailworker-screenshots"
+    )
     path = Path(folder) / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(path), full_page=full_page)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
     return path

@@ -18,7 +18,13 @@ import httpx
 from tests.support.http import ApiServer
 
 # A realm's settings for pages that only show them (nothing is sent: no server listens on this port).
-SETTINGS = {"from": "noreply@example.com", "host": "127.0.0.1", "port": 2525, "connect_timeout": 5, "timeout": 5}
+SETTINGS = {
+    "from": "noreply@example.com",
+    "host": "127.0.0.1",
+    "port": 2525,
+    "connect_timeout": 5,
+    "timeout": 5,
+}
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 _HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)"')
