@@ -56,8 +56,9 @@ PER_MESSAGE_FAMILIES = ("job", "claim", "celery-task-meta", "dead", "cooldown", 
 
 
 def test_keys_left_after_100000_messages_are_bounded(tmp_path):
+    # MAILWORKER_LOST_JOB_GRACE sets how long an ended job's hash stays (twice the grace: an hour by default).
     env = {"MAILWORKER_RESULT_EXPIRES": TTL, "MAILWORKER_DELIVERED_MARKER_TTL": BULK_TTL,
-           "MAILWORKER_DEAD_LETTER_TTL": TTL}  # fmt: skip
+           "MAILWORKER_DEAD_LETTER_TTL": TTL, "MAILWORKER_LOST_JOB_GRACE": TTL}  # fmt: skip
     run = uuid.uuid4().hex[:6]
     with Cluster.start(tmp_path, **env) as cluster, Sink() as sink:
         cluster.save_realm("acme", sink.settings_dict())
