@@ -79,8 +79,9 @@ TRANSIENT_STATUSES = frozenset({408, 429})
 # What to check for the endpoint's `error` codes (RFC 6749 5.2); {names} are the grant's settings fields.
 ERROR_HINTS = {
     "invalid_client": "check {client_id} and {client_secret}",
-    "unauthorized_client": "check {client_id} and the tenant in {url} (the client must be "
-    "allowed the client-credentials grant)",
+    # Keycloak says this for a wrong client secret too ("Invalid client or Invalid client credentials").
+    "unauthorized_client": "check {client_id} and {client_secret}, and the tenant in {url} (the client "
+    "must be allowed the client-credentials grant)",
     "invalid_scope": "check {scope}",
     "invalid_request": "check {url}, {client_id} and {scope}",
     "unsupported_grant_type": "the endpoint does not offer the client-credentials grant",
