@@ -378,3 +378,37 @@ def test_changing_iam_url_or_client_id_asks_for_the_secret_again(realm: str, smt
         store.save(realm, {"port": other.port, "iam_realm": realm})
     store.save(realm, {"iam_url": "http://127.0.0.1:9", "iam_client_secret": client.secret})
     assert store.saved(realm).settings.iam_url == "http://127.0.0.1:9"
+
+
+# ---- the directory on its own ------------------------------------------------------------------------------
+
+
+def test_users_are_cached_briefly_in_a_bounded_cache(iam: KeycloakStub, realm: str,
+                                                     smtp_server: SmtpTestServer) -> None:  # fmt: skip
+    from worker.delivery.iam_users import UserDirectory
+
+    now = [1000.0]
+    directory = UserDirectory(runtime().oauth, ttl=60, max_users=2, clock=lambda: now[0])
+    client = iam.client(realm)
+    settings = smtp_server.settings(
+        iam_url=iam.url, iam_client_id=client.client_id, iam_client_secret=client.secret
+    )
+    a, b, c = (iam.user(realm, email=address()) for _ in range(3))
+    assert directory.user(realm, settings, a["id"]).email == a["email"]
+    assert directory.user(realm, settings, a["id"]).email == a["email"]
+    assert len(iam.lookups) == 1  # the second came from the cache
+    now[0] += 61
+    directory.user(realm, settings, a["id"])
+    assert len(iam.lookups) == 2  # a minute later the IAM is asked again (a changed address shows)
+    directory.user(realm, settings, b["id"])
+    directory.user(realm, settings, c["id"])  # the oldest entry (a) goes: at most two are kept
+    directory.user(realm, settings, c["id"])
+    assert len(iam.lookups) == 4
+    directory.user(realm, settings, a["id"])
+    assert len(iam.lookups) == 5
+    other = iam.client(realm)  # new settings: asked again, not answered from the old settings' cache
+    changed = smtp_server.settings(
+        iam_url=iam.url, iam_client_id=other.client_id, iam_client_secret=other.secret
+    )
+    directory.user(realm, changed, a["id"])
+    assert len(iam.lookups) == 6

@@ -137,6 +137,8 @@ class UserDirectory:
                 "--iam-client-secret-stdin)",
                 "lookup",
             )
+        if user_id in (".", ".."):  # not an id, a path step: it would ask for another resource
+            raise LookupFailure(f"user {user_id}: not a user id", "recipient")
         key = (realm, _fingerprint(realm, settings), user_id)
         now = self._clock()
         cached = self._users.get(key)
