@@ -28,7 +28,7 @@ from tasks.waiting import POLL_S, require_worker, wait_result
 from templates.catalogue import DEFAULT_NOTIFY_EVENTS, TEMPLATE_NAMES, event_template
 from worker.app import BULK, BULK_CHUNK_TASK, BULK_START_TASK, EVENT_TASK, SEND_TASK, TRANSACTIONAL, app
 from worker.bulk.recipients import DEFAULT_CHUNK_SIZE
-from worker.jobs.events import event_job, event_job_id, needs_lookup, parse_event
+from worker.jobs.events import event_job, event_job_id, ignored_because, needs_lookup, parse_event
 from worker.jobs.lanes import LATER, lane_for
 from worker.jobs.model import (
     EmailJob,
@@ -133,64 +133,62 @@ def publish_event(realm: str, event: dict[str, Any], *, idempotency_key: str | N
     that names its user only by id (`userId`, no address) is completed by the worker, which looks the user
     up in the IAM (worker/delivery/iam_users.py).
     """
-    return publish_events(realm, [event], idempotency_key=idempotency_key)[0].job_id
+    return submit_event(realm, event, idempotency_key=idempotency_key).job_id
 
 
 @dataclass(frozen=True)
-class Published:
-    """One event's fate: its job id, or None and why it was ignored."""
-
-    job_id: str | None
-    ignored: str | None = None
+class EventOutcome:
+    job_id: str | None  # None: nothing to send
+    ignored: str | None = None  # why nothing is sent (worker.jobs.events.ignored_because)
 
 
-def publish_events(realm: str, events: list[Any], *, idempotency_key: str | None = None) -> list[Published]:
-    """Enqueue the notices of several events: every event is checked before any is enqueued (a bad one
-    rejects the call, its field prefixed with its index, `[2].event.type`, when there are several)."""
+def submit_event(realm: str, event: dict[str, Any], *, idempotency_key: str | None = None) -> EventOutcome:
+    """`publish_event` saying why an event sends nothing: the HTTP API answers the producer with it."""
+    return submit_events(realm, [event], idempotency_key=idempotency_key)[0]
+
+
+def submit_events(realm: str, events: list[Any], *, idempotency_key: str | None = None) -> list[EventOutcome]:
+    """`submit_event` for several events (Keycloak's webhook posts arrays): every event is checked before
+    any is enqueued; a bad one rejects the call, its field prefixed with its index (`[2].event.type`) when
+    there are several."""
     settings = _realm_settings(realm)
     if idempotency_key is not None:
         check_line("idempotency_key", idempotency_key, max_length=200)
     plans = []
     for index, event in enumerate(events):
+        # One key names one job: with several events, each gets the key and its index.
+        key = idempotency_key if idempotency_key is None or len(events) == 1 else f"{idempotency_key}:{index}"
         try:
-            # One key names one job: with several events, each gets the key and its index.
-            key = (
-                idempotency_key
-                if idempotency_key is None or len(events) == 1
-                else f"{idempotency_key}:{index}"
-            )
             plans.append(_plan_event(realm, settings, event, key))
         except InvalidInput as error:
             if len(events) == 1:
                 raise
             raise InvalidInput([(f"[{index}].{field}", rule) for field, rule in error.problems]) from None
-    for event, (published, lane) in zip(events, plans, strict=True):
-        if published.job_id is not None:
-            _publish_tracked(EVENT_TASK, [realm, event], published.job_id, lane)
-    return [published for published, _ in plans]
+    for event, (outcome, lane) in zip(events, plans, strict=True):
+        if outcome.job_id is not None:
+            _publish_tracked(EVENT_TASK, [realm, event], outcome.job_id, lane)
+    return [outcome for outcome, _ in plans]
 
 
 def _plan_event(
     realm: str, settings: RealmFacts, event: Any, idempotency_key: str | None
-) -> tuple[Published, int]:
-    """(what becomes of the event, its lane): checked, nothing enqueued."""
+) -> tuple[EventOutcome, int]:
+    """(what becomes of the event, its lane): checked, nothing enqueued yet."""
     parsed = parse_event(event)
     check_context(event, field="event")  # it travels as is in the broker message
-    if parsed.type not in settings.notify_events:
-        log.debug("event %s of realm %s does not notify: ignored", parsed.type, realm)
-        return Published(None, f"realm {realm} does not notify {parsed.type} events (notify_events)"), LATER
-    template = event_template(parsed.type)
-    if not runtime().renderer.exists(realm, template):
-        log.warning(
-            "event %s of realm %s notifies but has no template %s: ignored", parsed.type, realm, template
-        )
-        return Published(None, f"realm {realm} has no template {template} for {parsed.type} events"), LATER
-    if needs_lookup(parsed):  # the worker finds the address; a notice has no link to expire
-        return Published(event_job_id(realm, parsed, idempotency_key)), LATER
+    notified = parsed.type in settings.notify_events
+    has_template = notified and runtime().renderer.exists(realm, event_template(parsed.type))
+    ignored = ignored_because(realm, parsed.type, settings.notify_events, has_template)
+    if ignored is not None:
+        # A type the realm does not notify is normal (debug); one it notifies without a template is not.
+        (log.warning if notified else log.debug)("event of realm %s ignored: %s", realm, ignored)
+        return EventOutcome(None, ignored), LATER
+    if needs_lookup(parsed):  # the worker finds the address first; a notice has no link to expire
+        return EventOutcome(event_job_id(realm, parsed, idempotency_key)), LATER
     job = event_job(realm, parsed, settings.notify_events, allow_utf8=settings.allow_utf8,
                     idempotency_key=idempotency_key)  # fmt: skip
     assert job is not None  # notified: checked above
-    return Published(job.id), lane_for(job.expires_at, time.time())
+    return EventOutcome(job.id), lane_for(job.expires_at, time.time())
 
 
 def result(job_id: str) -> AsyncResult:

@@ -23,6 +23,7 @@ def job_status(task_id: str) -> dict[str, Any]:
     from config.errors import NotFound
     from tasks.outcomes import dead_letter_result
     from worker.app import app
+    from worker.jobs.pending import realm_of
     from worker.runtime import runtime
 
     rt = runtime()
@@ -64,9 +65,14 @@ def job_status(task_id: str) -> dict[str, Any]:
     delivered = ledger.delivered(task_id)
     if delivered is not None and "status" not in info:
         info.update(status="sent", message_id=delivered.get("message_id"), sent_at=delivered.get("sent_at"))
+    # Queued, started or waiting for a retry: no result names the realm yet; the pending ledger's entry does
+    # (GET /v1/jobs/{id} shows a realm-limited token its own queued jobs by it).
+    entry = rt.pending.entry(task_id) if "realm" not in info or state == "PENDING" else None
+    if "realm" not in info and realm_of(entry) is not None:
+        info["realm"] = realm_of(entry)
     if state == "PENDING" and "status" not in info:
         # Celery says PENDING for a job it never heard of too: the pending ledger knows the queued ones.
-        if facts or rt.redis.exists(rt.keys.pending_job(task_id)):
+        if facts or entry is not None:
             info["status"] = "queued"
         else:
             info["known"] = False

@@ -258,7 +258,7 @@ def test_events_the_realm_does_not_notify_are_ignored_with_the_reason(
     assert reply.status_code == 202, reply.text
     first, second, third = reply.json()["jobs"]
     assert first == {"job_id": None, "type": "LOGIN",
-                     "ignored": f"realm {realm} does not notify LOGIN events (notify_events)"}  # fmt: skip
+                     "ignored": f"event type LOGIN does not notify in realm {realm} (its notify_events setting)"}  # fmt: skip
     assert second["type"] == "LOGIN_ERROR" and second["ignored"] is None
     assert tasks_api.wait_for_result(second["job_id"])["status"] == "sent"
     assert third["job_id"] is None and third["type"] == "ADMIN_CREATE"

@@ -210,7 +210,7 @@ class BulkJobs:
     def _hash(self, job_id: str) -> dict[str, str]:
         raw = self.redis.hgetall(self.keys.bulk_job(job_id))
         if not raw:
-            raise NotFound(f"no bulk job {job_id!r} (unknown, or expired after {self.ttl // 86400} days)")
+            raise self.unknown(job_id)
         return {str(name): str(value) for name, value in raw.items()}
 
     def job(self, job_id: str) -> BulkJob:
@@ -302,8 +302,12 @@ class BulkJobs:
         """Stop the job: chunks not sent yet are dropped and counted as cancelled. Returns the new state."""
         state = str(self._stop(keys=[self.keys.bulk_job(job_id)], args=[CANCELLED, ""]))
         if state == "gone":
-            raise NotFound(f"no bulk job {job_id!r} (unknown, or expired after {self.ttl // 86400} days)")
+            raise self.unknown(job_id)
         return state
+
+    def unknown(self, job_id: str) -> NotFound:
+        """The error for a job that is not there; also what the HTTP API says of another realm's job."""
+        return NotFound(f"no bulk job {job_id!r} (unknown, or expired after {self.ttl // 86400} days)")
 
     def progress(self, job_id: str, now: float | None = None) -> BulkProgress:
         raw = self._hash(job_id)

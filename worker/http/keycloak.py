@@ -2,7 +2,7 @@
 post it (scope producer or admin).
 
 The body is mapped to the service's IAM events (worker/jobs/keycloak.py) and published like those of
-POST /v1/realms/{realm}/events (tasks/api.py `publish_events`): every event is checked before any is
+POST /v1/realms/{realm}/events (tasks/api.py `submit_events`): every event is checked before any is
 queued, and a bad one answers 422 naming its field in Keycloak's words (`[1].type` in an array). An event
 that carries only a user id is completed by the worker, which looks the user up in the IAM.
 """
@@ -59,7 +59,7 @@ def keycloak_events(
     realm = realm_for(token, realm)
     mapped = from_keycloak(body)
     try:
-        published = api.publish_events(realm, mapped.events)
+        published = api.submit_events(realm, mapped.events)
     except InvalidInput as error:
         if error.problems and error.problems[0][0] == "realm":
             raise

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Body, Depends, Header
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from config.errors import NotFound
 from tasks import api
 from tasks.status import job_status
+from worker.http import bulk
 from worker.http.auth import producer, realm_for
 from worker.http.tokens import ApiToken
 
@@ -37,6 +39,18 @@ class JobAccepted(BaseModel):
     job_id: str | None
 
 
+class EventAnswer(BaseModel):
+    job_id: str | None = Field(description="the notice's job; null when the event sends nothing")
+    ignored: str | None = Field(default=None, description="why the event sends nothing (200 only)")
+
+
+EVENT_EXAMPLE = {
+    "id": "5b8f-1", "type": "UPDATE_PASSWORD", "time": 1764000000000, "ipAddress": "203.0.113.7",
+    "clientId": "account-console", "user": {"email": "alice@example.com", "username": "alice"},
+}  # fmt: skip
+EVENT_DESCRIPTION = "the event as the IAM server emits it (Keycloak's camelCase or snake_case names)"
+
+
 @router.post("/realms/{realm}/emails", status_code=202, response_model=JobAccepted,
              summary="Send one e-mail (the job is queued; GET /v1/jobs/{job_id} follows it)")  # fmt: skip
 def send_email(
@@ -53,6 +67,26 @@ def send_email(
     return JobAccepted(job_id=job_id)
 
 
+@router.post("/realms/{realm}/events", status_code=202, response_model=EventAnswer, response_model_exclude_none=True,
+             responses={200: {"model": EventAnswer, "description": "the realm does not notify this event"}},
+             openapi_extra={"requestBody": {"required": True}},
+             summary="Publish an IAM event: its notice is queued (202), or the realm does not notify it (200)")  # fmt: skip
+def publish_event(
+    realm: str,
+    # Not required here, so that no body is publish_event's own 422 naming `event`; required in the schema.
+    event: Any = Body(default=None, description=EVENT_DESCRIPTION, examples=[EVENT_EXAMPLE]),  # noqa: B008
+    token: ApiToken = Depends(producer),  # noqa: B008
+    idempotency_key: str | None = Header(
+        default=None, description="else the event's id: publishing twice sends once"
+    ),
+) -> Any:
+    realm = realm_for(token, realm)
+    outcome = api.submit_event(realm, event, idempotency_key=idempotency_key)
+    if outcome.job_id is None:
+        return JSONResponse({"job_id": None, "ignored": outcome.ignored}, status_code=200)
+    return EventAnswer(job_id=outcome.job_id)
+
+
 @router.get("/jobs/{job_id}", summary="A job's status: sent, dead-lettered, queued, retry, ...")
 def get_job(job_id: str, token: ApiToken = Depends(producer)) -> dict[str, Any]:  # noqa: B008
     if len(job_id) > 200:
@@ -63,3 +97,7 @@ def get_job(job_id: str, token: ApiToken = Depends(producer)) -> dict[str, Any]:
         # A token limited to realms sees only their jobs; one of another realm is as unknown.
         raise NotFound(f"job {job_id} not found")
     return info
+
+
+# The bulk endpoints are producer endpoints too, in a module of their own (the NDJSON upload is most of it).
+router.include_router(bulk.router)

@@ -146,3 +146,18 @@ def event_job(
         # than in the event, whose depth publish_event checked: a valid event must give a valid context.
         context_depth=MAX_JSON_DEPTH + 1,
     )
+
+
+def ignored_because(
+    realm: str, event_type: str, notify_events: tuple[str, ...], has_template: bool
+) -> str | None:
+    """Why an event sends nothing, in words for its producer (HTTP answers it: 200 `ignored`), or None.
+
+    A realm that notifies a type it has no template for says so too: the producer's event was fine, the
+    realm's configuration is what to look at.
+    """
+    if event_type not in notify_events:
+        return f"event type {event_type} does not notify in realm {realm} (its notify_events setting)"
+    if not has_template:
+        return f"event type {event_type} notifies in realm {realm}, but there is no template {event_template(event_type)}"
+    return None

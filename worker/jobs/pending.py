@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from config.keys import Keys
+from config.names import EVENT_TASK, SEND_TASK
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,15 @@ class PendingJobs:
             pipe.set(self.keys.pending_job(entry_id), payload, ex=self.keep)
         pipe.zadd(self.keys.pending(), {entry[0]: due for entry in entries})
         pipe.execute()
+
+    def entry(self, job_id: str) -> dict[str, Any] | None:
+        """What was recorded to publish the job again (task, args, queue, lane), while it has not ended."""
+        raw = self.redis.get(self.keys.pending_job(job_id))
+        try:
+            entry = json.loads(str(raw)) if raw is not None else None
+        except ValueError:
+            return None
+        return entry if isinstance(entry, dict) else None
 
     def touch(self, job_id: str, busy_for: float = 0.0) -> None:
         """A worker works on the job (or will retry it after `busy_for` seconds): news expected later."""
@@ -93,3 +103,23 @@ class PendingJobs:
     def claim_sweep(self, owner: str, interval: float) -> bool:
         """One sweeper per interval across all workers."""
         return bool(self.redis.set(self.keys.sweeper_lock(), owner, nx=True, ex=max(1, int(interval))))
+
+
+def realm_of(entry: dict[str, Any] | None) -> str | None:
+    """The realm of a pending job's entry: a queued or running job has no result saying it yet.
+
+    mail.send carries the job (its `realm`), mail.event (realm, event); other tasks (a bulk fan-out, a
+    chunk) name no realm here.
+    """
+    if entry is None:
+        return None
+    task, args = entry.get("task"), entry.get("args")
+    if not isinstance(args, list) or not args:
+        return None
+    if task == SEND_TASK and isinstance(args[0], dict):
+        realm = args[0].get("realm")
+    elif task == EVENT_TASK:
+        realm = args[0]
+    else:
+        return None
+    return realm if isinstance(realm, str) else None
