@@ -15,7 +15,7 @@ import redis
 from celery import Task
 from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 
-from config.errors import NotFound, StoreUnavailable
+from config.errors import InvalidInput, NotFound, StoreUnavailable
 from config.names import EVENT_TASK
 from config.smtp import SmtpSettings
 from tasks.outcomes import raise_if_dead
@@ -23,7 +23,7 @@ from worker.delivery.breaker import PROBING, CircuitBreaker, Verdict
 from worker.delivery.deliver import DeliveryFailure, dead_letter, deliver
 from worker.delivery.iam_users import LookupFailure
 from worker.jobs.deadletters import DeadLetter
-from worker.jobs.events import IamEvent, with_user
+from worker.jobs.events import IamEvent, event_job, with_user
 from worker.jobs.ledger import DEAD, DROPPED, died_after_data
 from worker.jobs.model import EmailJob
 from worker.liveness.heartbeat import BUSY, TAKEN_OVER
@@ -329,13 +329,21 @@ def look_up_user(task: Task, realm: str, event: dict[str, Any], parsed: IamEvent
     DeadLettered, never loses the notice."""
     rt = runtime()
     services, job_id, user_id = rt.services, task.request.id, str(parsed.user_id)
-    attempt = services.ledger.next_attempt(job_id)
     started_at = services.ledger.started(job_id, time.time())
     started = time.monotonic()
     try:
-        return with_user(parsed, rt.users.user(realm, settings, user_id))
+        completed = with_user(parsed, rt.users.user(realm, settings, user_id))
+        # The IAM's address must make a job (a valid address; SMTPUTF8 only where allowed): else it is the
+        # recipient that is wrong, a dead letter too, never a silently rejected event.
+        event_job(realm, completed, settings.notify_events, allow_utf8=settings.allow_utf8)
+        return completed
     except LookupFailure as failure:
         reason, error = failure.reason, str(failure)
+    except InvalidInput as invalid:
+        reason, error = (
+            "recipient",
+            f"user {user_id}: the IAM's address for this user cannot be used: {invalid}",
+        )
     except redis.RedisError as store_error:  # the token cache is unreachable: give the message back
         raise Reject(f"store unavailable: {store_error}", requeue=True) from None
     except Exception as bug:  # a bug or an answer nothing foresaw: a dead letter, never a bare FAILURE
@@ -343,6 +351,8 @@ def look_up_user(task: Task, realm: str, event: dict[str, Any], parsed: IamEvent
             "job %s: the user look-up failed unexpectedly: dead-lettered (internal)", job_id, exc_info=bug
         )
         reason, error = "internal", f"user {user_id}: {type(bug).__name__}: {bug}"[:1000]
+    # Only a failed look-up counts as an attempt: one that found the user leaves the count to delivery.
+    attempt = services.ledger.next_attempt(job_id)
     fields = {"job_id": job_id, "realm": realm, "template": template, "attempt": attempt, "smtp_code": None,
               "ms": (time.monotonic() - started) * 1000, "error": error}  # fmt: skip
     if reason == RETRY:
