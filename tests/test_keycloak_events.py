@@ -326,6 +326,9 @@ def test_malformed_json_is_400(api: Any, producer_token: str, realm: str) -> Non
         reply = http.post(f"/v1/realms/{realm}/keycloak-events", content=b"{not json",
                           headers={"Content-Type": "application/json"})  # fmt: skip
     assert reply.status_code == 400
+    with api.client(producer_token) as http:
+        reply = http.post(f"/v1/realms/{realm}/keycloak-events")
+    assert reply.status_code == 422 and reply.json()["errors"][0]["field"] == ""
 
 
 # ---- the secret -------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import threading
 import time
 import urllib.parse
 from collections import OrderedDict
@@ -128,6 +129,7 @@ class UserDirectory:
         self._max = max_users
         self._clock = clock
         self._users: OrderedDict[tuple[str, str, str], tuple[float, EventUser]] = OrderedDict()
+        self._lock = threading.Lock()  # a worker with the thread pool looks users up from several threads
 
     def user(self, realm: str, settings: SmtpSettings, user_id: str) -> EventUser:
         if not all(getattr(settings, name) for name in IAM_FIELDS):
@@ -141,18 +143,21 @@ class UserDirectory:
             raise LookupFailure(f"user {user_id}: not a user id", "recipient")
         key = (realm, _fingerprint(realm, settings), user_id)
         now = self._clock()
-        cached = self._users.get(key)
+        with self._lock:
+            cached = self._users.get(key)
         if cached is not None and cached[0] > now:
             return cached[1]
-        user = self._fetch(realm, settings, user_id)
-        self._users[key] = (now + self._ttl, user)
-        self._users.move_to_end(key)
-        while len(self._users) > self._max:
-            self._users.popitem(last=False)
+        user = self._fetch(realm, settings, user_id)  # not under the lock: one slow IAM holds no one else
+        with self._lock:
+            self._users[key] = (now + self._ttl, user)
+            self._users.move_to_end(key)
+            while len(self._users) > self._max:
+                self._users.popitem(last=False)
         return user
 
     def forget(self) -> None:
-        self._users.clear()
+        with self._lock:
+            self._users.clear()
 
     def _fetch(self, realm: str, settings: SmtpSettings, user_id: str) -> EventUser:
         grant = iam_grant(realm, settings)
@@ -164,7 +169,7 @@ class UserDirectory:
             token = self._token(realm, grant, user_id)
             status, body = self._get(url, token.value, grant, user_id)
         if status != 200:
-            raise self._refused(status, body, url, user_id, grant)
+            raise self._refused(status, body, url, user_id, [grant.client_secret, token.value])
         try:
             user = parse_user(json.loads(body))
         except ValueError:
@@ -197,9 +202,10 @@ class UserDirectory:
             raise LookupFailure(f"user {user_id}: IAM admin API {endpoint_name(url)}: {excerpt(str(what))}; "
                                 "retried later", RETRY) from None  # fmt: skip
 
-    def _refused(self, status: int, body: bytes, url: str, user_id: str, grant: Grant) -> LookupFailure:
+    def _refused(self, status: int, body: bytes, url: str, user_id: str, secrets: list[str]) -> LookupFailure:
         reason = lookup_reason(status)
-        said = excerpt(body.decode("utf-8", "replace"), [grant.client_secret], 120) if body.strip() else ""
+        # What the IAM said, with the secret and the token masked should it echo them.
+        said = excerpt(body.decode("utf-8", "replace"), secrets, 120) if body.strip() else ""
         hint = HINTS.get(status, "retried later" if reason == RETRY else "check iam_url and iam_realm")
         message = f"user {user_id}: IAM admin API {endpoint_name(url)} answered {status}"
         return LookupFailure(message + (f" ({said})" if said else "") + f"; {hint}", reason, status)

@@ -35,22 +35,25 @@ EXAMPLE = {
 }
 
 
-class EventOutcome(BaseModel):
+class EventJob(BaseModel):
     job_id: str | None = Field(description="the notice's job (GET /v1/jobs/{job_id}); null when ignored")
     type: str = Field(description="the event type, as mapped (access.LOGIN_ERROR -> LOGIN_ERROR)")
     ignored: str | None = Field(default=None, description="why no notice goes out for this event")
 
 
 class KeycloakEventsAccepted(BaseModel):
-    jobs: list[EventOutcome] = Field(description="one per event, in the order they came")
+    jobs: list[EventJob] = Field(description="one per event, in the order they came")
 
 
 @router.post("/realms/{realm}/keycloak-events", status_code=202, response_model=KeycloakEventsAccepted,
+             openapi_extra={"requestBody": {"required": True}},
              summary="Keycloak events as a webhook sends them: one EventRepresentation or an array "
                      f"(at most {MAX_EVENTS})")  # fmt: skip
 def keycloak_events(
     realm: str,
+    # Not required here, so that no body is the mapping's own 422; required in the schema.
     body: Any = Body(  # noqa: B008 (FastAPI's way)
+        default=None,
         description='Keycloak\'s EventRepresentation, an array of them, or {"events": [...]}',
         examples=[EXAMPLE, [EXAMPLE]],
     ),
@@ -65,6 +68,6 @@ def keycloak_events(
             raise
         raise keycloak_error(error, mapped.many) from None
     return KeycloakEventsAccepted(jobs=[
-        EventOutcome(job_id=one.job_id, type=event["type"], ignored=one.ignored)
+        EventJob(job_id=one.job_id, type=event["type"], ignored=one.ignored)
         for one, event in zip(published, mapped.events, strict=True)
     ])  # fmt: skip
