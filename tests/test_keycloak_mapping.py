@@ -175,3 +175,10 @@ def test_the_admin_api_urls_quote_the_realm_and_the_user_id() -> None:
         "s3cr3t-value",
     )
     assert "s3cr3t-value" not in repr(grant)
+
+
+@pytest.mark.parametrize("user_id", ["a\nb", " a", "a\x1b[31m"])
+def test_a_user_id_is_printable(user_id: str) -> None:
+    with pytest.raises(InvalidInput) as excinfo:
+        parse_event({"type": "LOGIN_ERROR", "userId": user_id})
+    assert excinfo.value.problems[0][0] == "event.user_id"

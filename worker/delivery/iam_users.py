@@ -34,7 +34,7 @@ from typing import Any
 from config.errors import InvalidInput, MailWorkerError
 from config.names import check_locale
 from config.smtp import IAM_FIELDS, SmtpSettings
-from worker.delivery.oauth import Grant, TokenError, TokenProvider, endpoint_name
+from worker.delivery.oauth import AccessToken, Grant, TokenError, TokenProvider, endpoint_name
 from worker.delivery.oauth_http import excerpt, get_json, network_reason
 from worker.jobs.events import EventUser
 from worker.policy import RETRY, lookup_reason
@@ -180,7 +180,7 @@ class UserDirectory:
                                 "recipient", 200)  # fmt: skip
         return user
 
-    def _token(self, realm: str, grant: Grant, user_id: str) -> Any:
+    def _token(self, realm: str, grant: Grant, user_id: str) -> AccessToken:
         try:
             return self._tokens.token(realm, grant)
         except TokenError as error:

@@ -59,6 +59,11 @@ def parse_event(data: Any) -> IamEvent:
         raise InvalidInput.one(f"event.{field}", rule) from None
     if not EVENT_TYPE.match(event.type):
         raise InvalidInput.one("event.type", "must be an upper-case event type like LOGIN_ERROR")
+    if event.user_id is not None and (
+        not event.user_id.isprintable() or event.user_id.strip() != event.user_id
+    ):
+        # It goes into the admin API's URL path and into dead letters and log lines.
+        raise InvalidInput.one("event.user_id", "must be printable, without spaces around it")
     return event
 
 
