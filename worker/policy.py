@@ -113,7 +113,7 @@ def chunk_action(error: SmtpFailure) -> ChunkAction:
 
 
 # A user look-up (worker/delivery/iam_users.py) by the HTTP status of its failure (None: no answer, or no
-# token because the token endpoint did not answer). First match wins; docs/delivery.md shows it.
+# token because the token endpoint did not answer). First match wins; docs/delivery.md#dead-letters says it.
 LOOKUP_CLASSIFICATION: tuple[tuple[str, Callable[[int | None], bool], Outcome], ...] = (
     ("no answer: refused, time-out, DNS", lambda s: s is None, Outcome.RETRY),
     ("408, 429, 5xx: the IAM is busy or down", lambda s: s in (408, 429) or (s or 0) >= 500, Outcome.RETRY),
