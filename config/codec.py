@@ -7,8 +7,9 @@ Stored form of one secret (`password_encrypted`, `oauth_client_secret_encrypted`
                "verify_tls": true, "auth_type": "password", "oauth_token_url": null}}
 
 The associated data is one canonical JSON text (sorted keys, no spaces, ASCII) of the realm, the secret's
-name and the settings' current values of the fields named in `bound` (config.smtp.CREDENTIAL_BOUND_FIELDS
-when sealed). So whoever writes to Redis directly, and changes the host, the port, the TLS mode and so on
+name and the settings' current values of the fields named in `bound` (the secret's config.smtp.BOUND_FIELDS
+when sealed: the SMTP server's fields for the password and the OAuth2 client secret, iam_url and
+iam_client_id for the IAM client secret). So whoever writes to Redis directly, and changes the host, the port, the TLS mode and so on
 in the stored JSON, gets settings whose secret no longer opens: the worker refuses them (UnusableSettings)
 instead of logging in at the new destination. `bound` itself is neither secret nor trusted: it only lets
 the error say which field changed ("host changed from X to Y"); the tag is what decides.
@@ -28,7 +29,7 @@ from typing import Any
 from config.crypto import MASK, KeyNotHeld, SealBroken, Sealed, SecretBox
 from config.edits import SECRET_LABELS, secretless_data, shown
 from config.errors import InvalidInput, NotFound
-from config.smtp import CREDENTIAL_BOUND_FIELDS, SECRET_FIELDS, SmtpSettings, parse_smtp_settings
+from config.smtp import BOUND_FIELDS, SECRET_FIELDS, SmtpSettings, parse_smtp_settings
 
 # Stands in for a sealed secret while the settings around it are parsed to learn the bound values.
 _PLACEHOLDER = "(sealed)"
@@ -68,9 +69,10 @@ def encrypted_name(name: str) -> str:
     return f"{name}_encrypted"
 
 
-def bound_values(settings: SmtpSettings) -> dict[str, Any]:
+def bound_values(settings: SmtpSettings, secret: str) -> dict[str, Any]:
+    """The values of the fields `secret` is sealed to."""
     public = settings.to_public()
-    return {name: public[name] for name in CREDENTIAL_BOUND_FIELDS}
+    return {name: public[name] for name in BOUND_FIELDS[secret]}
 
 
 def associated_data(realm: str, secret: str, bound: Mapping[str, Any]) -> bytes:
@@ -80,12 +82,12 @@ def associated_data(realm: str, secret: str, bound: Mapping[str, Any]) -> bytes:
 
 
 def seal_secret(box: SecretBox, realm: str, name: str, value: str, settings: SmtpSettings) -> dict[str, Any]:
-    bound = bound_values(settings)
+    bound = bound_values(settings, name)
     return {**box.seal(value, associated_data(realm, name, bound)).to_json(), "bound": bound}
 
 
 def open_secret(box: SecretBox, realm: str, name: str, stored: Any, current: Mapping[str, Any]) -> str:
-    """The secret, if the settings around it (`current`: their bound values) are those it was sealed with.
+    """The secret, if the settings around it (`current`: their public values) are those it was sealed with.
 
     Raises _Unusable saying why not; ConfigError when its key is not configured (a key problem, not a
     settings one).
@@ -96,9 +98,9 @@ def open_secret(box: SecretBox, realm: str, name: str, stored: Any, current: Map
     except ValueError as error:
         raise _Unusable(f"the stored {label} is damaged ({error})") from None
     recorded = stored.get("bound")
-    if not isinstance(recorded, dict) or not recorded or not set(recorded) <= set(CREDENTIAL_BOUND_FIELDS):
+    if not isinstance(recorded, dict) or not recorded or not set(recorded) <= set(BOUND_FIELDS[name]):
         raise _Unusable(f"the stored {label} has a damaged record of the settings it belongs to")
-    for bound_field in CREDENTIAL_BOUND_FIELDS:
+    for bound_field in BOUND_FIELDS[name]:
         if bound_field in recorded and recorded[bound_field] != current[bound_field]:
             raise _Unusable(
                 f"{bound_field} changed from {_printable(recorded[bound_field])} to "
@@ -164,7 +166,7 @@ def read_settings(
     shape = parse_smtp_settings(plain)
     if not sealed:
         return Decoded(shape, lost, tuple(legacy))
-    current = bound_values(shape)
+    current = shape.to_public()
     unusable: dict[str, str] = dict(lost)
     for name, stored in sealed.items():
         try:
@@ -187,7 +189,7 @@ def draft_id_of(entry: Mapping[str, Any], raw: str) -> str:
 def unusable_message(realm: str, unusable: Mapping[str, str]) -> str:
     name, why = next(iter(unusable.items()))
     label = SECRET_LABELS[name]
-    option = "--password-stdin" if name == "password" else "--oauth-client-secret-stdin"
+    option = f"--{name.replace('_', '-')}-stdin"
     return (
         f"realm {realm}: the stored {label} cannot be used: {why}; enter it again (`mailworker settings "
         f"save --realm {realm} {option}`) or roll back (`mailworker settings history --realm {realm}`)"

@@ -17,10 +17,13 @@ from pydantic_core import PydanticUndefined
 
 from config.crypto import MASK
 from config.errors import InvalidInput
-from config.smtp import CREDENTIAL_BOUND_FIELDS, SECRET_FIELDS, SmtpSettings, parse_smtp_settings
+from config.smtp import BOUND_FIELDS, SECRET_FIELDS, SmtpSettings, parse_smtp_settings
 from config.urls import check_public_url
 
-SECRET_LABELS = {"password": "password", "oauth_client_secret": "OAuth2 client secret"}
+SECRET_LABELS = {"password": "password", "oauth_client_secret": "OAuth2 client secret",
+                 "iam_client_secret": "IAM client secret"}  # fmt: skip
+# The secrets one of which the SMTP login uses, chosen by auth_type.
+SMTP_SECRETS = ("password", "oauth_client_secret")
 # At most this many changes are spelled out in one line (a conflict message); the rest are counted.
 MAX_CHANGES_SHOWN = 12
 
@@ -48,32 +51,35 @@ def secretless_data(settings: SmtpSettings) -> dict[str, Any]:
 # ---- the secret rule ----------------------------------------------------------------------------------
 
 
-def needs_secret_again(field: str, before: Any, after: Any) -> bool:
-    """Whether changing a bound field (config.smtp.CREDENTIAL_BOUND_FIELDS) from `before` to `after`
+def needs_secret_again(field: str, before: Any, after: Any, secret: str = "password") -> bool:
+    """Whether changing a field bound to `secret` (config.smtp.BOUND_FIELDS) from `before` to `after`
     must ask for the stored secret again.
 
-    Any other destination (host, port, token URL), another login name, another TLS mode (plain, StartTLS,
-    implicit TLS) or another auth type does. Turning certificate checks on does not: it only narrows
-    who can receive the secret. Fields outside the bound set (timeouts, From, auth on/off) never do.
+    Any other destination (host, port, token URL, IAM URL), another login name or client id, another TLS
+    mode (plain, StartTLS, implicit TLS) or another auth type does. Turning certificate checks on does not:
+    it only narrows who can receive the secret. Fields outside the bound set (timeouts, From, auth on/off;
+    the SMTP fields for the IAM client secret) never do.
     """
-    if field not in CREDENTIAL_BOUND_FIELDS or before == after:
+    if field not in BOUND_FIELDS[secret] or before == after:
         return False
     if field == "verify_tls":
         return not after
     return True
 
 
-def weakening_change(before: SmtpSettings, after: SmtpSettings) -> tuple[str, Any, Any] | None:
-    """The first bound field whose change needs the secret again, as (field, before, after)."""
+def weakening_change(
+    before: SmtpSettings, after: SmtpSettings, secret: str = "password"
+) -> tuple[str, Any, Any] | None:
+    """The first field bound to `secret` whose change needs it again, as (field, before, after)."""
     old, new = before.to_public(), after.to_public()
-    for name in CREDENTIAL_BOUND_FIELDS:
-        if needs_secret_again(name, old[name], new[name]):
+    for name in BOUND_FIELDS[secret]:
+        if needs_secret_again(name, old[name], new[name], secret):
             return name, old[name], new[name]
     return None
 
 
 def check_credentials_unchanged(base: SmtpSettings, edited: SmtpSettings, secret: str) -> None:
-    changed = weakening_change(base, edited)
+    changed = weakening_change(base, edited, secret)
     if changed is None:
         return
     field, before, after = changed
@@ -96,7 +102,8 @@ def edit_settings(
 
     `unusable`: secrets of the base that cannot be used any more (their binding broke, config/codec.py),
     with the reason: such a secret is never kept; it has to be entered again (or cleared).
-    `allow_private_urls`: the service's MAILWORKER_ALLOW_PRIVATE_URLS, for the token URL (config/urls.py).
+    `allow_private_urls`: the service's MAILWORKER_ALLOW_PRIVATE_URLS, for the token and IAM URLs
+    (config/urls.py).
     """
     unusable = unusable or {}
     data = secretless_data(base) if base is not None else {}
@@ -117,15 +124,21 @@ def edit_settings(
     # A stored secret the auth_type does not use is forgotten, not asked for again: switching a realm
     # from password to xoauth2 (or back) must not need the secret of the other kind.
     in_use = "oauth_client_secret" if data.get("auth_type") == "xoauth2" else "password"
-    for name in [n for n in kept if n != in_use and changes.get(n) != MASK]:
+    for name in [n for n in kept if n in SMTP_SECRETS and n != in_use and changes.get(n) != MASK]:
         data.pop(name)
         kept.remove(name)
+    # Likewise the IAM client secret goes with its URL: clearing iam_url turns user look-ups off.
+    if "iam_client_secret" in kept and not data.get("iam_url") and changes.get("iam_client_secret") != MASK:
+        data.pop("iam_client_secret")
+        kept.remove("iam_client_secret")
     for name in kept:
         if name in unusable:
             raise InvalidInput.one(name, f"{unusable[name]}: enter the {SECRET_LABELS[name]} again")
     edited = parse_smtp_settings(data)
-    if edited.oauth_token_url:
-        check_public_url("oauth_token_url", edited.oauth_token_url, allow_private=allow_private_urls)
+    for name in ("oauth_token_url", "iam_url"):
+        url = getattr(edited, name)
+        if url:
+            check_public_url(name, url, allow_private=allow_private_urls)
     if base is not None:
         for name in kept:
             check_credentials_unchanged(base, edited, name)

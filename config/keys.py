@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Access tokens by what they are for: the SMTP server's XOAUTH2 login, the IAM's admin API (user look-ups).
+_TOKEN_NAMES = {"smtp": "oauth-token", "iam": "iam-token"}
+
 
 @dataclass(frozen=True)
 class Keys:
@@ -100,13 +103,13 @@ class Keys:
     def rate_window(self, realm: str, window: str) -> str:
         return f"{self.prefix}:rate:{realm}:{window}"
 
-    def token(self, realm: str) -> str:
-        """Cached OAuth2 access token of a realm (encrypted)."""
-        return f"{self.prefix}:oauth-token:{realm}"
+    def token(self, realm: str, kind: str = "smtp") -> str:
+        """Cached OAuth2 access token of a realm (encrypted): for XOAUTH2 ("smtp") or the IAM's admin API."""
+        return f"{self.prefix}:{_TOKEN_NAMES[kind]}:{realm}"
 
-    def token_lock(self, realm: str) -> str:
-        """String: the process fetching the realm's OAuth2 token now (SET NX, expires by itself)."""
-        return f"{self.prefix}:oauth-token-lock:{realm}"
+    def token_lock(self, realm: str, kind: str = "smtp") -> str:
+        """String: the process fetching the realm's access token now (SET NX, expires by itself)."""
+        return f"{self.prefix}:{_TOKEN_NAMES[kind]}-lock:{realm}"
 
     def ingest(self) -> str:
         """List of plain-JSON jobs from producers in other languages."""

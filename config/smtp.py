@@ -39,6 +39,10 @@ LINE_SAFE_FIELDS = (
     "oauth_client_id",
     "oauth_client_secret",
     "oauth_scope",
+    "iam_url",
+    "iam_realm",
+    "iam_client_id",
+    "iam_client_secret",
 )
 ADDRESS_FIELDS = ("from", "reply_to", "envelope_from")
 # Where and how a stored secret is sent (the password to the SMTP server; the client secret to the token
@@ -55,7 +59,18 @@ CREDENTIAL_BOUND_FIELDS = (
     "auth_type",
     "oauth_token_url",
 )
-SECRET_FIELDS = ("password", "oauth_client_secret")
+# The IAM client secret goes only to the IAM's token endpoint: it is bound to where that is and to whom it
+# speaks for, not to the SMTP server's fields (a new SMTP host must not ask for it, a new iam_url must).
+IAM_BOUND_FIELDS = ("iam_url", "iam_client_id")
+SECRET_FIELDS = ("password", "oauth_client_secret", "iam_client_secret")
+# Each secret and the fields it is sealed to (config/codec.py) and asked again for (config/edits.py).
+BOUND_FIELDS: dict[str, tuple[str, ...]] = {
+    "password": CREDENTIAL_BOUND_FIELDS,
+    "oauth_client_secret": CREDENTIAL_BOUND_FIELDS,
+    "iam_client_secret": IAM_BOUND_FIELDS,
+}
+# The fields of the IAM admin API look-up (worker/delivery/iam_users.py): all of them, or none.
+IAM_FIELDS = ("iam_url", "iam_client_id", "iam_client_secret")
 
 # How long the reply to the end of DATA may take: RFC 5321 4.5.3.2.6 gives the server 10 minutes, since it
 # may scan or queue the message before answering. The worker's task time limit must exceed it.
@@ -121,8 +136,16 @@ class SmtpSettings(BaseModel):
     oauth_client_secret: SecretStr | None = Field(default=None, max_length=4096)
     oauth_scope: str | None = Field(default=None, max_length=1024)
 
+    # The IAM's admin REST API (Keycloak), to find the address of a user an event names only by id: a
+    # service-account client of the IAM realm (client credentials) with the right to view users.
+    iam_url: str | None = Field(default=None, max_length=2048)  # the IAM's base URL, https://iam.example
+    iam_realm: str | None = Field(default=None, max_length=255)  # default: this realm's name
+    iam_client_id: str | None = Field(default=None, max_length=512)
+    iam_client_secret: SecretStr | None = Field(default=None, max_length=4096)
+
     @field_validator("from_display_name", "reply_to", "reply_to_display_name", "envelope_from", "username",
-                     "oauth_token_url", "oauth_client_id", "oauth_scope", mode="before")  # fmt: skip
+                     "oauth_token_url", "oauth_client_id", "oauth_scope", "iam_url", "iam_realm", "iam_client_id",
+                     mode="before")  # fmt: skip
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -211,6 +234,18 @@ class SmtpSettings(BaseModel):
                 parse_url("oauth_token_url", self.oauth_token_url)
             except InvalidInput as error:
                 problems.extend(error.problems)
+        if any(getattr(self, name) for name in IAM_FIELDS):
+            for name in IAM_FIELDS:
+                if not getattr(self, name):
+                    problems.append((name, "is required for user look-ups: iam_url, iam_client_id and "
+                                           "iam_client_secret go together"))  # fmt: skip
+        if self.iam_url:
+            try:
+                parse_url("iam_url", self.iam_url)
+            except InvalidInput as error:
+                problems.extend(error.problems)
+        if self.iam_realm is not None and not self.iam_realm.isprintable():
+            problems.append(("iam_realm", "must contain printable characters only"))
         for name in ("from_display_name", "reply_to_display_name"):
             value = getattr(self, name)
             if value is not None and not value.isprintable():

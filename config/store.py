@@ -2,8 +2,8 @@
 
 Layout (key names in config/keys.py):
 - saved:   hash {version, data, saved_at, note}; `data` is the settings' JSON with every secret stored only
-           sealed to the fields it may be sent with (`password_encrypted`, `oauth_client_secret_encrypted`;
-           config/codec.py), never in clear.
+           sealed to the fields it may be sent with (`password_encrypted`, `oauth_client_secret_encrypted`,
+           `iam_client_secret_encrypted`; config/codec.py), never in clear.
 - draft:   string JSON {id, base_version, data, updated_at}: the unsaved edit, testable before saving.
 - history: list of JSON {version, data, saved_at, note}, newest first, trimmed to `history_size`.
 - realms:  set of realm names that have saved settings.

@@ -28,7 +28,7 @@ from tasks.waiting import POLL_S, require_worker, wait_result
 from templates.catalogue import DEFAULT_NOTIFY_EVENTS, TEMPLATE_NAMES, event_template
 from worker.app import BULK, BULK_CHUNK_TASK, BULK_START_TASK, EVENT_TASK, SEND_TASK, TRANSACTIONAL, app
 from worker.bulk.recipients import DEFAULT_CHUNK_SIZE
-from worker.jobs.events import event_job, ignored_because, parse_event
+from worker.jobs.events import event_job, event_job_id, ignored_because, needs_lookup, parse_event
 from worker.jobs.lanes import LATER, lane_for
 from worker.jobs.model import (
     EmailJob,
@@ -129,7 +129,9 @@ def _publish_tracked(
 def publish_event(realm: str, event: dict[str, Any], *, idempotency_key: str | None = None) -> str | None:
     """Enqueue the notice for an IAM event; None when the realm does not notify this event type.
 
-    `idempotency_key` (else the event's own `id`) makes publishing the same event twice one job.
+    `idempotency_key` (else the event's own `id`) makes publishing the same event twice one job. An event
+    that names its user only by id (`userId`, no address) is completed by the worker, which looks the user
+    up in the IAM (worker/delivery/iam_users.py).
     """
     return submit_event(realm, event, idempotency_key=idempotency_key).job_id
 
@@ -142,21 +144,51 @@ class EventOutcome:
 
 def submit_event(realm: str, event: dict[str, Any], *, idempotency_key: str | None = None) -> EventOutcome:
     """`publish_event` saying why an event sends nothing: the HTTP API answers the producer with it."""
+    return submit_events(realm, [event], idempotency_key=idempotency_key)[0]
+
+
+def submit_events(realm: str, events: list[Any], *, idempotency_key: str | None = None) -> list[EventOutcome]:
+    """`submit_event` for several events (Keycloak's webhook posts arrays): every event is checked before
+    any is enqueued; a bad one rejects the call, its field prefixed with its index (`[2].event.type`) when
+    there are several."""
     settings = _realm_settings(realm)
-    parsed = parse_event(event)
-    check_context(event, field="event")  # it travels as is in the broker message
     if idempotency_key is not None:
         check_line("idempotency_key", idempotency_key, max_length=200)
+    plans = []
+    for index, event in enumerate(events):
+        # One key names one job: with several events, each gets the key and its index.
+        key = idempotency_key if idempotency_key is None or len(events) == 1 else f"{idempotency_key}:{index}"
+        try:
+            plans.append(_plan_event(realm, settings, event, key))
+        except InvalidInput as error:
+            if len(events) == 1:
+                raise
+            raise InvalidInput([(f"[{index}].{field}", rule) for field, rule in error.problems]) from None
+    for event, (outcome, lane) in zip(events, plans, strict=True):
+        if outcome.job_id is not None:
+            _publish_tracked(EVENT_TASK, [realm, event], outcome.job_id, lane)
+    return [outcome for outcome, _ in plans]
+
+
+def _plan_event(
+    realm: str, settings: RealmFacts, event: Any, idempotency_key: str | None
+) -> tuple[EventOutcome, int]:
+    """(what becomes of the event, its lane): checked, nothing enqueued yet."""
+    parsed = parse_event(event)
+    check_context(event, field="event")  # it travels as is in the broker message
+    notified = parsed.type in settings.notify_events
+    has_template = notified and runtime().renderer.exists(realm, event_template(parsed.type))
+    ignored = ignored_because(realm, parsed.type, settings.notify_events, has_template)
+    if ignored is not None:
+        # A type the realm does not notify is normal (debug); one it notifies without a template is not.
+        (log.warning if notified else log.debug)("event of realm %s ignored: %s", realm, ignored)
+        return EventOutcome(None, ignored), LATER
+    if needs_lookup(parsed):  # the worker finds the address first; a notice has no link to expire
+        return EventOutcome(event_job_id(realm, parsed, idempotency_key)), LATER
     job = event_job(realm, parsed, settings.notify_events, allow_utf8=settings.allow_utf8,
                     idempotency_key=idempotency_key)  # fmt: skip
-    has_template = job is not None and runtime().renderer.exists(realm, event_template(parsed.type))
-    ignored = ignored_because(realm, parsed.type, settings.notify_events, has_template)
-    if job is None or ignored is not None:
-        # A type the realm does not notify is normal (debug); one it notifies without a template is not.
-        (log.debug if job is None else log.warning)("event of realm %s ignored: %s", realm, ignored)
-        return EventOutcome(None, ignored)
-    _publish_tracked(EVENT_TASK, [realm, event], job.id, lane_for(job.expires_at, time.time()))
-    return EventOutcome(job.id)
+    assert job is not None  # notified: checked above
+    return EventOutcome(job.id), lane_for(job.expires_at, time.time())
 
 
 def result(job_id: str) -> AsyncResult:
@@ -185,6 +217,13 @@ def requeue_dead_letter(job_id: str) -> str:
             f"{job_id} is an ingest entry that never became a job: push it again (fix the producer, "
             "or report an `internal` error)",
         )
+    event = letter.job.get("event") if letter.task == EVENT_TASK and isinstance(letter.job, dict) else None
+    if isinstance(event, dict):  # an event whose user look-up failed: published again as the event it was
+        rt.ledger.reset(job_id)
+        result(job_id).forget()
+        _publish_tracked(EVENT_TASK, [letter.realm, event], job_id, LATER)
+        rt.dead_letters.remove(job_id)
+        return job_id
     try:
         job = EmailJob.model_validate(letter.job).model_copy(
             update={"requeued": int(letter.job.get("requeued", 0)) + 1}

@@ -1,4 +1,5 @@
-"""mail.event: map an IAM event to its notice and deliver it in the same task."""
+"""mail.event: map an IAM event to its notice and deliver it in the same task; an event that names its user
+only by id is completed first by a look-up in the IAM (tasks/runner.py `look_up_user`)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from typing import Any
 
 from config.errors import InvalidInput, NotFound, StoreUnavailable
 from tasks.outcomes import DeadLettered
-from tasks.runner import CELERY_RETRY_LIMIT, run_job
+from tasks.runner import CELERY_RETRY_LIMIT, look_up_user, run_job
+from templates.catalogue import event_template
 from worker.app import EVENT_TASK, app
-from worker.jobs.events import event_job, parse_event
+from worker.jobs.events import event_job, needs_lookup, parse_event
 from worker.runtime import runtime
 
 log = logging.getLogger(__name__)
@@ -21,6 +23,8 @@ def handle_event(self: Any, realm: str, event: dict[str, Any]) -> dict[str, Any]
     try:
         parsed = parse_event(event)
         _, settings = rt.services.cache.get(realm)
+        if needs_lookup(parsed) and parsed.type in settings.notify_events:
+            parsed = look_up_user(self, realm, event, parsed, settings, event_template(parsed.type))
         job = event_job(realm, parsed, settings.notify_events, allow_utf8=settings.allow_utf8)
     except StoreUnavailable as error:
         # The store lost its settings (wiped, not restored yet): wait for an admin, as a send job does.

@@ -1,4 +1,5 @@
-"""The one place a Celery task turns a delivery attempt into retry, dead letter or result."""
+"""The one place a Celery task turns a delivery attempt into retry, dead letter or result (and an event's
+user look-up, which comes before its delivery: `look_up_user`)."""
 
 from __future__ import annotations
 
@@ -14,16 +15,20 @@ import redis
 from celery import Task
 from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 
-from config.errors import NotFound, StoreUnavailable
+from config.errors import InvalidInput, NotFound, StoreUnavailable
+from config.names import EVENT_TASK
 from config.smtp import SmtpSettings
 from tasks.outcomes import raise_if_dead
 from worker.delivery.breaker import PROBING, CircuitBreaker, Verdict
 from worker.delivery.deliver import DeliveryFailure, dead_letter, deliver
+from worker.delivery.iam_users import LookupFailure
+from worker.jobs.deadletters import DeadLetter
+from worker.jobs.events import IamEvent, event_job, with_user
 from worker.jobs.ledger import DEAD, DROPPED, died_after_data
 from worker.jobs.model import EmailJob
 from worker.liveness.heartbeat import BUSY, TAKEN_OVER
 from worker.logs import log_attempt
-from worker.policy import Decision, counts_against
+from worker.policy import RETRY, Decision, counts_against
 from worker.runtime import runtime
 from worker.smtp import SmtpFailure
 
@@ -314,3 +319,61 @@ def _dead_result(
         # The server took the data of `ambiguous` attempts without confirming: the user may have the mail.
         result.update(ambiguous=ambiguous, maybe_delivered=True)
     return result
+
+
+def look_up_user(task: Task, realm: str, event: dict[str, Any], parsed: IamEvent, settings: SmtpSettings,
+                 template: str) -> IamEvent:  # fmt: skip
+    """The event completed with its user from the IAM (worker/delivery/iam_users.py). A failed look-up is
+    retried like a transient SMTP failure (same backoff, same limits) or ends as a dead letter naming the
+    user id, holding the event itself so that `dead requeue` publishes it again: raises Retry or
+    DeadLettered, never loses the notice."""
+    rt = runtime()
+    services, job_id, user_id = rt.services, task.request.id, str(parsed.user_id)
+    started_at = services.ledger.started(job_id, time.time())
+    started = time.monotonic()
+    try:
+        completed = with_user(parsed, rt.users.user(realm, settings, user_id))
+        # The IAM's address must make a job (a valid address; SMTPUTF8 only where allowed): else it is the
+        # recipient that is wrong, a dead letter too, never a silently rejected event.
+        event_job(realm, completed, settings.notify_events, allow_utf8=settings.allow_utf8)
+        return completed
+    except LookupFailure as failure:
+        reason, error = failure.reason, str(failure)
+    except InvalidInput as invalid:
+        reason, error = (
+            "recipient",
+            f"user {user_id}: the IAM's address for this user cannot be used: {invalid}",
+        )
+    except redis.RedisError as store_error:  # the token cache is unreachable: give the message back
+        raise Reject(f"store unavailable: {store_error}", requeue=True) from None
+    except Exception as bug:  # a bug or an answer nothing foresaw: a dead letter, never a bare FAILURE
+        log.error(
+            "job %s: the user look-up failed unexpectedly: dead-lettered (internal)", job_id, exc_info=bug
+        )
+        reason, error = "internal", f"user {user_id}: {type(bug).__name__}: {bug}"[:1000]
+    # Only a failed look-up counts as an attempt: one that found the user leaves the count to delivery.
+    attempt = services.ledger.next_attempt(job_id)
+    fields = {"job_id": job_id, "realm": realm, "template": template, "attempt": attempt, "smtp_code": None,
+              "ms": (time.monotonic() - started) * 1000, "error": error}  # fmt: skip
+    if reason == RETRY:
+        decision, delay = services.policy.decide(attempt, now=time.time(), created_at=started_at, expires_at=None,
+                                                 delay=services.policy.delay(attempt))  # fmt: skip
+        if decision is Decision.RETRY:
+            log_attempt(**fields, outcome="retry:lookup")
+            services.ledger.note_error(job_id, error)
+            runtime().pending.touch(job_id, busy_for=delay)
+            raise task.retry(countdown=delay, max_retries=CELERY_RETRY_LIMIT) from None
+        reason, error = decision.value, f"gave up after {attempt} attempt(s): {error}"
+        fields["error"] = error
+    log_attempt(**fields, outcome=f"dead:{reason}")
+    services.dead.add(DeadLetter(job_id=job_id, realm=realm, template=template, to="", reason=reason, error=error,
+                                 attempts=attempt, task=EVENT_TASK, job={"realm": realm, "event": event},
+                                 first_attempt_at=started_at))  # fmt: skip
+    services.ledger.end(job_id, DEAD)
+    services.stats.count(realm, "dead")
+    with contextlib.suppress(redis.RedisError):
+        runtime().pending.done(job_id)
+    result = {"status": "dead-lettered", "job_id": job_id, "reason": reason, "error": error, "smtp_code": None,
+              "attempts": attempt, "user_id": user_id, "task": EVENT_TASK, "realm": realm}  # fmt: skip
+    raise_if_dead(result)
+    raise AssertionError("raise_if_dead returned for a dead letter")  # pragma: no cover

@@ -333,3 +333,66 @@ def test_a_realm_saved_in_the_old_format_still_sends(realm: str, real_redis: Any
         write_data(real_redis, keys, realm, legacy_data(runtime().box, server.settings_dict()), bump=True)
         assert send(realm)["status"] == "sent"
         assert [(a.login, a.secret, a.success) for a in server.auth_attempts] == [("mailer", PASSWORD, True)]
+
+
+# ---- the IAM client secret (user look-ups): bound to its own fields --------------------------------------
+
+IAM = {
+    "iam_url": "https://iam.acme.example",
+    "iam_client_id": "mailer",
+    "iam_client_secret": "iam-distinctive-57",
+}
+
+
+def test_the_iam_client_secret_is_sealed_to_iam_url_and_iam_client_id_only(
+    fake_store: SettingsStore, fake_redis: Any
+) -> None:
+    fake_store.save(REALM, {**BASE, **IAM})
+    data = stored_data(fake_redis, Keys("t"), REALM)
+    sealed = data[encrypted_name("iam_client_secret")]
+    assert sealed["bound"] == {"iam_url": "https://iam.acme.example", "iam_client_id": "mailer"}
+    assert "iam-distinctive-57" not in json.dumps(data)
+    # Moved behind the store's back: the IAM URL breaks the IAM secret, not the SMTP password ...
+    write_data(fake_redis, Keys("t"), REALM, {**data, "iam_url": "https://evil.example"})
+    with pytest.raises(UnusableSettings) as caught:
+        fake_store.saved(REALM)
+    assert "the stored IAM client secret cannot be used: iam_url changed" in str(caught.value)
+    assert "--iam-client-secret-stdin" in str(caught.value)
+    # ... and the SMTP host breaks the password, not the IAM secret.
+    decoded = fake_store.saved(REALM, lenient=True)
+    assert decoded is not None and set(decoded.unusable) == {"iam_client_secret"}  # type: ignore[attr-defined]
+    write_data(fake_redis, Keys("t"), REALM, {**data, "host": "evil.example"})
+    decoded = fake_store.saved(REALM, lenient=True)
+    assert decoded is not None and set(decoded.unusable) == {"password"}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "change, asks",
+    [
+        ({"iam_url": "https://iam2.acme.example"}, True),
+        ({"iam_client_id": "someone"}, True),
+        ({"iam_realm": "other", "host": "smtp2.acme.example", "password": PASSWORD}, False),
+        ({"iam_client_secret": MASK}, False),
+        ({"iam_url": "https://iam2.acme.example", "iam_client_secret": "iam-new-58"}, False),
+    ],
+)
+def test_changing_where_the_iam_secret_goes_asks_for_it_again(
+    fake_store: SettingsStore, change: dict[str, Any], asks: bool
+) -> None:
+    fake_store.save(REALM, {**BASE, **IAM})
+    if asks:
+        with pytest.raises(InvalidInput) as caught:
+            fake_store.save(REALM, change)
+        [(field, rule)] = caught.value.problems
+        assert field == "iam_client_secret" and "enter the IAM client secret again" in rule
+    else:
+        fake_store.save(REALM, change)
+        assert fake_store.saved(REALM).settings.secret("iam_client_secret")  # type: ignore[union-attr]
+
+
+def test_clearing_iam_url_forgets_the_iam_secret(fake_store: SettingsStore) -> None:
+    fake_store.save(REALM, {**BASE, **IAM})
+    fake_store.save(REALM, {"iam_url": None, "iam_client_id": None})
+    settings = fake_store.saved(REALM).settings  # type: ignore[union-attr]
+    assert (settings.iam_url, settings.iam_client_id, settings.iam_client_secret) == (None, None, None)
+    assert settings.secret("password") == PASSWORD  # the SMTP password stays

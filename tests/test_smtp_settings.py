@@ -26,6 +26,7 @@ XOAUTH2 = {
     "oauth_client_id": "client",
     "oauth_client_secret": "client-secret",
 }
+IAM = {"iam_url": "https://iam.acme.example", "iam_client_id": "mailer", "iam_client_secret": "iam-secret"}
 
 
 def settings(**changes: Any) -> dict[str, Any]:
@@ -198,10 +199,11 @@ def test_notify_events_accepts_a_comma_list() -> None:
 
 
 def test_public_view_masks_secrets_and_plain_view_keeps_them() -> None:
-    parsed = parse_smtp_settings({**XOAUTH2, "password": "pw"})
+    parsed = parse_smtp_settings({**XOAUTH2, **IAM, "password": "pw"})
     public = parsed.to_public()
-    assert [public[name] for name in SECRET_FIELDS] == [MASK, MASK]
-    assert "pw" not in repr(parsed) and "client-secret" not in str(public)
+    assert [public[name] for name in SECRET_FIELDS] == [MASK, MASK, MASK]
+    assert "pw" not in repr(parsed) and "client-secret" not in str(public) and "iam-secret" not in str(public)
+    assert "iam-secret" not in repr(parsed)
     assert parsed.to_plain()["password"] == "pw"
     assert parse_smtp_settings(MINIMAL).to_public()["password"] is None
 
@@ -216,3 +218,28 @@ def test_python_name_of_from_is_accepted_too() -> None:
 def test_envelope_sender_prefers_the_bounce_address() -> None:
     parsed = parse_smtp_settings(settings(envelope_from="bounces@acme.example"))
     assert parsed.envelope_sender == "bounces@acme.example"
+
+
+@pytest.mark.parametrize(
+    "fields, problem",
+    [
+        ({"iam_url": "https://iam.acme.example"}, "iam_client_id"),
+        ({"iam_client_id": "mailer", "iam_client_secret": "s"}, "iam_url"),
+        ({"iam_url": "https://iam.acme.example", "iam_client_id": "mailer"}, "iam_client_secret"),
+        ({**IAM, "iam_url": "ftp://iam.acme.example"}, "iam_url"),
+        ({**IAM, "iam_url": "https://iam.acme.example/\r\nx"}, "iam_url"),
+        ({**IAM, "iam_realm": "acme\x07"}, "iam_realm"),
+        ({**IAM, "iam_client_id": "a\nb"}, "iam_client_id"),
+    ],
+)
+def test_iam_lookup_fields_go_together_and_follow_their_rules(fields, problem) -> None:
+    with pytest.raises(InvalidInput) as excinfo:
+        parse_smtp_settings({**MINIMAL, **fields})
+    assert problem in [field for field, _ in excinfo.value.problems]
+
+
+def test_iam_lookup_fields_are_optional_and_empty_is_unset() -> None:
+    assert parse_smtp_settings({**MINIMAL, "iam_url": " ", "iam_realm": ""}).iam_url is None
+    parsed = parse_smtp_settings({**MINIMAL, **IAM, "iam_realm": "master"})
+    assert (parsed.iam_url, parsed.iam_realm, parsed.secret("iam_client_secret")) == (
+        "https://iam.acme.example", "master", "iam-secret")  # fmt: skip

@@ -7,6 +7,7 @@ how a 4xx is treated, or when a job gives up, changes this module and its tests 
 - `reason_of`: the dead-letter reason a failure ends with (`REASONS` lists them all);
 - `counts_against`: which failures count against a realm's circuit breaker ("nobody answers there");
 - `chunk_action`: what a bulk chunk does with one message's failure;
+- `classify_lookup`: a failed user look-up in the IAM's admin API (an event that names only a user id);
 - `RetryPolicy`: backoff, and when to stop (the link's expiry, the age limit, ambiguous attempts).
 """
 
@@ -67,6 +68,9 @@ REASONS: dict[str, str] = {
     "invalid": "input that could not become a job (an ingest entry, a bad address in bulk)",
     "internal": "an unexpected error (the exception type is in the error): a bug to report",
     "cancelled": "the bulk job was cancelled",
+    "recipient": "the event's user has no e-mail address, or the IAM does not know the user id",
+    "lookup": "the IAM's admin API refused the user look-up (iam_client_id, iam_client_secret, the "
+    "service account's view-users role) or the realm has no look-up configured (iam_url)",
 }
 RETRY = "retry"  # a DeliveryFailure's reason while it is still transient
 
@@ -106,6 +110,29 @@ def chunk_action(error: SmtpFailure) -> ChunkAction:
     if outcome is Outcome.SETTINGS:
         return ChunkAction.STOP
     return ChunkAction.RECONNECT if error.reconnect else ChunkAction.DEFER
+
+
+# A user look-up (worker/delivery/iam_users.py) by the HTTP status of its failure (None: no answer, or no
+# token because the token endpoint did not answer). First match wins; docs/delivery.md#dead-letters says it.
+LOOKUP_CLASSIFICATION: tuple[tuple[str, Callable[[int | None], bool], Outcome], ...] = (
+    ("no answer: refused, time-out, DNS", lambda s: s is None, Outcome.RETRY),
+    ("408, 429, 5xx: the IAM is busy or down", lambda s: s in (408, 429) or (s or 0) >= 500, Outcome.RETRY),
+    ("404: the IAM does not know the user", lambda s: s == 404, Outcome.PERMANENT),
+    ("401, 403, other 4xx, 3xx: the client or its rights are wrong", lambda s: True, Outcome.SETTINGS),
+)
+LOOKUP_REASONS = {Outcome.RETRY: RETRY, Outcome.PERMANENT: "recipient", Outcome.SETTINGS: "lookup"}
+
+
+def classify_lookup(status: int | None) -> Outcome:
+    for _why, test, outcome in LOOKUP_CLASSIFICATION:
+        if test(status):
+            return outcome
+    return Outcome.SETTINGS
+
+
+def lookup_reason(status: int | None) -> str:
+    """RETRY while transient, else the dead-letter reason ("recipient" or "lookup")."""
+    return LOOKUP_REASONS[classify_lookup(status)]
 
 
 class Decision(Enum):

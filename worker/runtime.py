@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from worker.content.render import TemplateRenderer
     from worker.delivery.breaker import CircuitBreaker
     from worker.delivery.deliver import Services
+    from worker.delivery.iam_users import UserDirectory
     from worker.delivery.oauth import TokenProvider
     from worker.delivery.ratelimit import RateLimiter
     from worker.jobs.deadletters import DeadLetterStore
@@ -73,6 +74,13 @@ class Runtime:
         from worker.delivery.oauth import TokenProvider
 
         return TokenProvider(self.redis, self.keys, self.box, allow_private=self.settings.allow_private_urls)
+
+    @cached_property
+    def users(self) -> UserDirectory:
+        """Users looked up in the IAM's admin API, for events that name a user only by id."""
+        from worker.delivery.iam_users import UserDirectory
+
+        return UserDirectory(self.oauth)
 
     @cached_property
     def ledger(self) -> DeliveryLedger:

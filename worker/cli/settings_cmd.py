@@ -49,6 +49,9 @@ VALUE_OPTIONS = [
     ("oauth_token_url", "--oauth-token-url", "XOAUTH2: token endpoint (https://...)"),
     ("oauth_client_id", "--oauth-client-id", "XOAUTH2: client id"),
     ("oauth_scope", "--oauth-scope", "XOAUTH2: scope"),
+    ("iam_url", "--iam-url", "user look-ups: the IAM's base URL, e.g. https://iam.acme.example"),
+    ("iam_realm", "--iam-realm", "user look-ups: the IAM realm of the users (default: --realm)"),
+    ("iam_client_id", "--iam-client-id", "user look-ups: the service-account client (view-users)"),
 ]
 SWITCH_OPTIONS = [
     ("ssl", "--ssl", "implicit TLS (usually port 465)"),
@@ -60,6 +63,11 @@ SWITCH_OPTIONS = [
 SECRET_OPTIONS = [
     ("password", "--password-stdin", "read the password from stdin (one trailing newline is dropped)"),
     ("oauth_client_secret", "--oauth-client-secret-stdin", "read the XOAUTH2 client secret from stdin"),
+    (
+        "iam_client_secret",
+        "--iam-client-secret-stdin",
+        "read the IAM client secret (user look-ups) from stdin",
+    ),
 ]
 
 

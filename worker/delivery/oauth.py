@@ -1,11 +1,15 @@
-"""OAuth2 access tokens for XOAUTH2 SMTP login: the client-credentials grant, cached per realm.
+"""OAuth2 access tokens by the client-credentials grant, cached per realm: for XOAUTH2 SMTP login, and
+for the IAM's admin API (user look-ups, worker/delivery/iam_users.py).
 
     provider = TokenProvider(redis, keys, box)
     token = provider.token("acme", settings)        # AccessToken: cached, or fetched now
     open_session(settings, oauth_token=token.value)
     provider.invalidate("acme", token.value)        # after the SMTP server rejected it
 
-Caching: one token per realm, in this process (a dict) and in Redis (`Keys.token(realm)`, encrypted with
+A `Grant` says which endpoint, client and deadlines, and which settings fields errors name: `smtp_grant`
+(the oauth_* fields) or `iam_grant` (worker/delivery/iam_users.py); a bare SmtpSettings means the SMTP one.
+
+Caching: one token per realm and grant kind, in this process (a dict) and in Redis (`Keys.token(realm)`, encrypted with
 the SecretBox, expiring with the token), so all worker processes share it. A token is used until shortly
 before it expires (`margin`: 10% of its lifetime, at most 60 s). Each entry carries a fingerprint of the
 token URL, client id, client secret and scope: saving new credentials makes the old token a miss.
@@ -40,7 +44,7 @@ import ssl
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -50,15 +54,14 @@ from config.crypto import SecretBox
 from config.errors import ConfigError, InvalidInput, MailWorkerError
 from config.keys import Keys
 from config.smtp import SmtpSettings
-from config.urls import ParsedUrl, check_public_url, check_resolved
 from worker.delivery.oauth_http import (
     MAX_EXCERPT,
     Pinned,
+    checked_destination,
     excerpt,
     network_reason,
     one_line,
     post_form,
-    proxy_for,
 )
 
 log = logging.getLogger(__name__)
@@ -73,15 +76,18 @@ DEFAULT_EXPIRES_IN_S = 300
 # even when its holder died.
 LOCK_SLACK_S = 5.0
 TRANSIENT_STATUSES = frozenset({408, 429})
-# What to check for the endpoint's `error` codes (RFC 6749 5.2).
+# What to check for the endpoint's `error` codes (RFC 6749 5.2); {names} are the grant's settings fields.
 ERROR_HINTS = {
-    "invalid_client": "check oauth_client_id and oauth_client_secret",
-    "unauthorized_client": "check oauth_client_id and the tenant in oauth_token_url (the client must be "
-    "allowed the client-credentials grant)",
-    "invalid_scope": "check oauth_scope",
-    "invalid_request": "check oauth_token_url, oauth_client_id and oauth_scope",
+    "invalid_client": "check {client_id} and {client_secret}",
+    # Keycloak says this for a wrong client secret too ("Invalid client or Invalid client credentials").
+    "unauthorized_client": "check {client_id} and {client_secret}, and the tenant in {url} (the client "
+    "must be allowed the client-credentials grant)",
+    "invalid_scope": "check {scope}",
+    "invalid_request": "check {url}, {client_id} and {scope}",
     "unsupported_grant_type": "the endpoint does not offer the client-credentials grant",
 }
+SMTP_NAMES = {"url": "oauth_token_url", "client_id": "oauth_client_id",
+              "client_secret": "oauth_client_secret", "scope": "oauth_scope"}  # fmt: skip
 _RELEASE_LOCK = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
@@ -118,18 +124,39 @@ class AccessToken:
         return self.fingerprint == fingerprint and now < self.expires_at
 
 
+@dataclass(frozen=True)
+class Grant:
+    """One client-credentials grant: the endpoint, the client, the deadlines, the words of its errors."""
+
+    kind: str  # "smtp" | "iam": its cache entry and fetch lock (config/keys.py)
+    token_url: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    scope: str | None
+    connect_timeout: float
+    timeout: float
+    label: str = "OAuth2 token endpoint"  # what errors call the endpoint
+    names: Mapping[str, str] = field(default_factory=lambda: SMTP_NAMES)  # settings fields errors name
+
+    @property
+    def field(self) -> str:
+        return self.names["url"]
+
+
+def smtp_grant(settings: SmtpSettings) -> Grant:
+    """The XOAUTH2 grant of a realm's settings (the oauth_* fields)."""
+    return Grant("smtp", settings.oauth_token_url or "", settings.oauth_client_id or "",
+                 settings.secret("oauth_client_secret") or "", settings.oauth_scope, settings.connect_timeout,
+                 settings.timeout)  # fmt: skip
+
+
 def uses_xoauth2(settings: SmtpSettings) -> bool:
     return settings.auth and settings.auth_type == "xoauth2"
 
 
-def fingerprint(settings: SmtpSettings) -> str:
+def fingerprint(grant: Grant) -> str:
     """What a cached token is bound to; kept in memory and inside the encrypted cache entry only."""
-    parts = (
-        settings.oauth_token_url,
-        settings.oauth_client_id,
-        settings.secret("oauth_client_secret"),
-        settings.oauth_scope,
-    )
+    parts = (grant.token_url, grant.client_id, grant.client_secret, grant.scope)
     return hashlib.sha256("\x00".join(p or "" for p in parts).encode()).hexdigest()
 
 
@@ -168,45 +195,48 @@ class TokenProvider:
         self._box = box
         self._allow_private = allow_private  # MAILWORKER_ALLOW_PRIVATE_URLS
         self._clock = clock
-        self._local: dict[str, AccessToken] = {}
+        self._local: dict[tuple[str, str], AccessToken] = {}  # (kind, realm) -> token
         self._release = redis_client.register_script(_RELEASE_LOCK)
 
-    def token(self, realm: str, settings: SmtpSettings) -> AccessToken:
-        """A usable token for the realm's settings. Raises TokenError (TokenNotReady while another fetches)."""
-        wanted = fingerprint(settings)
-        cached = self._local.get(realm)
+    def token(self, realm: str, settings: SmtpSettings | Grant) -> AccessToken:
+        """A usable token for the realm's grant. Raises TokenError (TokenNotReady while another fetches)."""
+        grant = settings if isinstance(settings, Grant) else smtp_grant(settings)
+        wanted, slot = fingerprint(grant), (grant.kind, realm)
+        cached = self._local.get(slot)
         if cached is not None and cached.usable(wanted, self._clock()):
             return cached
-        shared = self._read_shared(realm, wanted)
+        shared = self._read_shared(realm, grant.kind, wanted)
         if shared is not None:
-            self._local[realm] = shared
+            self._local[slot] = shared
             return shared
-        lock_key, owner = self._keys.token_lock(realm), uuid.uuid4().hex
-        lock_ms = math.ceil((settings.connect_timeout + 2 * settings.timeout + LOCK_SLACK_S) * 1000)
+        lock_key, owner = self._keys.token_lock(realm, grant.kind), uuid.uuid4().hex
+        lock_ms = math.ceil((grant.connect_timeout + 2 * grant.timeout + LOCK_SLACK_S) * 1000)
         if not self._redis.set(lock_key, owner, nx=True, px=lock_ms):
             raise TokenNotReady(realm)
         try:
-            shared = self._read_shared(realm, wanted)  # another process may have finished just now
+            shared = self._read_shared(
+                realm, grant.kind, wanted
+            )  # another process may have finished just now
             if shared is None:
-                fetched = self.fetch(settings)
-                self._write_shared(realm, fetched)
-                self._local[realm] = replace(fetched, fresh=False)  # later callers get a cached token
+                fetched = self.fetch(grant)
+                self._write_shared(realm, grant.kind, fetched)
+                self._local[slot] = replace(fetched, fresh=False)  # later callers get a cached token
                 return fetched
-            self._local[realm] = shared
+            self._local[slot] = shared
             return shared
         finally:
             self._release(keys=[lock_key], args=[owner])
 
-    def invalidate(self, realm: str, rejected: str | None = None) -> None:
-        """Forget the realm's token (the SMTP server rejected `rejected`; None: whatever is cached).
+    def invalidate(self, realm: str, rejected: str | None = None, kind: str = "smtp") -> None:
+        """Forget the realm's token (the server rejected `rejected`; None: whatever is cached).
 
         The shared entry is deleted only while it still holds the rejected token: another process may
         have put a fresh one there meanwhile.
         """
-        cached = self._local.get(realm)
+        cached = self._local.get((kind, realm))
         if cached is not None and (rejected is None or cached.value == rejected):
-            self._local.pop(realm, None)
-        key = self._keys.token(realm)
+            self._local.pop((kind, realm), None)
+        key = self._keys.token(realm, kind)
         shared = self._decode(self._redis.get(key))
         if shared is None or rejected is None or shared.value == rejected:
             self._redis.delete(key)
@@ -215,68 +245,48 @@ class TokenProvider:
         """A token fetched now, for Test Connection: proves the credentials, leaves the caches alone."""
         return self.fetch(settings).value
 
-    def fetch(self, settings: SmtpSettings) -> AccessToken:
+    def fetch(self, settings: SmtpSettings | Grant) -> AccessToken:
         """The client-credentials grant (RFC 6749 4.4), client authenticated in the form body."""
-        url = settings.oauth_token_url or ""
-        secret = settings.secret("oauth_client_secret") or ""
+        grant = settings if isinstance(settings, Grant) else smtp_grant(settings)
+        url, secret = grant.token_url, grant.client_secret
         where = endpoint_name(url)
-        pinned = self._destination(url, settings)
-        form = {"grant_type": "client_credentials", "client_id": settings.oauth_client_id or "",
-                "client_secret": secret}  # fmt: skip
-        if settings.oauth_scope:
-            form["scope"] = settings.oauth_scope
+        pinned = self.destination(grant.field, url, grant)
+        form = {"grant_type": "client_credentials", "client_id": grant.client_id, "client_secret": secret}
+        if grant.scope:
+            form["scope"] = grant.scope
         if url.startswith("http://"):
-            log.warning(
-                "OAuth2 token endpoint %s is plain http: the client secret travels unencrypted", where
-            )
+            log.warning("%s %s is plain http: the client secret travels unencrypted", grant.label, where)
         try:
-            status, body = post_form(url, form, pinned=pinned, connect_timeout=settings.connect_timeout,
-                                     timeout=settings.timeout)  # fmt: skip
+            status, body = post_form(url, form, pinned=pinned, connect_timeout=grant.connect_timeout,
+                                     timeout=grant.timeout)  # fmt: skip
         except (OSError, http.client.HTTPException, ValueError) as error:
-            raise self._network_error(network_reason(error), where, settings) from None
+            raise self._network_error(network_reason(error), where, grant) from None
         if status != 200:
-            raise _scrub(self._http_error(status, body, where, secret), secret)
-        return self._parse(body, where, secret, fingerprint(settings))
+            raise _scrub(self._http_error(status, body, where, grant), secret)
+        return self._parse(body, where, grant, fingerprint(grant))
+
+    def destination(self, field_name: str, url: str, grant: Grant) -> Pinned:
+        """Check a URL and the addresses its host resolves to (oauth_http.checked_destination); what to
+        connect to. Failures are TokenErrors in `grant`'s words (the admin API's URL uses it too)."""
+        try:
+            return checked_destination(field_name, url, allow_private=self._allow_private)
+        except InvalidInput as error:
+            raise TokenError(str(error), transient=False) from None
+        except socket.gaierror as error:
+            raise self._network_error(error, endpoint_name(url), grant) from None
 
     # ---- internals ------------------------------------------------------------------------------------
 
-    def _destination(self, url: str, settings: SmtpSettings) -> Pinned:
-        """Check the token URL and the addresses its host resolves to; what to connect to (nothing pinned
-        when a proxy connects for us)."""
-        try:
-            parsed: ParsedUrl = check_public_url("oauth_token_url", url, allow_private=self._allow_private)
-        except InvalidInput as error:
-            raise TokenError(str(error), transient=False) from None
-        proxy = proxy_for(url, parsed.host)
-        try:
-            infos = socket.getaddrinfo(parsed.host, parsed.port, type=socket.SOCK_STREAM)
-        except socket.gaierror as error:
-            if proxy is not None:  # the proxy may know names this machine's DNS does not
-                return {}
-            raise self._network_error(error, endpoint_name(url), settings) from None
-        except UnicodeError:
-            raise TokenError(
-                f"oauth_token_url: {parsed.host} is not a valid host name", transient=False
-            ) from None
-        try:
-            check_resolved("oauth_token_url", url, [str(info[4][0]) for info in infos],
-                           allow_private=self._allow_private)  # fmt: skip
-        except InvalidInput as error:
-            raise TokenError(str(error), transient=False) from None
-        if proxy is not None:
-            return {}
-        return {(parsed.host.lower(), parsed.port): [(info[0], info[4]) for info in infos]}
-
-    def _read_shared(self, realm: str, wanted: str) -> AccessToken | None:
-        token = self._decode(self._redis.get(self._keys.token(realm)))
+    def _read_shared(self, realm: str, kind: str, wanted: str) -> AccessToken | None:
+        token = self._decode(self._redis.get(self._keys.token(realm, kind)))
         return token if token is not None and token.usable(wanted, self._clock()) else None
 
-    def _write_shared(self, realm: str, token: AccessToken) -> None:
+    def _write_shared(self, realm: str, kind: str, token: AccessToken) -> None:
         ttl_ms = int((token.expires_at - self._clock()) * 1000)
         if ttl_ms <= 0:
             return
         entry = {"token": token.value, "expires_at": token.expires_at, "fingerprint": token.fingerprint}
-        self._redis.set(self._keys.token(realm), self._box.encrypt(json.dumps(entry)), px=ttl_ms)
+        self._redis.set(self._keys.token(realm, kind), self._box.encrypt(json.dumps(entry)), px=ttl_ms)
 
     def _decode(self, raw: Any) -> AccessToken | None:
         if raw is None:
@@ -287,27 +297,25 @@ class TokenProvider:
         except (ConfigError, ValueError, KeyError, TypeError):
             return None  # encrypted with a key dropped since, or unreadable: fetch a new one
 
-    def _parse(self, body: bytes, where: str, secret: str, bound_to: str) -> AccessToken:
+    def _parse(self, body: bytes, where: str, grant: Grant, bound_to: str) -> AccessToken:
+        secret, label = grant.client_secret, grant.label
         try:
             data = json.loads(body)
         except ValueError:
             data = None
         if not isinstance(data, dict):
             raise TokenError(
-                f"OAuth2 token endpoint {where} answered 200 but not with a JSON object: "
-                "is oauth_token_url the token endpoint?",
+                f"{label} {where} answered 200 but not with a JSON object: is {grant.field} right?",
                 transient=False,
                 status=200,
             )
         value = data.get("access_token")
         if not isinstance(value, str) or not value:
-            raise TokenError(
-                f"OAuth2 token endpoint {where} answered without an access_token", transient=False, status=200
-            )
+            raise TokenError(f"{label} {where} answered without an access_token", transient=False, status=200)
         token_type = data.get("token_type")
         if token_type is not None and str(token_type).lower() != "bearer":
             raise _scrub(TokenError(
-                f"OAuth2 token endpoint {where} issued a {one_line(str(token_type), 40)} token; XOAUTH2 needs a Bearer token",
+                f"{label} {where} issued a {one_line(str(token_type), 40)} token; a Bearer token is needed",
                 transient=False, status=200,
             ), secret)  # fmt: skip
         try:
@@ -318,7 +326,8 @@ class TokenProvider:
             expires_in = DEFAULT_EXPIRES_IN_S
         return AccessToken(value, self._clock() + lifetime(expires_in), bound_to, fresh=True)
 
-    def _http_error(self, status: int, body: bytes, where: str, secret: str) -> TokenError:
+    def _http_error(self, status: int, body: bytes, where: str, grant: Grant) -> TokenError:
+        secret, label = grant.client_secret, grant.label
         try:
             data = json.loads(body)
         except ValueError:
@@ -330,42 +339,39 @@ class TokenProvider:
             detail = f": {code}"
             if data.get("error_description"):
                 detail += f" ({excerpt(str(data['error_description']), [secret], MAX_EXCERPT - len(code))})"
-            hint = ERROR_HINTS.get(code, "")
+            hint = ERROR_HINTS.get(code, "").format_map(grant.names)
         elif body.strip():
             detail = f": {excerpt(body.decode('utf-8', 'replace'), [secret])}"
         transient = is_transient_status(status)
         if not hint and not transient:
-            hint = "check oauth_token_url" if status in (404, 405) or 300 <= status < 400 else ""
+            hint = f"check {grant.field}" if status in (404, 405) or 300 <= status < 400 else ""
         if transient:
             hint = "retried later"
-        message = f"OAuth2 token endpoint {where} answered {status}{detail}"
+        message = f"{label} {where} answered {status}{detail}"
         return TokenError(message + (f"; {hint}" if hint else ""), transient=transient, status=status)
 
-    def _network_error(self, reason: BaseException, where: str, settings: SmtpSettings) -> TokenError:
+    def _network_error(self, reason: BaseException, where: str, grant: Grant) -> TokenError:
+        label = grant.label
         if isinstance(reason, ssl.SSLCertVerificationError):
             detail = reason.verify_message or reason.reason or str(reason)
-            return TokenError(
-                f"OAuth2 token endpoint {where}: certificate verify failed: {detail}", transient=False
-            )
+            return TokenError(f"{label} {where}: certificate verify failed: {detail}", transient=False)
         if isinstance(reason, TimeoutError):
             return TokenError(
-                f"OAuth2 token endpoint {where} did not answer within {settings.connect_timeout:g}s "
-                f"(connect) / {settings.timeout:g}s (timeout); retried later",
+                f"{label} {where} did not answer within {grant.connect_timeout:g}s "
+                f"(connect) / {grant.timeout:g}s (timeout); retried later",
                 transient=True,
             )
         if isinstance(reason, ConnectionRefusedError):
-            return TokenError(
-                f"OAuth2 token endpoint {where} refused the connection; retried later", transient=True
-            )
+            return TokenError(f"{label} {where} refused the connection; retried later", transient=True)
         if isinstance(reason, socket.gaierror):
-            host = urllib.parse.urlsplit(settings.oauth_token_url or "").hostname
+            host = urllib.parse.urlsplit(grant.token_url).hostname
             return TokenError(
-                f"cannot resolve {host} (oauth_token_url): {reason.strerror}; retried later", transient=True
+                f"cannot resolve {host} ({grant.field}): {reason.strerror}; retried later", transient=True
             )
         if isinstance(reason, ValueError):  # an oversized or otherwise unusable response
-            return TokenError(f"OAuth2 token endpoint {where}: {one_line(str(reason))}", transient=False)
+            return TokenError(f"{label} {where}: {one_line(str(reason))}", transient=False)
         detail = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
-        return TokenError(f"OAuth2 token endpoint {where}: {one_line(detail)}; retried later", transient=True)
+        return TokenError(f"{label} {where}: {one_line(detail)}; retried later", transient=True)
 
 
 def _scrub(error: TokenError, secret: str) -> TokenError:

@@ -1,10 +1,13 @@
-"""One form POST to an OAuth2 token endpoint: deadlines, checked addresses only, no redirects.
+"""HTTP requests to URLs an admin configured (an OAuth2 token endpoint, the IAM's admin API): deadlines,
+checked addresses only, no redirects. The one HTTP client of the workers.
 
 - Deadlines: connect (and TLS handshake) within `connect_timeout`, each read within `timeout`, the whole
   body within both (worker/delivery/oauth.py explains the budget).
-- Addresses: the caller resolves and checks the host (config/urls.py) and passes what it checked
-  (`Pinned`); the connection goes to exactly those addresses, while TLS still verifies the host name.
-- A token endpoint answers, it does not redirect: a 3xx is reported, the form is never re-sent.
+- Addresses: `checked_destination` resolves and checks the host (config/urls.py) and returns what it
+  checked (`Pinned`); the connection goes to exactly those addresses, while TLS still verifies the host
+  name.
+- These endpoints answer, they do not redirect: a 3xx is reported, a form or a bearer token is never
+  sent on to another place.
 - What the endpoint says comes back to people only through `excerpt`.
 """
 
@@ -21,6 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from config.crypto import MASK
+from config.errors import InvalidInput
+from config.urls import check_public_url, check_resolved
 
 MAX_BODY_BYTES = 64 * 1024
 # How much of what the endpoint says (error_description, a non-JSON body) goes into an error message:
@@ -113,7 +118,7 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A token endpoint answers, it does not redirect: a 3xx is reported, the form is not re-sent."""
+    """A token endpoint or an admin API answers, it does not redirect: a 3xx is reported, nothing is re-sent."""
 
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None
@@ -166,17 +171,48 @@ def network_reason(error: BaseException) -> BaseException:
     )
 
 
+def checked_destination(field: str, url: str, *, allow_private: bool) -> Pinned:
+    """Check `url` (config/urls.py) and every address its host resolves to now; the addresses to connect
+    to (nothing pinned when a proxy connects for us: the proxy resolves the name, and the local answer,
+    when there is one, is checked). Raises InvalidInput when refused, socket.gaierror when the name does
+    not resolve."""
+    parsed = check_public_url(field, url, allow_private=allow_private)
+    proxy = proxy_for(url, parsed.host)
+    try:
+        infos = socket.getaddrinfo(parsed.host, parsed.port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        if proxy is not None:  # the proxy may know names this machine's DNS does not
+            return {}
+        raise
+    except UnicodeError:
+        raise InvalidInput.one(field, f"{parsed.host} is not a valid host name") from None
+    check_resolved(field, url, [str(info[4][0]) for info in infos], allow_private=allow_private)
+    if proxy is not None:
+        return {}
+    return {(parsed.host.lower(), parsed.port): [(info[0], info[4]) for info in infos]}
+
+
 def post_form(
     url: str, form: Mapping[str, str], *, pinned: Pinned, connect_timeout: float, timeout: float
 ) -> tuple[int, bytes]:
     """(status, body) of the POST; an HTTP error status is an answer too. Raises OSError,
     http.client.HTTPException or ValueError when there is no answer (see `network_reason`)."""
-    request = urllib.request.Request(
-        url,
-        data=urllib.parse.urlencode(form).encode(),
-        headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
-        method="POST",
-    )
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
+    return send(urllib.request.Request(url, data=urllib.parse.urlencode(form).encode(), headers=headers,
+                                       method="POST"), pinned, connect_timeout, timeout)  # fmt: skip
+
+
+def get_json(
+    url: str, headers: Mapping[str, str], *, pinned: Pinned, connect_timeout: float, timeout: float
+) -> tuple[int, bytes]:
+    """(status, body) of a GET asking for JSON; fails as `post_form` does."""
+    request = urllib.request.Request(url, headers={**headers, "Accept": "application/json"}, method="GET")
+    return send(request, pinned, connect_timeout, timeout)
+
+
+def send(
+    request: urllib.request.Request, pinned: Pinned, connect_timeout: float, timeout: float
+) -> tuple[int, bytes]:
     opener = urllib.request.build_opener(
         _HTTPHandler(timeout, pinned), _HTTPSHandler(timeout, pinned), _NoRedirect()
     )

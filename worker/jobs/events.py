@@ -1,4 +1,8 @@
-"""IAM events (as an IAM server emits them) mapped to notice e-mails. Pure: parse, decide, build the job."""
+"""IAM events (as an IAM server emits them) mapped to notice e-mails. Pure: parse, decide, build the job.
+
+An event that names its user only by id (`userId`, no e-mail address: Keycloak's LOGIN_ERROR) is valid:
+the worker looks the user up in the IAM (`needs_lookup`, `with_user`; worker/delivery/iam_users.py).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from config.errors import InvalidInput
 from templates.catalogue import event_template
-from worker.jobs.model import MAX_JSON_DEPTH, EmailJob, new_job
+from worker.jobs.model import MAX_JSON_DEPTH, EmailJob, job_id_for, new_job
 
 EVENT_TYPE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}\Z")
 
@@ -35,6 +39,9 @@ class IamEvent(BaseModel):
     realm_name: str | None = Field(default=None, validation_alias=AliasChoices("realm_name", "realmName"))
     ip_address: str | None = Field(default=None, validation_alias=AliasChoices("ip_address", "ipAddress"))
     client_id: str | None = Field(default=None, validation_alias=AliasChoices("client_id", "clientId"))
+    user_id: str | None = Field(
+        default=None, min_length=1, max_length=200, validation_alias=AliasChoices("user_id", "userId")
+    )
     details: dict[str, Any] = Field(default_factory=dict)
     user: EventUser = Field(default_factory=EventUser)
     error: str | None = None
@@ -52,14 +59,48 @@ def parse_event(data: Any) -> IamEvent:
         raise InvalidInput.one(f"event.{field}", rule) from None
     if not EVENT_TYPE.match(event.type):
         raise InvalidInput.one("event.type", "must be an upper-case event type like LOGIN_ERROR")
+    if event.user_id is not None and (
+        not event.user_id.isprintable() or event.user_id.strip() != event.user_id
+    ):
+        # It goes into the admin API's URL path and into dead letters and log lines.
+        raise InvalidInput.one("event.user_id", "must be printable, without spaces around it")
     return event
 
 
-def recipient_of(event: IamEvent) -> str:
+def _email(event: IamEvent) -> str | None:
     email = event.user.email or event.details.get("email")
-    if not isinstance(email, str) or not email:
-        raise InvalidInput.one("event.user.email", "is required: the notice goes to the user's address")
+    return email if isinstance(email, str) and email else None
+
+
+def recipient_of(event: IamEvent) -> str:
+    email = _email(event)
+    if email is None:
+        raise InvalidInput.one(
+            "event.user.email", "is required (or userId, to look the address up in the IAM): the notice "
+            "goes to the user's address"
+        )  # fmt: skip
     return email
+
+
+def needs_lookup(event: IamEvent) -> bool:
+    """The event names its user only by id: the worker looks the address up before building the job."""
+    return _email(event) is None and event.user_id is not None
+
+
+def with_user(event: IamEvent, user: EventUser) -> IamEvent:
+    """The event completed with the looked-up user; what the event says of its user itself wins."""
+    merged = {**user.model_dump(exclude_none=True), **event.user.model_dump(exclude_none=True)}
+    return event.model_copy(update={"user": EventUser(**merged)})
+
+
+def event_key(event: IamEvent, idempotency_key: str | None) -> str | None:
+    """What names the event's job: the producer's key, else the event's own id (None: a new job)."""
+    return idempotency_key or (f"event:{event.id}" if event.id else None)
+
+
+def event_job_id(realm: str, event: IamEvent, idempotency_key: str | None = None) -> str:
+    """The job id of an event whose job cannot be built yet (its address is looked up in the worker)."""
+    return job_id_for(realm, event_key(event, idempotency_key))
 
 
 def event_context(realm: str, event: IamEvent) -> dict[str, Any]:
@@ -104,7 +145,7 @@ def event_job(
         recipient_of(event),
         locale=event.user.locale,
         context=event_context(realm, event),
-        idempotency_key=idempotency_key or (f"event:{event.id}" if event.id else None),
+        idempotency_key=event_key(event, idempotency_key),
         allow_utf8=allow_utf8,
         # The event's `details` sit one level deeper in the notice's context (context.event.details)
         # than in the event, whose depth publish_event checked: a valid event must give a valid context.

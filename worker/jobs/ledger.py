@@ -12,6 +12,7 @@ key (a repeat is recognised that long):
     last_error  the error of the latest failed attempt, for `mailworker status`
     delivered   JSON record written right after the server accepted: a redelivered copy is skipped
     state       how the job ended (sent, dead, dropped): a late copy of an ended job does nothing
+    started_at  when an event's first attempt ran: its user look-up retries are timed from it
 
 One key instead of one per fact keeps a flood of 50,000 jobs at one key each (plus its result).
 """
@@ -108,6 +109,16 @@ class DeliveryLedger:
         attempt, _ = pipe.execute()
         return int(attempt)
 
+    def started(self, job_id: str, now: float) -> float:
+        """When the job's first attempt ran (`now` on the first call): a retry's age is counted from it."""
+        key = self.keys.job(job_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hsetnx(key, "started_at", now)
+        pipe.hget(key, "started_at")
+        pipe.expire(key, self.ttl)
+        _, started, _ = pipe.execute()
+        return float(started)
+
     def attempts(self, job_id: str) -> int:
         return int(self.redis.hget(self.keys.job(job_id), "attempts") or 0)
 
@@ -141,7 +152,7 @@ class DeliveryLedger:
 
     def reset(self, job_id: str) -> None:
         """A dead job sent again on purpose (`dead requeue`): it starts from zero."""
-        self.redis.hdel(self.keys.job(job_id), "attempts", "ambiguous", "last_error", "state")
+        self.redis.hdel(self.keys.job(job_id), "attempts", "ambiguous", "last_error", "state", "started_at")
 
     def admit(self, realm: str, template: str, recipient: str, job_id: str, cooldown: int) -> bool:
         """At most one mail per recipient and template per `cooldown` seconds (e-mail bombing guard).
