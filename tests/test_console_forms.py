@@ -41,7 +41,7 @@ BASE = {"from": "noreply@acme.example", "host": "smtp.acme.example"}
 def test_changes_from_form(posted: dict[str, str], expected: dict[str, Any]) -> None:
     changes = changes_from_form(posted)
     assert {name: changes[name] for name in expected} == expected
-    assert set(changes) == FIELD_NAMES - {"password", "oauth_client_secret"}  # every field, always
+    assert set(changes) == FIELD_NAMES - {"password", "oauth_client_secret", "iam_client_secret"}  # every field, always
 
 
 @pytest.mark.parametrize(

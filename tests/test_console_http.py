@@ -306,3 +306,20 @@ def test_test_connection_without_a_worker_says_so_beside_the_form(
         page = client.get(f"/console/realms/{realm}/email").text
         reply = client.post(f"/console/realms/{realm}/email/test", data=email_form(page))
         assert reply.status_code == 200 and "no live worker serves the control queue" in reply.text
+
+
+def test_the_user_look_up_fields_save_with_the_secret_masked_and_kept(api: ApiServer, admin_token: str, realm: str) -> None:
+    saved_realm(realm)
+    with signed_in(api, admin_token) as client:
+        page = client.get(f"/console/realms/{realm}/email").text
+        form = email_form(page, iam_url="http://127.0.0.1:9", iam_client_id="mailer", iam_client_secret="kc-s3cret")
+        assert client.post(f"/console/realms/{realm}/email/save", data=form).status_code == 303
+        page = client.get(f"/console/realms/{realm}/email").text
+        assert "kc-s3cret" not in page and 'value="http://127.0.0.1:9"' in page
+        # Left empty, the stored secret stays; a new IAM URL asks for it again (it is bound to the URL).
+        assert client.post(f"/console/realms/{realm}/email/save", data=email_form(page, timeout="8")).status_code == 303
+        page = client.get(f"/console/realms/{realm}/email").text
+        moved = client.post(f"/console/realms/{realm}/email/save", data=email_form(page, iam_url="http://127.0.0.1:10"))
+        assert moved.status_code == 422 and field_errors(moved.text, "iam_client_secret")
+    saved = runtime().store.saved(realm)
+    assert saved is not None and saved.version == 3 and saved.settings.secret("iam_client_secret") == "kc-s3cret"

@@ -71,6 +71,13 @@ SECTIONS = (
         Field("rate_limit_per_second", "Rate limit per second", NUMBER, "across all workers; empty: none"),
         Field("rate_limit_per_hour", "Rate limit per hour", NUMBER, "across all workers; empty: none"),
     )),
+    # Events that carry only a user id (Keycloak's LOGIN_ERROR) get the address from the IAM's admin API.
+    Section("User look-up (IAM admin API)", (
+        Field("iam_url", "IAM URL", hint="the IAM's base URL, e.g. https://iam.acme.example; empty: no look-ups"),
+        Field("iam_realm", "IAM realm", hint="empty: this realm's name"),
+        Field("iam_client_id", "Service-account client id"),
+        Field("iam_client_secret", "Service-account client secret", SECRET, "empty: keep the stored secret"),
+    )),
 )  # fmt: skip
 FIELDS = tuple(field for section in SECTIONS for field in section.fields)
 FIELD_NAMES = frozenset(field.name for field in FIELDS)
