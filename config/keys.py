@@ -89,6 +89,10 @@ class Keys:
         """Set of realms that have counters."""
         return f"{self.prefix}:stats-realms"
 
+    def outcome_totals(self) -> str:
+        """Hash `<realm>\t<outcome>` -> count since the store began (worker/outcomes/record.py, /metrics)."""
+        return f"{self.prefix}:outcome-totals"
+
     # bulk (tasks/bulk.py)
     def bulk_job(self, job_id: str) -> str:
         return f"{self.prefix}:bulk:{job_id}"

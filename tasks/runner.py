@@ -28,6 +28,8 @@ from worker.jobs.ledger import DEAD, DROPPED, died_after_data
 from worker.jobs.model import EmailJob
 from worker.liveness.heartbeat import BUSY, TAKEN_OVER
 from worker.logs import log_attempt
+from worker.outcomes.outcome import DROPPED as DROPPED_OUTCOME
+from worker.outcomes.outcome import Outcome, dead_letter_event
 from worker.policy import RETRY, Decision, counts_against
 from worker.runtime import runtime
 from worker.smtp import SmtpFailure
@@ -90,7 +92,9 @@ def _run_job(task: Task, job: EmailJob) -> dict[str, Any]:
     ):
         # E-mail bombing guard: one mail per recipient and template per cooldown; the rest is dropped on
         # purpose, counted and logged, not dead-lettered (nobody should re-send them).
-        services.stats.count(job.realm, "dropped_cooldown")
+        services.outcomes.record(
+            Outcome(DROPPED_OUTCOME, job.realm, job.id, job.template, job.to, reason="cooldown")
+        )
         services.ledger.end(job.id, DROPPED)
         log_attempt(
             **_fields(job, 0, "dropped:cooldown", DeliveryFailure("cooldown", "recipient cooldown"), 0)
@@ -370,7 +374,8 @@ def look_up_user(task: Task, realm: str, event: dict[str, Any], parsed: IamEvent
                                  attempts=attempt, task=EVENT_TASK, job={"realm": realm, "event": event},
                                  first_attempt_at=started_at))  # fmt: skip
     services.ledger.end(job_id, DEAD)
-    services.stats.count(realm, "dead")
+    services.outcomes.record(Outcome(dead_letter_event(reason), realm, job_id, template, reason=reason, smtp_reply=error,
+                                     details={"user_id": user_id, "attempts": attempt}))  # fmt: skip
     with contextlib.suppress(redis.RedisError):
         runtime().pending.done(job_id)
     result = {"status": "dead-lettered", "job_id": job_id, "reason": reason, "error": error, "smtp_code": None,

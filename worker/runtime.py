@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from worker.jobs.pending import PendingJobs
     from worker.jobs.stats import Stats
     from worker.liveness.heartbeat import Claims, Heartbeat, LiveWorkers
+    from worker.outcomes.record import Outcomes
 
 
 @dataclass
@@ -106,6 +107,13 @@ class Runtime:
         return Stats(self.redis, self.keys)
 
     @cached_property
+    def outcomes(self) -> Outcomes:
+        """What became of each job, recorded where it ends; needs no secret key."""
+        from worker.outcomes.record import Outcomes
+
+        return Outcomes(self.redis, self.keys, self.stats)
+
+    @cached_property
     def bulk_jobs(self) -> BulkJobs:
         """Bulk jobs in Redis; kept as long as an idempotency key (a job outlives its run by days)."""
         from worker.bulk.progress import BulkJobs
@@ -145,6 +153,7 @@ class Runtime:
             ledger=self.ledger,
             dead=self.dead_letters,
             stats=self.stats,
+            outcomes=self.outcomes,
             oauth=self.oauth,
             policy=RetryPolicy(
                 max_attempts=self.settings.max_attempts,

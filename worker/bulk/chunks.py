@@ -34,6 +34,7 @@ from worker.delivery.ratelimit import RateLimiter
 from worker.jobs.deadletters import DeadLetter
 from worker.jobs.model import EmailJob
 from worker.liveness.heartbeat import BUSY, Claims
+from worker.outcomes.outcome import DEAD_LETTERED, SENT, Outcome
 from worker.policy import AUTH_FAILURE_CODES, ChunkAction, Decision, chunk_action
 from worker.smtp import SendResult, SmtpFailure, SmtpSession
 
@@ -342,9 +343,12 @@ def run_chunk(services: Services, jobs: BulkJobs, limiter: RateLimiter, job_id: 
         else:
             result = run.deliver(pending)
         if result.sent:
-            services.stats.count(job.realm, "sent", result.sent)
+            services.outcomes.record(
+                Outcome(SENT, job.realm, job_id, job.template, count=result.sent, bulk=True)
+            )
         if result.failed:
-            services.stats.count(job.realm, "dead", result.failed)
+            services.outcomes.record(Outcome(DEAD_LETTERED, job.realm, job_id, job.template, count=result.failed,
+                                             bulk=True))  # fmt: skip
         if result.ambiguous:
             services.stats.count(job.realm, "ambiguous", result.ambiguous)
         return result
@@ -372,5 +376,6 @@ def abandon_chunk(
     run._give_up(pending, failure, attempts=jobs.next_attempt(job_id, chunk))
     run._finish()
     if pending:
-        services.stats.count(job.realm, "dead", len(pending))
+        services.outcomes.record(Outcome(DEAD_LETTERED, job.realm, job_id, job.template, reason=failure.reason,
+                                         count=len(pending), bulk=True))  # fmt: skip
     return len(pending)

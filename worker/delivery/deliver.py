@@ -22,6 +22,8 @@ from worker.jobs.deadletters import DeadLetter, DeadLetterStore
 from worker.jobs.ledger import DEAD, DeliveryLedger
 from worker.jobs.model import EmailJob
 from worker.jobs.stats import Stats
+from worker.outcomes.outcome import SENT, Outcome, dead_letter_event
+from worker.outcomes.record import Outcomes
 from worker.policy import AUTH_FAILURE_CODES, RetryPolicy, reason_of
 from worker.smtp import SendResult, SessionPool, SmtpFailure
 
@@ -65,6 +67,7 @@ class Services:
     dead: DeadLetterStore
     policy: RetryPolicy
     stats: Stats
+    outcomes: Outcomes  # what became of each job: counters, and whatever builds on them
     oauth: TokenProvider  # XOAUTH2 access tokens, cached per realm (worker/delivery/oauth.py)
 
     @property
@@ -196,7 +199,9 @@ def deliver(
     if attempt > 1 and (ambiguous := services.ledger.ambiguous(job.id)):
         record["ambiguous"] = ambiguous  # earlier attempts may have delivered copies (same Message-ID)
     services.ledger.mark_delivered(job.id, record, idempotent=job.idempotency_key is not None)
-    services.stats.count(job.realm, "sent")
+    services.outcomes.record(Outcome(SENT, job.realm, job.id, job.template, job.to, smtp_code=result.code,
+                                     smtp_reply=result.reply, details={"message_id": message.message_id,
+                                                                       "attempts": attempt}))  # fmt: skip
     return record
 
 
@@ -218,5 +223,7 @@ def dead_letter(
     )
     services.dead.add(letter)
     services.ledger.end(job.id, DEAD)
-    services.stats.count(job.realm, "dead")
+    services.outcomes.record(Outcome(dead_letter_event(failure.reason), job.realm, job.id, job.template, job.to,
+                                     reason=failure.reason, smtp_code=failure.smtp_code, smtp_reply=failure.error,
+                                     details={"attempts": attempts}))  # fmt: skip
     return letter

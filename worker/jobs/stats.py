@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import redis
 
@@ -21,12 +22,16 @@ class Stats:
         self.keys = keys
 
     def count(self, realm: str, outcome: str, n: int = 1) -> None:
-        key = self.keys.stats(realm, epoch_hour())
         pipe = self.redis.pipeline(transaction=False)
+        self.queue_count(pipe, realm, outcome, n)
+        pipe.execute()
+
+    def queue_count(self, pipe: Any, realm: str, outcome: str, n: int = 1) -> None:
+        """The commands of `count` on a pipeline the caller executes (with its own, in one round trip)."""
+        key = self.keys.stats(realm, epoch_hour())
         pipe.hincrby(key, outcome, n)
         pipe.expire(key, KEEP_HOURS * 3600)
         pipe.sadd(self.keys.stats_realms(), realm)
-        pipe.execute()
 
     def last_hour(self, realm: str, now: float | None = None) -> dict[str, int]:
         """Counts of the current and the previous clock hour, weighted to cover the last 60 minutes."""

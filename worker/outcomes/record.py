@@ -1,0 +1,41 @@
+"""Recording outcomes: the realm's hourly counters (`mailworker stats`) and the all-time totals the metrics
+read (`mailworker_jobs_total{realm,outcome}`), in one round trip to Redis per outcome.
+
+Totals live in Redis, not in the process: with many worker processes on many hosts, any HTTP server reads
+the same figures (a per-process registry would lose them with each restart).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config.keys import Keys
+from worker.jobs.stats import Stats
+from worker.outcomes.outcome import STAT_NAMES, Outcome
+
+TOTAL_SEPARATOR = "\t"  # realm names never hold one (config/names.py)
+
+
+class Outcomes:
+    def __init__(self, redis: Any, keys: Keys, stats: Stats) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.stats = stats
+
+    def record(self, outcome: Outcome) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        name = STAT_NAMES.get(outcome.event)
+        if name is not None:
+            self.stats.queue_count(pipe, outcome.realm, name, outcome.count)
+        pipe.hincrby(
+            self.keys.outcome_totals(), f"{outcome.realm}{TOTAL_SEPARATOR}{outcome.event}", outcome.count
+        )
+        pipe.execute()
+
+    def totals(self) -> dict[tuple[str, str], int]:
+        """{(realm, outcome): count} since the store began (for /metrics)."""
+        totals = {}
+        for field, value in self.redis.hgetall(self.keys.outcome_totals()).items():
+            realm, _, event = str(field).partition(TOTAL_SEPARATOR)
+            totals[(realm, event)] = int(value)
+        return totals
