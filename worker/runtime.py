@@ -19,6 +19,7 @@ from config.settings import ServiceSettings, get_settings
 
 if TYPE_CHECKING:
     from config.store import SettingsStore
+    from worker.bounces.suppression import SuppressionList
     from worker.bulk.progress import BulkJobs
     from worker.content.render import TemplateRenderer
     from worker.delivery.breaker import CircuitBreaker
@@ -114,6 +115,13 @@ class Runtime:
         return Outcomes(self.redis, self.keys, self.stats)
 
     @cached_property
+    def suppressions(self) -> SuppressionList:
+        """The realms' suppression lists (worker/bounces/suppression.py); need no secret key."""
+        from worker.bounces.suppression import SuppressionList
+
+        return SuppressionList(self.redis, self.keys)
+
+    @cached_property
     def bulk_jobs(self) -> BulkJobs:
         """Bulk jobs in Redis; kept as long as an idempotency key (a job outlives its run by days)."""
         from worker.bulk.progress import BulkJobs
@@ -141,6 +149,8 @@ class Runtime:
 
     @cached_property
     def services(self) -> Services:
+        from worker.bounces.verp import MAC_PURPOSE as VERP_MAC_PURPOSE
+        from worker.bounces.verp import VerpMap
         from worker.delivery.deliver import Services, ThreadPools
         from worker.delivery.settings_cache import SettingsCache
         from worker.policy import RetryPolicy
@@ -155,6 +165,8 @@ class Runtime:
             stats=self.stats,
             outcomes=self.outcomes,
             oauth=self.oauth,
+            verp=VerpMap(self.redis, self.keys, self.box.mac_keys(VERP_MAC_PURPOSE)),
+            suppressions=self.suppressions,
             policy=RetryPolicy(
                 max_attempts=self.settings.max_attempts,
                 base_delay=self.settings.retry_base_delay,

@@ -25,7 +25,14 @@ from typing import Any
 from config.errors import NotFound, StoreUnavailable
 from config.names import BULK_CHUNK_TASK
 from config.smtp import SmtpSettings
-from worker.bulk.messages import EarlyCommit, MessageFactory, Recipient, chunk_recipients, group_size
+from worker.bulk.messages import (
+    EarlyCommit,
+    MessageFactory,
+    Recipient,
+    chunk_recipients,
+    group_size,
+    without_suppressed,
+)
 from worker.bulk.progress import CANCELLED, FAILED, BulkJob, BulkJobs
 from worker.content.message import OutgoingMessage
 from worker.delivery.deliver import DeliveryFailure, Services, failure_from_smtp, oauth_token
@@ -55,6 +62,7 @@ class ChunkResult:
     sent: int = 0
     failed: int = 0
     cancelled: int = 0
+    suppressed: int = 0  # on the realm's suppression list: skipped, never sent
     deferred: int = 0
     ambiguous: int = 0  # messages whose data went out without a reply (they may have arrived)
     error: str | None = None
@@ -319,6 +327,9 @@ def run_chunk(services: Services, jobs: BulkJobs, limiter: RateLimiter, job_id: 
         recipients = chunk_recipients(job.first_index(chunk), stored)
         done = jobs.done_flags(job_id, job.first_index(chunk), len(recipients))
         pending = [r for r, flag in zip(recipients, done, strict=True) if not flag]
+        pending, suppressed = without_suppressed(services.suppressions, job.realm, pending)
+        if suppressed:
+            jobs.commit(job_id, suppressed=[r.index for r in suppressed])
         state = jobs.start(job_id)
         missing: DeliveryFailure | None = None
         unavailable: str | None = None
@@ -342,6 +353,7 @@ def run_chunk(services: Services, jobs: BulkJobs, limiter: RateLimiter, job_id: 
             result = run._deferred(pending, unavailable)
         else:
             result = run.deliver(pending)
+        result.suppressed = len(suppressed)
         if result.sent:
             services.outcomes.record(
                 Outcome(SENT, job.realm, job_id, job.template, count=result.sent, bulk=True)
