@@ -63,7 +63,13 @@ def split_verp(address: str) -> tuple[str, str | None]:
     """
     local, at, domain = address.strip().strip("<>").rpartition("@")
     base, plus, token = local.rpartition(SEPARATOR)
-    if at and plus and base and len(token) == TOKEN_LENGTH and all(c in "abcdefghijklmnopqrstuvwxyz234567" for c in token.lower()):
+    if (
+        at
+        and plus
+        and base
+        and len(token) == TOKEN_LENGTH
+        and all(c in "abcdefghijklmnopqrstuvwxyz234567" for c in token.lower())
+    ):
         return f"{base}@{domain}".lower(), token.lower()
     return address.strip().strip("<>").lower(), None
 
@@ -87,7 +93,12 @@ class VerpMap:
         token = token_for(self.mac_keys[0], target.realm, target.job_id)
         address = verp_address(envelope, token)
         if address is not None:
-            entry = {"realm": target.realm, "job_id": target.job_id, "to": target.to, "template": target.template}
+            entry = {
+                "realm": target.realm,
+                "job_id": target.job_id,
+                "to": target.to,
+                "template": target.template,
+            }
             self.redis.set(self.keys.verp(token), json.dumps(entry), ex=self.ttl)
         return address
 
@@ -98,7 +109,9 @@ class VerpMap:
             return None
         try:
             entry = json.loads(raw)
-            target = VerpTarget(str(entry["realm"]), str(entry["job_id"]), entry.get("to"), entry.get("template"))
+            target = VerpTarget(
+                str(entry["realm"]), str(entry["job_id"]), entry.get("to"), entry.get("template")
+            )
         except (ValueError, KeyError, TypeError):
             return None
         if target.realm != realm or not token_matches(self.mac_keys, token, target.realm, target.job_id):

@@ -46,7 +46,8 @@ def without_suppressed(
 ) -> tuple[list[Recipient], list[Recipient]]:
     """(to send, suppressed): one round trip for the whole chunk, the hot path stays cheap."""
     flags = suppressions.suppressed(realm, [r.to for r in recipients])
-    kept, skipped = [], []
+    kept: list[Recipient] = []
+    skipped: list[Recipient] = []
     for recipient, suppressed in zip(recipients, flags, strict=True):
         (skipped if decide(suppressed, identity=False) == SKIP else kept).append(recipient)
     return kept, skipped

@@ -93,7 +93,8 @@ def render_progress(p: dict[str, Any], now: float | None = None) -> str:
         head += f"  ({shown(p['error'])})"
     counts = (
         f"sent {p['sent']:,}  failed {p['failed']:,}  cancelled {p['cancelled']:,}  "
-        f"suppressed {p.get('suppressed', 0):,}  pending {p['pending']:,}"
+        + (f"suppressed {p['suppressed']:,}  " if p.get("suppressed") else "")
+        + f"pending {p['pending']:,}"
         f"  rate {p['rate']:,.0f}/s"
     )
     if p.get("started_at"):
