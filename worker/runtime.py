@@ -19,6 +19,7 @@ from config.settings import ServiceSettings, get_settings
 
 if TYPE_CHECKING:
     from config.store import SettingsStore
+    from worker.bounces.record import BounceRecorder
     from worker.bounces.suppression import SuppressionList
     from worker.bulk.progress import BulkJobs
     from worker.content.render import TemplateRenderer
@@ -122,6 +123,15 @@ class Runtime:
         return SuppressionList(self.redis, self.keys)
 
     @cached_property
+    def bounces(self) -> BounceRecorder:
+        """Bounces and complaints mapped to their jobs (`mailworker bounces`); VERP needs the secret key."""
+        from worker.bounces.record import BounceRecorder
+        from worker.bounces.verp import MAC_PURPOSE, VerpMap
+
+        verp = VerpMap(self.redis, self.keys, self.box.mac_keys(MAC_PURPOSE))
+        return BounceRecorder(self.redis, self.keys, verp, self.suppressions, self.outcomes)
+
+    @cached_property
     def bulk_jobs(self) -> BulkJobs:
         """Bulk jobs in Redis; kept as long as an idempotency key (a job outlives its run by days)."""
         from worker.bulk.progress import BulkJobs
@@ -149,8 +159,6 @@ class Runtime:
 
     @cached_property
     def services(self) -> Services:
-        from worker.bounces.verp import MAC_PURPOSE as VERP_MAC_PURPOSE
-        from worker.bounces.verp import VerpMap
         from worker.delivery.deliver import Services, ThreadPools
         from worker.delivery.settings_cache import SettingsCache
         from worker.policy import RetryPolicy
@@ -165,7 +173,7 @@ class Runtime:
             stats=self.stats,
             outcomes=self.outcomes,
             oauth=self.oauth,
-            verp=VerpMap(self.redis, self.keys, self.box.mac_keys(VERP_MAC_PURPOSE)),
+            verp=self.bounces.verp,
             suppressions=self.suppressions,
             policy=RetryPolicy(
                 max_attempts=self.settings.max_attempts,
