@@ -142,6 +142,7 @@ class BounceRecorder:
         pipe.execute()
         return KEPT
 
-    def unmapped(self, limit: int = 50) -> list[dict[str, Any]]:
-        """The kept messages, newest first."""
-        return [json.loads(raw) for raw in self.redis.lrange(self.keys.unmapped_bounces(), 0, limit - 1)]
+
+def kept_messages(redis: Any, keys: Keys, limit: int = 50) -> list[dict[str, Any]]:
+    """The kept (unmapped) messages, newest first; needs no secret key."""
+    return [json.loads(raw) for raw in redis.lrange(keys.unmapped_bounces(), 0, limit - 1)]

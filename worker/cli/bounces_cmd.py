@@ -66,9 +66,11 @@ def run_bounces(args: argparse.Namespace) -> int:
 
 
 def list_unmapped(args: argparse.Namespace) -> int:
+    from worker.bounces.record import kept_messages
     from worker.runtime import runtime
 
-    kept = runtime().bounces.unmapped(limit=args.limit)
+    rt = runtime()
+    kept = kept_messages(rt.redis, rt.keys, limit=args.limit)
     if args.json:
         print_json({"unmapped": kept})
         return 0
