@@ -188,7 +188,7 @@ def test_a_forged_token_or_junk_is_kept_and_other_addresses_are_refused(
     realm, smtp_server, bounce_address, receiver
 ):
     to = f"x-{uuid.uuid4().hex[:6]}@example.com"
-    job_id, mail_from = deliver(realm, smtp_server, bounce_address, to)
+    job_id, _ = deliver(realm, smtp_server, bounce_address, to)
     local, _, domain = bounce_address.partition("@")
     forged = f"{local}+aaaaaaaaaaaaaaaa@{domain}"  # well-formed, not signed for any job
     before = len(runtime().bounces.redis.lrange(runtime().keys.unmapped_bounces(), 0, -1))
@@ -198,9 +198,11 @@ def test_a_forged_token_or_junk_is_kept_and_other_addresses_are_refused(
     assert len(runtime().redis.lrange(runtime().keys.unmapped_bounces(), 0, -1)) >= before + 2
     assert {entry["rcpt"] for entry in kept} == {forged, bounce_address}
     assert job_status(job_id)["status"] == "sent"
-    with smtplib.SMTP("127.0.0.1", receiver, timeout=10) as client:
-        with pytest.raises(smtplib.SMTPRecipientsRefused):
-            client.sendmail("", ["someone@example.org"], b"Subject: hi\r\n\r\nhello\r\n")
+    with (
+        smtplib.SMTP("127.0.0.1", receiver, timeout=10) as client,
+        pytest.raises(smtplib.SMTPRecipientsRefused),
+    ):
+        client.sendmail("", ["someone@example.org"], b"Subject: hi\r\n\r\nhello\r\n")
 
 
 def test_suppressions_over_the_admin_api(api, admin_token, realm):
