@@ -91,8 +91,22 @@ def send_bounce(port: int, rcpt: str, data: bytes, *, lmtp: bool = False) -> Non
         client.sendmail("", [rcpt], data)
 
 
+@pytest.fixture
+def recorded(monkeypatch) -> list:
+    """Every outcome recorded in this process (the worker thread's too), recorded as before."""
+    outcomes, seen = runtime().outcomes, []
+    original = outcomes.record
+
+    def record(outcome):
+        seen.append(outcome)
+        original(outcome)
+
+    monkeypatch.setattr(outcomes, "record", record)
+    return seen
+
+
 def test_a_dsn_for_a_verp_job_bounces_it_suppresses_bulk_but_not_a_password_reset(
-    realm, smtp_server, bounce_address
+    realm, smtp_server, bounce_address, recorded
 ):
     to = f"gone-{uuid.uuid4().hex[:6]}@example.com"
     job_id, mail_from = deliver(realm, smtp_server, bounce_address, to)
@@ -143,14 +157,18 @@ def test_a_dsn_for_a_verp_job_bounces_it_suppresses_bulk_but_not_a_password_rese
     )
     assert len(smtp_server.received_for(to)) == 1 and len(smtp_server.received_for(other)) == 1
 
-    reset = api.wait_for_result(api.send_email(realm, "password-reset", to, context=CONTEXT))
+    reset_id = api.send_email(realm, "password-reset", to, context=CONTEXT)
+    reset = api.wait_for_result(reset_id)
     assert reset["status"] == "sent" and reset["suppressed"]["reason"] == "hard_bounce"
     assert reset["suppressed"]["job_id"] == job_id
     assert len(smtp_server.received_for(to)) == 2
+    # The IAM hears of it: the `sent` outcome (and so its webhook) carries the flag.
+    [sent] = [o for o in recorded if o.job_id == reset_id and o.event == "sent"]
+    assert sent.details["suppressed"]["reason"] == "hard_bounce" and sent.to == to
 
 
 def test_a_soft_bounce_over_lmtp_is_recorded_without_suppression(
-    realm, smtp_server, bounce_address, lmtp_receiver
+    realm, smtp_server, bounce_address, lmtp_receiver, recorded
 ):
     to = f"full-{uuid.uuid4().hex[:6]}@example.com"
     job_id, mail_from = deliver(realm, smtp_server, bounce_address, to)
@@ -163,6 +181,15 @@ def test_a_soft_bounce_over_lmtp_is_recorded_without_suppression(
         "4.2.2",
     )
     assert runtime().suppressions.get(realm, to) is None
+    [bounced] = [o for o in recorded if o.event == "bounced"]
+    assert (bounced.realm, bounced.job_id, bounced.to, bounced.reason, bounced.smtp_code) == (
+        realm,
+        job_id,
+        to,
+        "soft",
+        452,
+    )
+    assert bounced.template == "password-reset" and bounced.details["status"] == "4.2.2"
 
 
 def test_a_complaint_is_recorded_and_suppresses(realm, smtp_server, bounce_address, receiver):
