@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import smtplib
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tasks import api
 from tasks.status import job_status
+from tests.support import exim
 from tests.support.bounce_samples import arf_complaint, postfix_dsn
 from tests.support.smtp_server import SmtpTestServer
 from worker.bounces.receiver import AddressBook, BounceHandler, start
@@ -248,3 +252,26 @@ def test_suppressions_over_the_admin_api(api, admin_token, realm):
         assert client.get(f"/v1/realms/{realm}/suppressions").status_code == 404
     with api.client(new_token("producer")) as client:
         assert client.get(f"/v1/realms/{realm}/suppressions").status_code == 403
+
+
+@pytest.mark.skipif(not exim.available(), reason="needs exim4 and root (a real MTA generating a DSN)")
+def test_a_dsn_generated_by_exim_maps_to_its_verp_job(realm, smtp_server, bounce_address, receiver):
+    to = f"nobody-{uuid.uuid4().hex[:6]}@example.org"
+    job_id, mail_from = deliver(realm, smtp_server, bounce_address, to)
+    [received] = smtp_server.received_for(to)
+
+    tmp_path = Path(tempfile.mkdtemp(prefix="mailworker-exim-"))
+    run = exim.bounce_with_exim(tmp_path, sender=mail_from, rcpt=to, message=received.data,
+                                bounce_address=bounce_address, port=receiver)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+
+    status = job_status(job_id)
+    assert status["status"] == "bounced", (
+        status,
+        (tmp_path / "spool" / "mainlog").read_text(errors="replace"),
+    )
+    # Exim reports a local refusal with Status 5.0.0 and no Diagnostic-Code (its text part has the reason).
+    assert (status["bounce"]["kind"], status["bounce"]["status_code"], status["bounce"]["recipient"]) == (
+        "hard", "5.0.0", to)  # fmt: skip
+    assert runtime().suppressions.get(realm, to) is not None
+    shutil.rmtree(tmp_path)
