@@ -187,14 +187,7 @@ def test_the_env_example_holds_no_secret() -> None:
 
 
 def test_every_service_of_the_image_reads_the_env_file() -> None:
-    assert set(app_services()) == {
-        "worker-transactional",
-        "worker-bulk",
-        "ingest",
-        "api",
-        "bounces",
-        "flower",
-    }
+    assert set(app_services()) == {"worker-transactional", "worker-bulk", "ingest", "api", "bounces", "flower"}
     for name, service in app_services().items():
         env_file = service.get("env_file")
         assert env_file == ".env" or (isinstance(env_file, list) and ".env" in env_file), name
@@ -613,25 +606,15 @@ def compose_config(project: Path, *files: str) -> subprocess.CompletedProcess[st
 
 
 @needs_compose
-def test_compose_config_gives_settings_to_all_and_the_key_to_the_workers_and_the_api_only(
-    project: Path,
-) -> None:
+def test_compose_config_gives_settings_to_all_and_the_key_to_the_workers_and_the_api_only(project: Path) -> None:
     result = compose_config(project)
     assert result.returncode == 0, result.stderr
     assert PROJECT_KEY not in result.stdout and PROJECT_KEY not in result.stderr
     assert "flower-password-marker" not in result.stdout
     config = yaml.safe_load(result.stdout)
     found = config["services"]
-    assert set(found) == {
-        "redis",
-        "worker-transactional",
-        "worker-bulk",
-        "ingest",
-        "api",
-        "bounces",
-        "flower",
-        "mailpit",
-    }
+    assert set(found) == {"redis", "worker-transactional", "worker-bulk", "ingest", "api", "bounces", "flower",
+                          "mailpit"}
     expected = {
         "redis": {"redis_password"},
         "worker-transactional": {"redis_password", "mailworker_secret_key"},
