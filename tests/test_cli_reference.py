@@ -480,11 +480,7 @@ def key_runs(data: dict[str, Any]) -> dict[str, Run]:
         "settings import": ["settings", "import", export, "--dry-run"],
         "secrets rotate": ["secrets", "rotate"],
         "worker": ["worker", "--queues", "control", "--pool", "solo"],
-        "bounces": [
-            "bounces",
-            "--port",
-            str(data["busy_port"]),
-        ],  # the VERP signature's key, before listening
+        "bounces": ["bounces", "--port", str(data["busy_port"])],  # the key is read before it listens
     }
     runs = {command: Run(command, argv, 1, key=False) for command, argv in needed.items()}
     runs.update({
@@ -595,13 +591,8 @@ def runs(data: dict[str, Any]) -> list[Run]:
         Run("dead list", ["dead", "list", "--bogus"], 2, key=False),
         Run("stats", ["stats", "--json"], 0, "json", key=False),
         Run("realms", ["realms", "--json", "--limit", "1"], 0, "json", key=False),
-        Run(
-            "token create",
-            ["token", "create", "--scope", "producer", "--realm", realm, "--name", "cli reference", "--json"],
-            0,
-            "json",
-            key=False,
-        ),
+        Run("token create", ["token", "create", "--scope", "producer", "--realm", realm, "--name", "cli reference",
+                             "--json"], 0, "json", key=False),
         Run("token list", ["token", "list", "--json"], 0, "json", key=False),
         Run("token revoke", ["token", "revoke", f"no-such-{realm}"], 3, key=False),
         Run("suppression list", ["suppression", "list", "--realm", realm, "--json"], 0, "json", key=False),
