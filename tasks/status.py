@@ -13,13 +13,9 @@ from typing import Any
 from config.redis import unusable_url
 
 # What `status` means for the caller: delivered, ended without delivery (the rest: not ended, or unknown).
-# A bounce or complaint heard of after "sent" is the job's latest truth (worker/bounces/record.py).
-DELIVERED = (
-    "sent",
-    "duplicate-skipped",
-    "ignored",
-    "complained",
-)  # ignored: an event the realm does not notify
+# ignored: an event the realm does not notify. A bounce or complaint heard of after "sent" is the job's
+# latest truth (worker/bounces/record.py): a complaint means it was delivered, a bounce that it was not.
+DELIVERED = ("sent", "duplicate-skipped", "ignored", "complained")
 NOT_DELIVERED = ("dead-lettered", "dropped", "rejected", "failure", "bounced")
 
 
