@@ -28,6 +28,7 @@ from tasks.status import job_status
 from tests.support import exim
 from tests.support.bounce_samples import arf_complaint, postfix_dsn
 from tests.support.smtp_server import SmtpTestServer
+from tests.test_bounces_parse import HOSTILE
 from worker.bounces.receiver import AddressBook, BounceHandler, start
 from worker.runtime import runtime
 
@@ -133,6 +134,7 @@ def test_a_dsn_for_a_verp_job_bounces_it_suppresses_bulk_but_not_a_password_rese
     finally:
         process.terminate()
         process.wait(timeout=10)
+    assert process.returncode == 0  # SIGTERM: a clean stop
 
     status = job_status(job_id)
     assert status["status"] == "bounced"
@@ -275,3 +277,16 @@ def test_a_dsn_generated_by_exim_maps_to_its_verp_job(realm, smtp_server, bounce
         "hard", "5.0.0", to)  # fmt: skip
     assert runtime().suppressions.get(realm, to) is not None
     shutil.rmtree(tmp_path)
+
+
+def test_hostile_messages_over_smtp_get_250_and_are_kept(realm, smtp_server, bounce_address, receiver):
+    runtime().store.save(realm, smtp_server.settings_dict(envelope_from=bounce_address, verp=True))
+    before = runtime().redis.llen(runtime().keys.unmapped_bounces())
+    # Lines over SMTP's 1000 characters are refused by the protocol layer itself (500), as they should.
+    sendable = [m for m in HOSTILE if max(map(len, m.split(b"\n"))) < 998]
+    assert len(sendable) >= 7
+    with smtplib.SMTP("127.0.0.1", receiver, timeout=10) as client:
+        for data in sendable:
+            assert client.sendmail("", [bounce_address], data) == {}  # accepted: 250
+        client.noop()  # still answering
+    assert runtime().redis.llen(runtime().keys.unmapped_bounces()) >= min(before + len(sendable), 1000)

@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import email
 import email.policy
+import logging
 import re
 from dataclasses import dataclass
 from email.message import Message
 from email.utils import parseaddr
+
+# flufl.bounce logs every detector it runs (INFO) and, with a traceback, each one that trips over a hostile
+# message (ERROR) before raising: the raise is handled here, the log lines would only flood ours.
+logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)
 
 HARD, SOFT = "hard", "soft"
 BOUNCE_ACTIONS = {"failed": HARD, "delayed": SOFT}

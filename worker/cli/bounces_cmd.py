@@ -45,9 +45,11 @@ def run_bounces(args: argparse.Namespace) -> int:
     if args.unmapped:
         return list_unmapped(args)
     from worker.bounces.receiver import AddressBook, BounceHandler, start
+    from worker.logs import configure_logging
     from worker.runtime import runtime
 
     rt = runtime()
+    configure_logging(rt.settings, worker="bounces")  # a message it could not record is logged, with why
 
     def realm_fields() -> dict[str, dict[str, Any]]:
         return {realm: fields for realm in rt.store.realms() if (fields := rt.store.saved_fields(realm))}
