@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from config.errors import InvalidInput, MailWorkerError, NotFound, StoreUnavailable
+from config.names import TRANSACTIONAL
 from config.settings import ServiceSettings
 from config.smtp import SmtpSettings
 from worker.content.message import OutgoingMessage, build_message
@@ -24,6 +25,7 @@ from worker.jobs.model import EmailJob
 from worker.jobs.stats import Stats
 from worker.outcomes.outcome import SENT, Outcome, dead_letter_event
 from worker.outcomes.record import Outcomes
+from worker.outcomes.tallies import Tallies
 from worker.policy import AUTH_FAILURE_CODES, RetryPolicy, reason_of
 from worker.smtp import SendResult, SessionPool, SmtpFailure
 
@@ -69,6 +71,7 @@ class Services:
     stats: Stats
     outcomes: Outcomes  # what became of each job: counters, and whatever builds on them
     oauth: TokenProvider  # XOAUTH2 access tokens, cached per realm (worker/delivery/oauth.py)
+    tallies: Tallies  # the metrics' counters: retries, SMTP errors, delivery times
 
     @property
     def pool(self) -> SessionPool:
@@ -198,7 +201,10 @@ def deliver(
         record["refused"] = {rcpt: list(reply) for rcpt, reply in result.refused.items()}
     if attempt > 1 and (ambiguous := services.ledger.ambiguous(job.id)):
         record["ambiguous"] = ambiguous  # earlier attempts may have delivered copies (same Message-ID)
-    services.ledger.mark_delivered(job.id, record, idempotent=job.idempotency_key is not None)
+    # Enqueue to acceptance, counted in the same round trip as the delivered mark (/metrics' histogram).
+    waited = time.time() - job.created_at
+    services.ledger.mark_delivered(job.id, record, idempotent=job.idempotency_key is not None,
+                                   also=lambda pipe: services.tallies.queue_delivery(pipe, TRANSACTIONAL, waited))  # fmt: skip
     services.outcomes.record(Outcome(SENT, job.realm, job.id, job.template, job.to, smtp_code=result.code,
                                      smtp_reply=result.reply, details={"message_id": message.message_id,
                                                                        "attempts": attempt}))  # fmt: skip
