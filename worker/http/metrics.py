@@ -14,7 +14,8 @@ import time
 from collections.abc import Iterator
 
 from fastapi import APIRouter, Depends, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+# The classic text format (0.0.4): every Prometheus reads it, and our names need none of 1.0.0's escaping.
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -71,7 +72,7 @@ class ScrapeCollector(Collector):
     "/metrics",
     summary="Prometheus metrics: queues, jobs by outcome, SMTP errors, retries, delivery times, breakers",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}},
+    responses={200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {}}, "description": "Prometheus text format"}},
 )
 def metrics(request: Request, token: ApiToken = Depends(admin)) -> Response:  # noqa: B008
     if token.realms:
@@ -79,4 +80,5 @@ def metrics(request: Request, token: ApiToken = Depends(admin)) -> Response:  # 
     context = context_of(request)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ScrapeCollector(context.runtime, context.settings))
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    # The classic text format (0.0.4): every Prometheus reads it, and no name here needs 1.0.0's escaping.
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)
