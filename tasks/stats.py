@@ -52,8 +52,8 @@ def queue_depths(settings: ServiceSettings, *, oldest: bool = False) -> dict[str
             ]
             for name in lists:
                 pipe.llen(name)
-                if oldest:
-                    pipe.lindex(name, -1)
+                if oldest:  # kombu's client prefixes only the commands kombu uses: LINDEX is not one
+                    pipe.lindex(channel.global_keyprefix + name, -1)
             pipe.hlen(channel.unacked_key)
             *found, unacked = pipe.execute()
     except Exception as error:  # kombu wraps every transport and URL error differently

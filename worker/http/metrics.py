@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 
 from fastapi import APIRouter, Depends, Request, Response
-# The classic text format (0.0.4): every Prometheus reads it, and our names need none of 1.0.0's escaping.
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
