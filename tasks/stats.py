@@ -1,5 +1,5 @@
-"""What a running deployment holds: messages per queue, messages held by workers, dead letters, and each
-realm's mail of the last hour. For `mailworker stats`, `mailworker health` and `GET /v1/stats`."""
+"""What a running deployment holds: messages per queue (and when the oldest was published), messages held by
+workers, dead letters, and each realm's mail of the last hour. For `mailworker stats`, `mailworker health` and `GET /v1/stats`."""
 
 from __future__ import annotations
 
