@@ -245,3 +245,22 @@ def test_metrics_answer_while_the_broker_is_down(admin_token: str) -> None:
     assert value(samples, "mailworker_up", part="store") == 1.0
     assert not any(name == "mailworker_queue_depth" for name, _ in samples)
     assert any(name == "mailworker_jobs_total" for name, _ in samples) or rt.outcomes.totals() == {}
+
+
+@pytest.mark.integration
+def test_bulk_throughput_errors_and_delivery_times(
+    api: ApiServer, admin_token: str, realm: str, smtp_server: SmtpTestServer, celery_worker: Any
+) -> None:
+    runtime().store.save(realm, smtp_server.settings_dict())
+    smtp_server.reject_recipient("u7@example.com", "550 5.1.1 no such user")
+    client = api.client(admin_token)
+    before = scrape(client)
+    job_id = mail.send_bulk(realm, "email-test", [f"u{i}@example.com" for i in range(30)], chunk_size=10)
+    assert (mail.wait_for_bulk(job_id)["sent"], mail.wait_for_bulk(job_id)["failed"]) == (29, 1)
+    after = scrape(client)
+    assert value(after, "mailworker_bulk_recipients_total", realm=realm, outcome="sent") == 29.0
+    assert value(after, "mailworker_bulk_recipients_total", realm=realm, outcome="dead_lettered") == 1.0
+    assert value(after, "mailworker_smtp_errors_total", realm=realm, kind="reply") == 1.0
+    assert value(after, "mailworker_jobs_total", realm=realm, outcome="sent") == 29.0
+    count = ("mailworker_delivery_seconds_count", {"queue": "bulk"})
+    assert value(after, count[0], **count[1]) - value(before, count[0], **count[1]) >= 29.0
