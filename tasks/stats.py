@@ -1,5 +1,6 @@
 """What a running deployment holds: messages per queue (and when the oldest was published), messages held by
-workers, dead letters, and each realm's mail of the last hour. For `mailworker stats`, `mailworker health` and `GET /v1/stats`."""
+workers, dead letters, and each realm's mail of the last hour. For `mailworker stats`, `mailworker health`,
+`GET /v1/stats` and `GET /metrics`."""
 
 from __future__ import annotations
 
