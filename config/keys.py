@@ -93,6 +93,11 @@ class Keys:
         """Hash `<realm>\t<outcome>` -> count since the store began (worker/outcomes/record.py, /metrics)."""
         return f"{self.prefix}:outcome-totals"
 
+    def metric_totals(self) -> str:
+        """Hash of all-time counters for /metrics: retries, SMTP errors by kind, delivery time buckets
+        (worker/outcomes/tallies.py)."""
+        return f"{self.prefix}:metric-totals"
+
     # bulk (tasks/bulk.py)
     def bulk_job(self, job_id: str) -> str:
         return f"{self.prefix}:bulk:{job_id}"

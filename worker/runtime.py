@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from worker.jobs.stats import Stats
     from worker.liveness.heartbeat import Claims, Heartbeat, LiveWorkers
     from worker.outcomes.record import Outcomes
+    from worker.outcomes.tallies import Tallies
 
 
 @dataclass
@@ -132,6 +133,13 @@ class Runtime:
         return BounceRecorder(self.redis, self.keys, verp, self.suppressions, self.outcomes)
 
     @cached_property
+    def tallies(self) -> Tallies:
+        """The metrics' counters beside the outcomes (retries, SMTP errors, delivery times)."""
+        from worker.outcomes.tallies import Tallies
+
+        return Tallies(self.redis, self.keys)
+
+    @cached_property
     def bulk_jobs(self) -> BulkJobs:
         """Bulk jobs in Redis; kept as long as an idempotency key (a job outlives its run by days)."""
         from worker.bulk.progress import BulkJobs
@@ -175,6 +183,7 @@ class Runtime:
             oauth=self.oauth,
             verp=self.bounces.verp,
             suppressions=self.suppressions,
+            tallies=self.tallies,
             policy=RetryPolicy(
                 max_attempts=self.settings.max_attempts,
                 base_delay=self.settings.retry_base_delay,

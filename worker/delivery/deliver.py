@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from config.errors import InvalidInput, MailWorkerError, NotFound, StoreUnavailable
+from config.names import TRANSACTIONAL
 from config.settings import ServiceSettings
 from config.smtp import SmtpSettings
 from worker.bounces.suppression import FLAG, SuppressionList, decide
@@ -27,6 +28,7 @@ from worker.jobs.model import EmailJob
 from worker.jobs.stats import Stats
 from worker.outcomes.outcome import SENT, Outcome, dead_letter_event
 from worker.outcomes.record import Outcomes
+from worker.outcomes.tallies import Tallies
 from worker.policy import AUTH_FAILURE_CODES, RetryPolicy, reason_of
 from worker.smtp import SendResult, SessionPool, SmtpFailure
 
@@ -74,6 +76,7 @@ class Services:
     oauth: TokenProvider  # XOAUTH2 access tokens, cached per realm (worker/delivery/oauth.py)
     verp: VerpMap  # VERP envelope senders and their tokens (worker/bounces/verp.py)
     suppressions: SuppressionList  # hard bounces and complaints per realm (worker/bounces/suppression.py)
+    tallies: Tallies  # the metrics' counters: retries, SMTP errors, delivery times
 
     @property
     def pool(self) -> SessionPool:
@@ -214,7 +217,10 @@ def deliver(
         record["suppressed"] = details["suppressed"] = flagged.flag()
     if attempt > 1 and (ambiguous := services.ledger.ambiguous(job.id)):
         record["ambiguous"] = ambiguous  # earlier attempts may have delivered copies (same Message-ID)
-    services.ledger.mark_delivered(job.id, record, idempotent=job.idempotency_key is not None)
+    # Enqueue to acceptance, counted in the same round trip as the delivered mark (/metrics' histogram).
+    waited = time.time() - job.created_at
+    services.ledger.mark_delivered(job.id, record, idempotent=job.idempotency_key is not None,
+                                   also=lambda pipe: services.tallies.queue_delivery(pipe, TRANSACTIONAL, waited))  # fmt: skip
     services.outcomes.record(Outcome(SENT, job.realm, job.id, job.template, job.to, smtp_code=result.code,
                                      smtp_reply=result.reply, details=details))  # fmt: skip
     return record
