@@ -137,9 +137,10 @@ class Runtime:
     @cached_property
     def bulk_jobs(self) -> BulkJobs:
         """Bulk jobs in Redis; kept as long as an idempotency key (a job outlives its run by days)."""
-        from worker.bulk.progress import BulkJobs
+        from worker.bulk.progress import BulkJobs, finished_outcome
 
-        return BulkJobs(self.redis, self.keys, self.settings.delivered_marker_ttl)
+        return BulkJobs(self.redis, self.keys, self.settings.delivered_marker_ttl,
+                        on_finished=lambda progress: self.outcomes.record(finished_outcome(progress)))  # fmt: skip
 
     @cached_property
     def heartbeat(self) -> Heartbeat:

@@ -61,7 +61,7 @@ def payload(outcome: Outcome) -> dict[str, Any]:
         "smtp_reply": outcome.smtp_reply,
         "at": iso(outcome.at),
     }
-    if outcome.bulk:
+    if outcome.bulk and outcome.event != BULK_FINISHED:
         data["count"] = outcome.count
     for name, value in outcome.details.items():
         if isinstance(value, str | int | float | bool) and name not in data:
