@@ -26,7 +26,16 @@ from config.keys import Keys
 from config.names import WEBHOOK_TASK
 from worker.delivery.oauth_http import checked_destination, excerpt, network_reason, post_bytes
 from worker.jobs.deadletters import DeadLetter, DeadLetterStore
-from worker.outcomes.webhooks.decisions import DEAD, DONE, GONE_STEP, TEST_EVENT, iso, next_step
+from worker.outcomes.webhooks.decisions import (
+    DEAD,
+    DEFAULT_SCHEDULE,
+    DONE,
+    GONE_STEP,
+    TEST_EVENT,
+    Schedule,
+    iso,
+    next_step,
+)
 from worker.outcomes.webhooks.endpoints import Endpoint, EndpointStore
 from worker.outcomes.webhooks.signing import signed_headers
 
@@ -100,6 +109,7 @@ class WebhookDelivery:
         clock: Callable[[], float] = time.time,
         connect_s: float = CONNECT_S,
         read_s: float = READ_S,
+        schedule: Schedule = DEFAULT_SCHEDULE,
     ) -> None:
         self.redis = client
         self.keys = keys
@@ -108,6 +118,8 @@ class WebhookDelivery:
         self.clock = clock
         self.connect_s = connect_s
         self.read_s = read_s
+        self.schedule = schedule
+        self.pause_s = PAUSE_S
 
     def _post(self, endpoint: Endpoint, secret: str, webhook_id: str, payload: dict[str, Any]) -> Answer:
         body = json.dumps(payload, separators=(",", ":")).encode()
@@ -154,12 +166,12 @@ class WebhookDelivery:
         finally:
             self.redis.decr(self.keys.webhook_in_flight(endpoint_id))
         if answer.status is None:
-            self.redis.set(self.keys.webhook_pause(endpoint_id), "1", ex=PAUSE_S, nx=True)
+            self.redis.set(self.keys.webhook_pause(endpoint_id), "1", px=int(self.pause_s * 1000), nx=True)
         return self._after(endpoint, answer, endpoint_id, webhook_id, payload, attempt, first_at)
 
     def _after(self, endpoint: Endpoint | None, answer: Answer, endpoint_id: str, webhook_id: str,
                payload: dict[str, Any], attempt: int, first_at: float) -> Result:  # fmt: skip
-        step = next_step(answer.status, attempt, first_at, self.clock())
+        step = next_step(answer.status, attempt, first_at, self.clock(), self.schedule)
         if step.action == GONE_STEP:
             self.endpoints.disable(endpoint_id, f"the receiver answered 410 Gone at {iso(self.clock())}")
         elif step.action == DEAD:

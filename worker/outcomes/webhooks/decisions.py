@@ -76,29 +76,39 @@ def webhook_id(endpoint_id: str, outcome: Outcome) -> str:
     return "msg_" + hashlib.sha256(seed.encode()).hexdigest()[:32]
 
 
-def retry_delay(attempt: int) -> float:
-    """The wait after failed attempt number `attempt` (1-based)."""
-    return min(MAX_DELAY_S, FIRST_DELAY_S * 2 ** min(max(attempt - 1, 0), 20))
+@dataclass(frozen=True)
+class Schedule:
+    first_delay: float = FIRST_DELAY_S
+    max_delay: float = MAX_DELAY_S
+    give_up_after: float = GIVE_UP_AFTER_S
+
+    def delay(self, attempt: int) -> float:
+        """The wait after failed attempt number `attempt` (1-based)."""
+        return min(self.max_delay, self.first_delay * 2 ** min(max(attempt - 1, 0), 20))
+
+
+DEFAULT_SCHEDULE = Schedule()
 
 
 @dataclass(frozen=True)
 class Step:
-    action: str  # "done" | "retry" | "dead" | "gone"
+    action: str  # DONE | RETRY | DEAD | GONE_STEP
     delay: float = 0.0
 
 
 DONE, RETRY, DEAD, GONE_STEP = "done", "retry", "dead", "gone"
 
 
-def next_step(status: int | None, attempt: int, first_at: float, now: float) -> Step:
+def next_step(status: int | None, attempt: int, first_at: float, now: float,
+              schedule: Schedule = DEFAULT_SCHEDULE) -> Step:  # fmt: skip
     """After an attempt: a 2xx is delivered; 410 disables the endpoint; anything else (another status, no
-    answer: `status` None) is tried again after `retry_delay`, unless that would pass a day since the first
-    attempt: then a dead letter."""
+    answer: `status` None) is tried again after the schedule's delay, unless that would pass `give_up_after`
+    since the first attempt: then a dead letter."""
     if status is not None and 200 <= status < 300:
         return Step(DONE)
     if status == GONE:
         return Step(GONE_STEP)
-    delay = retry_delay(attempt)
-    if now + delay - first_at > GIVE_UP_AFTER_S:
+    delay = schedule.delay(attempt)
+    if now + delay - first_at > schedule.give_up_after:
         return Step(DEAD)
     return Step(RETRY, delay)
