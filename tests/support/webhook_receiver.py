@@ -82,7 +82,9 @@ class WebhookReceiver:
         with self._lock:
             return [r for r in self.requests if match(r)]
 
-    def wait_for(self, match: Callable[[Request], bool], count: int = 1, timeout: float = 30.0) -> list[Request]:
+    def wait_for(
+        self, match: Callable[[Request], bool], count: int = 1, timeout: float = 30.0
+    ) -> list[Request]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = self.received(match)
