@@ -60,17 +60,28 @@ def test_a_signature_verifies_with_the_spec_and_not_after_a_change() -> None:
     assert not verify(secret, {**headers, "webhook-timestamp": "1700000001"}, body)
 
 
-# fmt: off
-@pytest.mark.parametrize(("status", "attempt", "age", "action", "delay"), [
-    (200, 1, 0, DONE, 0), (204, 5, 3600, DONE, 0), (299, 1, 0, DONE, 0),
-    (410, 1, 0, GONE_STEP, 0),
-    (500, 1, 0, RETRY, 30), (500, 2, 0, RETRY, 60), (None, 3, 0, RETRY, 120), (404, 7, 0, RETRY, 1920),
-    (500, 8, 0, RETRY, 3600), (500, 30, 0, RETRY, 3600),  # capped at an hour
-    (301, 1, 0, RETRY, 30),  # a redirect is not followed: tried again, as any other non-2xx
-    (500, 20, DAY - 3600, RETRY, 3600), (500, 20, DAY - 3599, DEAD, 0), (None, 1, DAY, DEAD, 0),
-])
-# fmt: on
-def test_what_follows_an_attempt(status: int | None, attempt: int, age: float, action: str, delay: float) -> None:
+@pytest.mark.parametrize(
+    ("status", "attempt", "age", "action", "delay"),
+    [
+        (200, 1, 0, DONE, 0),
+        (204, 5, 3600, DONE, 0),
+        (299, 1, 0, DONE, 0),
+        (410, 1, 0, GONE_STEP, 0),
+        (500, 1, 0, RETRY, 30),
+        (500, 2, 0, RETRY, 60),
+        (None, 3, 0, RETRY, 120),
+        (404, 7, 0, RETRY, 1920),
+        (500, 8, 0, RETRY, 3600),
+        (500, 30, 0, RETRY, 3600),  # capped at an hour
+        (301, 1, 0, RETRY, 30),  # a redirect is not followed: tried again, as any other non-2xx
+        (500, 20, DAY - 3600, RETRY, 3600),
+        (500, 20, DAY - 3599, DEAD, 0),
+        (None, 1, DAY, DEAD, 0),
+    ],
+)
+def test_what_follows_an_attempt(
+    status: int | None, attempt: int, age: float, action: str, delay: float
+) -> None:
     step = next_step(status, attempt, first_at=1000.0, now=1000.0 + age)
     assert (step.action, step.delay) == (action, delay)
 
@@ -83,12 +94,15 @@ def test_the_default_schedule_tries_for_about_a_day() -> None:
     assert 20 <= attempts <= 30 and DAY - 3600 <= waited <= DAY
 
 
-# fmt: off
-@pytest.mark.parametrize(("given", "chosen"), [
-    (["sent"], ("sent",)), ([" dead_lettered", "sent ", "sent"], ("sent", "dead_lettered")),
-    (list(EVENTS), EVENTS), (["bulk.finished", "expired"], ("expired", "bulk.finished")),
-])
-# fmt: on
+@pytest.mark.parametrize(
+    ("given", "chosen"),
+    [
+        (["sent"], ("sent",)),
+        ([" dead_lettered", "sent ", "sent"], ("sent", "dead_lettered")),
+        (list(EVENTS), EVENTS),
+        (["bulk.finished", "expired"], ("expired", "bulk.finished")),
+    ],
+)
 def test_event_types_are_checked(given: list[str], chosen: tuple[str, ...]) -> None:
     assert check_events("events", given) == chosen
 
@@ -104,14 +118,18 @@ def _endpoint(id: str, events: tuple[str, ...], disabled: str | None = None) -> 
     return Endpoint(id, "acme", "https://hooks.example.com/", events, 0.0, disabled)
 
 
-# fmt: off
-@pytest.mark.parametrize(("outcome", "wants"), [
-    (Outcome(SENT, "acme", "job-1"), True),
-    (Outcome(SENT, "acme", "bulk-1", count=100, bulk=True), False),  # a chunk's counts: not one per recipient
-    (Outcome(DEAD_LETTERED, "acme", "bulk-1", count=3, bulk=True), False),
-    (Outcome(BULK_FINISHED, "acme", "bulk-1", bulk=True), True),
-])
-# fmt: on
+@pytest.mark.parametrize(
+    ("outcome", "wants"),
+    [
+        (Outcome(SENT, "acme", "job-1"), True),
+        (
+            Outcome(SENT, "acme", "bulk-1", count=100, bulk=True),
+            False,
+        ),  # a chunk's counts: not one per recipient
+        (Outcome(DEAD_LETTERED, "acme", "bulk-1", count=3, bulk=True), False),
+        (Outcome(BULK_FINISHED, "acme", "bulk-1", bulk=True), True),
+    ],
+)
 def test_bulk_chunks_are_reported_once_by_bulk_finished(outcome: Outcome, wants: bool) -> None:
     assert wanted(outcome) is wants
 
@@ -137,7 +155,13 @@ def test_bulk_finished_carries_the_counts() -> None:
                             created_at=1.0, started_at=2.0, finished_at=3.0, error=None)  # fmt: skip
     data = payload(finished_outcome(progress))["data"]
     assert data["outcome"] == BULK_FINISHED and "count" not in data
-    assert (data["state"], data["total"], data["sent"], data["failed"], data["cancelled"]) == ("done", 10, 8, 1, 1)
+    assert (data["state"], data["total"], data["sent"], data["failed"], data["cancelled"]) == (
+        "done",
+        10,
+        8,
+        1,
+        1,
+    )
 
 
 def test_the_webhook_id_is_stable_per_outcome_and_endpoint() -> None:
@@ -145,7 +169,9 @@ def test_the_webhook_id_is_stable_per_outcome_and_endpoint() -> None:
     again = Outcome(SENT, "acme", "job-1", to="a@example.com", at=2.0)  # the same ending, recorded twice
     assert webhook_id("wh_a", one) == webhook_id("wh_a", again)
     assert webhook_id("wh_b", one) != webhook_id("wh_a", one)
-    assert webhook_id("wh_a", Outcome(DEAD_LETTERED, "acme", "job-1", to="a@example.com")) != webhook_id("wh_a", one)
+    assert webhook_id("wh_a", Outcome(DEAD_LETTERED, "acme", "job-1", to="a@example.com")) != webhook_id(
+        "wh_a", one
+    )
 
 
 # ---- the store ----------------------------------------------------------------------------------------
@@ -157,24 +183,25 @@ def endpoints(real_redis: redis.Redis, key_prefix: str) -> EndpointStore:
     return EndpointStore(real_redis, Keys(key_prefix), lambda: box, allow_private=False)
 
 
-# fmt: off
-@pytest.mark.parametrize(("url", "allow_private", "refused"), [
-    ("https://hooks.example.com/mail", False, None),
-    ("https://hooks.example.com:8443/mail?realm=acme", False, None),
-    ("http://hooks.example.com/mail", False, "must be an https:// URL"),
-    ("http://hooks.example.com/mail", True, "must be an https:// URL"),  # http only to this machine
-    ("https://127.0.0.1/hooks", False, "loopback"),
-    ("http://127.0.0.1:8080/hooks", False, "loopback"),
-    ("http://127.0.0.1:8080/hooks", True, None),
-    ("http://localhost:8080/hooks", True, None),
-    ("https://10.0.0.8/hooks", False, "private"),
-    ("https://169.254.169.254/latest", False, "link-local"),
-    ("https://[::1]/hooks", False, "loopback"),
-    ("https://user:pw@hooks.example.com/", False, "user name or password"),
-    ("ftp://hooks.example.com/", False, "https://"),
-    ("https:///nohost", False, "no host"),
-])
-# fmt: on
+@pytest.mark.parametrize(
+    ("url", "allow_private", "refused"),
+    [
+        ("https://hooks.example.com/mail", False, None),
+        ("https://hooks.example.com:8443/mail?realm=acme", False, None),
+        ("http://hooks.example.com/mail", False, "must be an https:// URL"),
+        ("http://hooks.example.com/mail", True, "must be an https:// URL"),  # http only to this machine
+        ("https://127.0.0.1/hooks", False, "loopback"),
+        ("http://127.0.0.1:8080/hooks", False, "loopback"),
+        ("http://127.0.0.1:8080/hooks", True, None),
+        ("http://localhost:8080/hooks", True, None),
+        ("https://10.0.0.8/hooks", False, "private"),
+        ("https://169.254.169.254/latest", False, "link-local"),
+        ("https://[::1]/hooks", False, "loopback"),
+        ("https://user:pw@hooks.example.com/", False, "user name or password"),
+        ("ftp://hooks.example.com/", False, "https://"),
+        ("https:///nohost", False, "no host"),
+    ],
+)
 def test_endpoint_urls_follow_the_url_rules(endpoints: EndpointStore, url: str, allow_private: bool,
                                             refused: str | None) -> None:  # fmt: skip
     endpoints.allow_private = allow_private
@@ -196,7 +223,9 @@ def test_the_secret_is_stored_sealed_and_shown_masked(endpoints: EndpointStore, 
         stored = json.dumps({str(k): str(v) for k, v in real_redis.hgetall(key).items()})
         assert raw_key not in stored and secret not in stored
     assert endpoints.secret(endpoint.id) == (endpoint, secret)
-    assert endpoint.public()["secret"] == MASK and secret not in json.dumps(endpoints.get(endpoint.id).public())
+    assert endpoint.public()["secret"] == MASK and secret not in json.dumps(
+        endpoints.get(endpoint.id).public()
+    )
     assert [e.id for e in endpoints.list()] == [endpoint.id]
 
 
@@ -244,7 +273,9 @@ class CountingRedis(redis.Redis):
         return pipe
 
 
-def test_recording_costs_no_round_trip_more_for_a_realm_without_endpoints(redis_url: str, key_prefix: str) -> None:
+def test_recording_costs_no_round_trip_more_for_a_realm_without_endpoints(
+    redis_url: str, key_prefix: str
+) -> None:
     client = CountingRedis.from_url(redis_url, decode_responses=True)
     keys, box = Keys(key_prefix), SecretBox([new_key()])
     store = EndpointStore(client, keys, lambda: box, allow_private=False)
@@ -268,5 +299,7 @@ def test_recording_costs_no_round_trip_more_for_a_realm_without_endpoints(redis_
     assert trips(fresh, "quiet") == 101  # another realm's endpoints cost the quiet realm nothing
     assert trips(fresh, "loud") == 101 and len(published) == 100  # + its endpoints, once per period
     assert {p[0] for p in published} == {endpoint.id} and len({p[1] for p in published}) == 100
-    print(f"\nFIGURES webhooks hot path: 100 outcomes = 100 round trips without endpoints, 101 with "
-          f"(first use), 100 messages published")
+    print(
+        "\nFIGURES webhooks hot path: 100 outcomes = 100 round trips without endpoints, 101 with "
+        "(first use), 100 messages published"
+    )

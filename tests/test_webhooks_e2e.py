@@ -72,7 +72,7 @@ def check_signed(request: Request, secret: str) -> None:
 def test_a_delivered_job_and_a_550_reach_the_receiver_signed(realm: str, smtp_server: SmtpTestServer,
                                                              receiver: WebhookReceiver) -> None:  # fmt: skip
     runtime().store.save(realm, smtp_server.settings_dict())
-    endpoint, secret = runtime().webhooks.add(realm, receiver.url, ["sent", "dead_lettered"])
+    _endpoint, secret = runtime().webhooks.add(realm, receiver.url, ["sent", "dead_lettered"])
 
     sent_to, refused_to = address(), address()
     sent_id = api.send_email(realm, "password-reset", sent_to, context=CONTEXT)
@@ -128,7 +128,7 @@ def test_exhausted_retries_end_as_a_dead_letter_that_requeue_sends_again(
     rt = runtime()
     rt.webhook_delivery.schedule = Schedule(first_delay=0.2, max_delay=0.3, give_up_after=1.0)
     rt.store.save(realm, smtp_server.settings_dict())
-    endpoint, _ = rt.webhooks.add(realm, receiver.url, ["sent"])
+    _endpoint, _ = rt.webhooks.add(realm, receiver.url, ["sent"])
     receiver.status = 503
     job_id = api.send_email(realm, "password-reset", address(), context=CONTEXT)
     api.wait_for_result(job_id)
