@@ -22,14 +22,15 @@ log = logging.getLogger(__name__)
 
 @app.task(name=WEBHOOK_TASK, bind=True, acks_late=True)
 def deliver_webhook(self: Any, endpoint_id: str, webhook_id: str, payload: dict[str, Any], attempt: int = 1,
-                    first_at: float | None = None) -> dict[str, Any]:  # fmt: skip
+                    first_at: float | None = None, deferrals: int = 0) -> dict[str, Any]:  # fmt: skip
     first_at = first_at if first_at is not None else time.time()
-    result = runtime().webhook_delivery.run(endpoint_id, webhook_id, payload, attempt, first_at)
+    result = runtime().webhook_delivery.run(endpoint_id, webhook_id, payload, attempt, first_at, deferrals)
     if result.action in ("retry", DEFERRED):
         # A deferral (the endpoint paused, or busy with its other deliveries) tried nothing: same attempt.
-        next_attempt = attempt + 1 if result.action == "retry" else attempt
+        deferred = result.action == DEFERRED
         deliver_webhook.apply_async(kwargs={"endpoint_id": endpoint_id, "webhook_id": webhook_id,
-                                            "payload": payload, "attempt": next_attempt, "first_at": first_at},
+                                            "payload": payload, "attempt": attempt if deferred else attempt + 1,
+                                            "first_at": first_at, "deferrals": deferrals + 1 if deferred else 0},
                                     countdown=result.delay, queue=CALLBACKS)  # fmt: skip
     if result.action != DEFERRED:
         log.info("webhook %s to %s: %s (attempt %d) %s", webhook_id, endpoint_id, result.action, attempt,

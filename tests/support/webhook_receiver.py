@@ -39,7 +39,8 @@ class WebhookReceiver:
     status: int = 204
     mode: str = "ok"  # ok | slow | hang
     delay: float = 0.0
-    requests: list[Request] = field(default_factory=list)
+    requests: list[Request] = field(default_factory=list)  # answered (kept when the answer is sent)
+    arrivals: int = 0  # requests that arrived, answered or still held
     release: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -51,6 +52,8 @@ class WebhookReceiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 arrived = time.time()
+                with receiver._lock:
+                    receiver.arrivals += 1
                 if receiver.mode == "slow":
                     time.sleep(receiver.delay)
                 elif receiver.mode == "hang":

@@ -35,6 +35,7 @@ from worker.outcomes.webhooks.decisions import (
     Schedule,
     iso,
     next_step,
+    slot_wait,
 )
 from worker.outcomes.webhooks.endpoints import Endpoint, EndpointStore
 from worker.outcomes.webhooks.signing import signed_headers
@@ -44,7 +45,6 @@ from worker.outcomes.webhooks.signing import signed_headers
 CONNECT_S = 3.0
 READ_S = 7.0
 MAX_IN_FLIGHT = 2
-IN_FLIGHT_WAIT_S = 2.0  # how long a delivery waits for a free slot at its endpoint
 PAUSE_S = 30
 DEAD_REASON = "webhook"
 DROPPED, DEFERRED = "dropped", "deferred"
@@ -146,7 +146,7 @@ class WebhookDelivery:
         return True
 
     def run(self, endpoint_id: str, webhook_id: str, payload: dict[str, Any], attempt: int,
-            first_at: float) -> Result:  # fmt: skip
+            first_at: float, deferrals: int = 0) -> Result:  # fmt: skip
         try:
             endpoint, secret = self.endpoints.secret(endpoint_id)
         except NotFound:
@@ -160,7 +160,7 @@ class WebhookDelivery:
         if paused > 0:
             return Result(DEFERRED, paused / 1000)
         if not self._take_slot(endpoint_id):
-            return Result(DEFERRED, IN_FLIGHT_WAIT_S)
+            return Result(DEFERRED, slot_wait(deferrals))
         try:
             answer = self._post(endpoint, secret, webhook_id, payload)
         finally:

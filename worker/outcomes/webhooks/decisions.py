@@ -76,6 +76,18 @@ def webhook_id(endpoint_id: str, outcome: Outcome) -> str:
     return "msg_" + hashlib.sha256(seed.encode()).hexdigest()[:32]
 
 
+# A delivery whose endpoint has no free slot waits, without counting an attempt: briefly at first (a burst
+# to a healthy receiver drains in milliseconds), longer each time (a receiver that hangs holds its slots
+# for a whole deadline; waiting in short steps would only churn the queue).
+SLOT_WAIT_S = 0.1
+MAX_SLOT_WAIT_S = 5.0
+
+
+def slot_wait(deferrals: int) -> float:
+    """The wait of a delivery that found its endpoint busy `deferrals` times before."""
+    return min(MAX_SLOT_WAIT_S, SLOT_WAIT_S * 2 ** min(max(deferrals, 0), 10))
+
+
 @dataclass(frozen=True)
 class Schedule:
     first_delay: float = FIRST_DELAY_S
