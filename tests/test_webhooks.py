@@ -303,3 +303,16 @@ def test_recording_costs_no_round_trip_more_for_a_realm_without_endpoints(
         "\nFIGURES webhooks hot path: 100 outcomes = 100 round trips without endpoints, 101 with "
         "(first use), 100 messages published"
     )
+
+
+def test_a_broker_that_refuses_the_webhook_does_not_fail_the_mails_ending(
+    fake_redis: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(outcome: Outcome) -> None:
+        raise ConnectionError("the broker is down")
+
+    keys = Keys("t")
+    outcomes = Outcomes(fake_redis, keys, Stats(fake_redis, keys), notify=broken)
+    outcomes.record(Outcome(SENT, "acme", "job-1"))
+    assert outcomes.totals() == {("acme", SENT): 1}
+    assert "webhooks for sent of job job-1 not queued" in caplog.text

@@ -8,12 +8,15 @@ the same figures (a per-process registry would lose them with each restart).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from config.keys import Keys
 from worker.jobs.stats import Stats
 from worker.outcomes.outcome import STAT_NAMES, Outcome
+
+log = logging.getLogger(__name__)
 
 TOTAL_SEPARATOR = "\t"  # realm names never hold one (config/names.py)
 
@@ -39,7 +42,12 @@ class Outcomes:
         )
         pipe.execute()
         if self.notify is not None:
-            self.notify(outcome)
+            # The mail's own ending must not fail (and be retried: sent twice) because its webhook could
+            # not be queued: said at ERROR, the webhook is lost.
+            try:
+                self.notify(outcome)
+            except Exception:
+                log.exception("webhooks for %s of job %s not queued", outcome.event, outcome.job_id)
 
     def totals(self) -> dict[tuple[str, str], int]:
         """{(realm, outcome): count} since the store began (for /metrics)."""
