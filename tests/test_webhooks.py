@@ -316,3 +316,19 @@ def test_a_broker_that_refuses_the_webhook_does_not_fail_the_mails_ending(
     outcomes.record(Outcome(SENT, "acme", "job-1"))
     assert outcomes.totals() == {("acme", SENT): 1}
     assert "webhooks for sent of job job-1 not queued" in caplog.text
+
+
+def test_secrets_rotate_reseals_the_signing_secrets_with_the_new_key(
+    real_redis: redis.Redis, key_prefix: str
+) -> None:
+    old, new = new_key(), new_key()
+    boxes = {"box": SecretBox([old])}
+    store = EndpointStore(real_redis, Keys(key_prefix), lambda: boxes["box"], allow_private=False)
+    endpoint, secret = store.add("acme", "https://hooks.example.com/mail", ["sent"])
+    boxes["box"] = SecretBox([new, old])  # the rotation procedure: the new key first, the old one kept
+    assert store.reseal() == (1, ())
+    boxes["box"] = SecretBox([new])  # ... then the old key removed
+    assert store.secret(endpoint.id) == (endpoint, secret)
+    boxes["box"] = SecretBox([new_key()])  # a key that opens nothing: reported, left as it is
+    count, problems = store.reseal()
+    assert count == 0 and len(problems) == 1 and endpoint.id in problems[0]

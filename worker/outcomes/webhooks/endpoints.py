@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from config.crypto import MASK, Sealed, SecretBox
-from config.errors import NotFound
+from config.crypto import MASK, SealBroken, Sealed, SecretBox
+from config.errors import ConfigError, NotFound
 from config.keys import Keys
 from config.names import check_realm
 from config.urls import check_public_url
@@ -115,6 +115,25 @@ class EndpointStore:
         pipe.hdel(self.keys.webhook_realms(), endpoint_id)
         pipe.execute()
         return True
+
+    def reseal(self) -> tuple[int, tuple[str, ...]]:
+        """`mailworker secrets rotate`: every signing secret sealed again with the first key. Returns how
+        many, and a line for each that no configured key opens (left as it is)."""
+        resealed = 0
+        problems: tuple[str, ...] = ()
+        for realm in sorted(self.realms()):
+            for endpoint_id, raw in self.redis.hgetall(self.keys.webhooks(realm)).items():
+                data = json.loads(str(raw))
+                bound = _associated_data(str(endpoint_id), realm, data["url"])
+                try:
+                    secret = self.box().open(Sealed.from_json(data["secret"]), bound)
+                except (ConfigError, SealBroken, ValueError) as error:
+                    problems += (f"webhook {endpoint_id} of realm {realm}: {error or 'damaged'}",)
+                    continue
+                data["secret"] = self.box().seal(secret, bound).to_json()
+                self.redis.hset(self.keys.webhooks(realm), endpoint_id, json.dumps(data))
+                resealed += 1
+        return resealed, problems
 
     def disable(self, endpoint_id: str, why: str) -> None:
         realm, data = self._raw(endpoint_id)
