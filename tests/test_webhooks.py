@@ -27,6 +27,7 @@ from worker.outcomes.webhooks.decisions import (
     Schedule,
     check_events,
     next_step,
+    slot_wait,
     payload,
     subscribed,
     wanted,
@@ -84,6 +85,11 @@ def test_what_follows_an_attempt(
 ) -> None:
     step = next_step(status, attempt, first_at=1000.0, now=1000.0 + age)
     assert (step.action, step.delay) == (action, delay)
+
+
+@pytest.mark.parametrize(("deferrals", "wait"), [(0, 0.1), (1, 0.2), (3, 0.8), (5, 3.2), (6, 5.0), (50, 5.0)])
+def test_a_busy_endpoint_is_waited_for_briefly_then_longer(deferrals: int, wait: float) -> None:
+    assert slot_wait(deferrals) == pytest.approx(wait)
 
 
 def test_the_default_schedule_tries_for_about_a_day() -> None:
