@@ -8,6 +8,8 @@ Two formats:
   stay the same: the first key seals, every key opens. A sealed secret names its key by a short id
   (derived with HKDF too, so it tells nothing about the key): a failed opening can then tell "this key is
   not configured" from "the associated data differ".
+- **MAC keys** (`mac_keys`): HMAC keys for signatures the service checks itself (the VERP token,
+  worker/bounces/verp.py), derived with HKDF per purpose: the first key signs, every key verifies.
 - **Fernet** tokens: the cached OAuth2 access tokens, and settings secrets saved before sealing existed
   (still readable; re-sealed on the next save or `mailworker secrets rotate`).
 """
@@ -95,6 +97,7 @@ class SecretBox:
             raise ConfigError("MAILWORKER_SECRET_KEY is empty: give at least one Fernet key")
         fernets = []
         self._aes: list[tuple[str, AESGCM]] = []
+        self._raw: list[bytes] = []
         for position, key in enumerate(keys, start=1):
             try:
                 fernets.append(Fernet(key.encode()))
@@ -104,6 +107,7 @@ class SecretBox:
                     f"MAILWORKER_SECRET_KEY: key {position} is not a Fernet key "
                     "(32 url-safe base64-encoded bytes); create one with `mailworker secret-key`"
                 ) from None
+            self._raw.append(raw)
             kid = _derive(raw, _KID_INFO, 8).hex()
             self._aes.append((kid, AESGCM(_derive(raw, _AES_INFO, 32))))
         self._fernet = MultiFernet(fernets)
@@ -125,6 +129,12 @@ class SecretBox:
                 except InvalidTag:
                     raise SealBroken() from None
         raise KeyNotHeld(sealed.kid or "?")
+
+    # ---- MAC keys ---------------------------------------------------------------------------------------
+
+    def mac_keys(self, purpose: bytes) -> list[bytes]:
+        """One HMAC key per configured key for `purpose`, the signing one first (rotation as for sealing)."""
+        return [_derive(raw, b"iam-mail-worker mac v1: " + purpose, 32) for raw in self._raw]
 
     # ---- Fernet (cached tokens; settings secrets of the old format) -------------------------------------
 

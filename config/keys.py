@@ -110,6 +110,11 @@ class Keys:
         """String: present while an endpoint that timed out is left alone (expires by itself)."""
         return f"{self.prefix}:webhook-pause:{endpoint_id}"
 
+    def metric_totals(self) -> str:
+        """Hash of all-time counters for /metrics: retries, SMTP errors by kind, delivery time buckets
+        (worker/outcomes/tallies.py)."""
+        return f"{self.prefix}:metric-totals"
+
     # bulk (tasks/bulk.py)
     def bulk_job(self, job_id: str) -> str:
         return f"{self.prefix}:bulk:{job_id}"
@@ -178,3 +183,24 @@ class Keys:
     def breaker(self, realm: str) -> str:
         """Hash: the realm's connection failures, cool-off and probe; expires by itself."""
         return f"{self.prefix}:breaker:{realm}"
+
+    # bounces, VERP and suppression (worker/bounces/)
+    def verp(self, token: str) -> str:
+        """String: JSON {realm, job_id, to} of the job a VERP token names; expires (docs/bounces.md)."""
+        return f"{self.prefix}:verp:{token}"
+
+    def bounce(self, job_id: str) -> str:
+        """String: JSON of the job's latest bounce or complaint (tasks/status.py shows it); expires."""
+        return f"{self.prefix}:bounce:{job_id}"
+
+    def suppressed(self, realm: str) -> str:
+        """Sorted set: the realm's suppressed addresses (lower case), scored by when each suppression ends."""
+        return f"{self.prefix}:suppressed:{realm}"
+
+    def suppression(self, realm: str) -> str:
+        """Hash: suppressed address -> JSON {reason, job_id, since, until, status, diagnostic}."""
+        return f"{self.prefix}:suppression:{realm}"
+
+    def unmapped_bounces(self) -> str:
+        """List, newest first: bounce messages no job could be found for, kept for inspection; expires."""
+        return f"{self.prefix}:bounces-unmapped"

@@ -25,6 +25,8 @@ TEST_CONNECTION_TASK = "mail.test_connection"
 BULK_START_TASK = "mail.bulk.start"
 BULK_CHUNK_TASK = "mail.bulk.chunk"
 WEBHOOK_TASK = "mail.webhook"
+# The message header with the time a message was published (worker/app.py sets it, /metrics reads it).
+PUBLISHED_AT = "mailworker_published_at"
 
 # A realm name becomes a part of Redis keys and of template directory paths: letters, digits, '.', '_',
 # '-', never '..'.

@@ -122,6 +122,8 @@ class SmtpSettings(BaseModel):
     allow_utf8: bool = False
     # Certificates and host names are verified unless an admin turns it off on purpose (logged on use).
     verify_tls: bool = True
+    # VERP (docs/bounces.md): each transactional job's MAIL FROM names it, so a bounce maps to its job.
+    verp: bool = False
 
     # Provider limits, enforced across all workers with a shared limiter in Redis.
     rate_limit_per_second: float | None = Field(default=None, gt=0, le=100_000)

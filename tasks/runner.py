@@ -275,6 +275,7 @@ def _retry_or_dead_letter(
     elapsed_ms: float, retry_outcome: str,
 ) -> dict[str, Any]:  # fmt: skip
     """A transient failure is retried after `delay` unless the policy says stop (expiry, age, ambiguity)."""
+    attempt_failure = failure  # the SMTP error behind it is its context (/metrics counts it by kind)
     if failure.ambiguous:
         ambiguous = services.ledger.note_ambiguous(job.id)
         services.stats.count(job.realm, "ambiguous")
@@ -287,7 +288,8 @@ def _retry_or_dead_letter(
         )  # fmt: skip
         if decision is Decision.RETRY:
             log_attempt(**_fields(job, attempt, retry_outcome, failure, elapsed_ms))
-            services.ledger.note_error(job.id, failure.error)
+            services.ledger.note_error(job.id, failure.error,
+                                       also=services.tallies.failed_attempt(job.realm, failure, retry=True))  # fmt: skip
             runtime().pending.touch(job.id, busy_for=delay)
             raise task.retry(countdown=delay, max_retries=CELERY_RETRY_LIMIT) from None
         failure = DeliveryFailure(
@@ -298,6 +300,7 @@ def _retry_or_dead_letter(
         failure = failure.maybe_delivered(ambiguous)
     log_attempt(**_fields(job, attempt, f"dead:{failure.reason}", failure, elapsed_ms))
     letter = dead_letter(services, job, failure, attempt, task.name)
+    services.tallies.count_failure(job.realm, attempt_failure)
     return _dead_result(job, letter.reason, letter.error, attempt, failure.smtp_code, ambiguous)
 
 

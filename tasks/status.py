@@ -7,13 +7,16 @@ Read-only, and without `runtime().services`: it needs no MAILWORKER_SECRET_KEY.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 from config.redis import unusable_url
 
 # What `status` means for the caller: delivered, ended without delivery (the rest: not ended, or unknown).
-DELIVERED = ("sent", "duplicate-skipped", "ignored")  # ignored: an event the realm does not notify
-NOT_DELIVERED = ("dead-lettered", "dropped", "rejected", "failure")
+# ignored: an event the realm does not notify. A bounce or complaint heard of after "sent" is the job's
+# latest truth (worker/bounces/record.py): a complaint means it was delivered, a bounce that it was not.
+DELIVERED = ("sent", "duplicate-skipped", "ignored", "complained")
+NOT_DELIVERED = ("dead-lettered", "dropped", "rejected", "failure", "bounced")
 
 
 def job_status(task_id: str) -> dict[str, Any]:
@@ -85,4 +88,8 @@ def job_status(task_id: str) -> dict[str, Any]:
         if extended is not None:
             info["task" if name == "name" else name] = extended
     info.setdefault("status", state.lower())
+    bounce = rt.redis.get(rt.keys.bounce(task_id))
+    if bounce is not None:
+        info["bounce"] = json.loads(bounce)
+        info["status"] = info["bounce"]["status"]
     return info

@@ -482,6 +482,7 @@ def key_runs(data: dict[str, Any]) -> dict[str, Run]:
         "webhook test": ["webhook", "test", data["webhook"]],
         "secrets rotate": ["secrets", "rotate"],
         "worker": ["worker", "--queues", "control", "--pool", "solo"],
+        "bounces": ["bounces", "--port", str(data["busy_port"])],  # the key is read before it listens
     }
     runs = {command: Run(command, argv, 1, key=False) for command, argv in needed.items()}
     runs.update({
@@ -490,6 +491,9 @@ def key_runs(data: dict[str, Any]) -> dict[str, Run]:
         "health": Run("health", ["health"], 0, key=False),
         "job cancel": Run("job cancel", ["job", "cancel", data["bulk_done"]], 0, key=False),
         "ingest": Run("ingest", ["ingest", "--once"], 0, key=False),
+        "suppression list": Run("suppression list", ["suppression", "list", "--realm", realm], 0, key=False),
+        "suppression remove": Run("suppression remove", ["suppression", "remove", "--realm", realm,
+                                                         f"nobody-{realm}@example.com"], 3, key=False),
         # Without the key it starts: here on a port another socket holds, so it stops at once, naming it.
         "serve": Run("serve", ["serve", "--port", str(data["busy_port"])], 1, key=False),
     })  # fmt: skip
@@ -548,6 +552,15 @@ def data(celery_worker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         rt.bulk_jobs.create(
             loading, realm=realm, template="notice", locale=None, context=notice, chunk_size=10
         )
+        # A suppressed address, and a bounce the receiver kept (`suppression list`, `bounces --unmapped`).
+        rt.suppressions.add(
+            realm, gone, "hard_bounce", job_id=dead, status="5.1.1", diagnostic="smtp; 550 5.1.1"
+        )
+        from worker.bounces.record import Realms
+
+        rt.bounces.keep(
+            Realms((realm,), {}), f"noreply@{realm}.example", b"Subject: junk\r\n\r\nx\r\n", "test"
+        )
         busy = socket.socket()  # a port on 127.0.0.1 someone holds: `serve` cannot have it
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
@@ -599,6 +612,10 @@ def runs(data: dict[str, Any]) -> list[Run]:
         Run("webhook test", ["webhook", "test", f"no-such-{realm}"], 3),
         Run("webhook remove", ["webhook", "remove", data["removable"]], 0, key=False),
         Run("webhook remove", ["webhook", "remove", f"no-such-{realm}"], 3, key=False),
+        Run("token list", ["token", "list", "--json"], 0, "json", key=False),
+        Run("token revoke", ["token", "revoke", f"no-such-{realm}"], 3, key=False),
+        Run("suppression list", ["suppression", "list", "--realm", realm, "--json"], 0, "json", key=False),
+        Run("bounces", ["bounces", "--unmapped", "--limit", "1", "--json"], 0, "json"),
         Run("settings history", ["settings", "history", "--realm", realm, "--json"], 0, "json", key=False),
         Run("settings export", ["settings", "export", "--realm", realm], 0, "json", key=False),
         Run("settings show", ["settings", "show", "--realm", realm, "--json"], 0, "json"),

@@ -157,7 +157,7 @@ def test_the_payload_names_the_job_and_the_reply_never_the_context() -> None:
 
 def test_bulk_finished_carries_the_counts() -> None:
     progress = BulkProgress(job_id="bulk-1", realm="acme", template="newsletter", state="done", total=10,
-                            sent=8, failed=1, cancelled=1, pending=0, rate=1.0, chunks=1, chunks_done=1,
+                            sent=8, failed=1, cancelled=1, suppressed=0, pending=0, rate=1.0, chunks=1, chunks_done=1,
                             created_at=1.0, started_at=2.0, finished_at=3.0, error=None)  # fmt: skip
     data = payload(finished_outcome(progress))["data"]
     assert data["outcome"] == BULK_FINISHED and "count" not in data

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery import Celery
+from celery.signals import before_task_publish
 from kombu import Queue
 
 from config.names import (
@@ -14,6 +16,7 @@ from config.names import (
     CALLBACKS,
     CONTROL,
     EVENT_TASK,
+    PUBLISHED_AT,
     QUEUES,
     SEND_TASK,
     TEST_CONNECTION_TASK,
@@ -125,8 +128,17 @@ def _reconnect_instead_of_crashing() -> None:
     kombu_redis.Channel._connparams = _connparams  # type: ignore[method-assign]
 
 
+# Celery messages carry no timestamp of their own: every publish (a retry's copy is a new message) gets one,
+# from which /metrics reads the age of each queue's oldest waiting message (tasks/stats.py).
+def _stamp_published_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    if headers is not None:
+        headers[PUBLISHED_AT] = round(time.time(), 3)
+
+
 def create_app(settings: ServiceSettings | None = None) -> Celery:
     _reconnect_instead_of_crashing()
+    # Every process that publishes (producers, workers retrying, the sweeper) builds its app here.
+    before_task_publish.connect(_stamp_published_at, weak=False, dispatch_uid=PUBLISHED_AT)
     settings = settings or get_settings()
     celery = Celery("iam-mail-worker", include=TASK_MODULES)
     celery.conf.update(celery_config(settings))

@@ -19,6 +19,8 @@ from config.settings import ServiceSettings, get_settings
 
 if TYPE_CHECKING:
     from config.store import SettingsStore
+    from worker.bounces.record import BounceRecorder
+    from worker.bounces.suppression import SuppressionList
     from worker.bulk.progress import BulkJobs
     from worker.content.render import TemplateRenderer
     from worker.delivery.breaker import CircuitBreaker
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from worker.jobs.stats import Stats
     from worker.liveness.heartbeat import Claims, Heartbeat, LiveWorkers
     from worker.outcomes.record import Outcomes
+    from worker.outcomes.tallies import Tallies
     from worker.outcomes.webhooks.endpoints import EndpointStore
 
 
@@ -135,6 +138,29 @@ class Runtime:
         )
 
     @cached_property
+    def suppressions(self) -> SuppressionList:
+        """The realms' suppression lists (worker/bounces/suppression.py); need no secret key."""
+        from worker.bounces.suppression import SuppressionList
+
+        return SuppressionList(self.redis, self.keys)
+
+    @cached_property
+    def bounces(self) -> BounceRecorder:
+        """Bounces and complaints mapped to their jobs (`mailworker bounces`); VERP needs the secret key."""
+        from worker.bounces.record import BounceRecorder
+        from worker.bounces.verp import MAC_PURPOSE, VerpMap
+
+        verp = VerpMap(self.redis, self.keys, self.box.mac_keys(MAC_PURPOSE))
+        return BounceRecorder(self.redis, self.keys, verp, self.suppressions, self.outcomes)
+
+    @cached_property
+    def tallies(self) -> Tallies:
+        """The metrics' counters beside the outcomes (retries, SMTP errors, delivery times)."""
+        from worker.outcomes.tallies import Tallies
+
+        return Tallies(self.redis, self.keys)
+
+    @cached_property
     def bulk_jobs(self) -> BulkJobs:
         """Bulk jobs in Redis; kept as long as an idempotency key (a job outlives its run by days)."""
         from worker.bulk.progress import BulkJobs, finished_outcome
@@ -177,6 +203,9 @@ class Runtime:
             stats=self.stats,
             outcomes=self.outcomes,
             oauth=self.oauth,
+            verp=self.bounces.verp,
+            suppressions=self.suppressions,
+            tallies=self.tallies,
             policy=RetryPolicy(
                 max_attempts=self.settings.max_attempts,
                 base_delay=self.settings.retry_base_delay,

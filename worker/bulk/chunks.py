@@ -23,9 +23,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config.errors import NotFound, StoreUnavailable
-from config.names import BULK_CHUNK_TASK
+from config.names import BULK, BULK_CHUNK_TASK
 from config.smtp import SmtpSettings
-from worker.bulk.messages import EarlyCommit, MessageFactory, Recipient, chunk_recipients, group_size
+from worker.bulk.messages import (
+    EarlyCommit,
+    MessageFactory,
+    Recipient,
+    chunk_recipients,
+    group_size,
+    without_suppressed,
+)
 from worker.bulk.progress import CANCELLED, FAILED, BulkJob, BulkJobs
 from worker.content.message import OutgoingMessage
 from worker.delivery.deliver import DeliveryFailure, Services, failure_from_smtp, oauth_token
@@ -35,6 +42,7 @@ from worker.jobs.deadletters import DeadLetter
 from worker.jobs.model import EmailJob
 from worker.liveness.heartbeat import BUSY, Claims
 from worker.outcomes.outcome import DEAD_LETTERED, SENT, Outcome
+from worker.outcomes.tallies import Batch
 from worker.policy import AUTH_FAILURE_CODES, ChunkAction, Decision, chunk_action
 from worker.smtp import SendResult, SmtpFailure, SmtpSession
 
@@ -55,6 +63,7 @@ class ChunkResult:
     sent: int = 0
     failed: int = 0
     cancelled: int = 0
+    suppressed: int = 0  # on the realm's suppression list: skipped, never sent
     deferred: int = 0
     ambiguous: int = 0  # messages whose data went out without a reply (they may have arrived)
     error: str | None = None
@@ -89,6 +98,7 @@ class ChunkRun:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     result: ChunkResult = field(default_factory=lambda: ChunkResult("done"))
+    tally: Batch = field(default_factory=Batch)  # the metrics' counters, written once at the end of the run
 
     def deliver(self, pending: list[Recipient]) -> ChunkResult:
         assert self.settings is not None
@@ -137,6 +147,7 @@ class ChunkRun:
             try:
                 session = self._session()
             except (SmtpFailure, DeliveryFailure) as failure:
+                self.tally.error(failure)
                 result.unsent, result.down = [r for r, _ in outgoing], failure
                 return result
             before = session.messages_sent
@@ -148,6 +159,7 @@ class ChunkRun:
                 if isinstance(outcome, SendResult):
                     result.sent.append(recipient)
                     continue
+                self.tally.error(outcome)
                 action = chunk_action(outcome)
                 if outcome.ambiguous:
                     # The data went out, the reply never came: the server may have it. Never again on
@@ -221,6 +233,8 @@ class ChunkRun:
         )
         self.result.sent += len(sent)
         self.result.failed += len(failed)
+        if sent:  # enqueue (the bulk job's creation) to acceptance
+            self.tally.delays.append((time.time() - self.job.created_at, len(sent)))
         return state
 
     def _dead_letter(self, recipient: Recipient, failure: DeliveryFailure, attempts: int) -> None:
@@ -295,6 +309,7 @@ class ChunkRun:
             self.result.error = reason
             return self._finish()
         self.result.status, self.result.countdown = "retry", delay
+        self.tally.retries += len(remaining)
         self.result.deferred, self.result.error = len(remaining), error
         return self.result
 
@@ -319,6 +334,9 @@ def run_chunk(services: Services, jobs: BulkJobs, limiter: RateLimiter, job_id: 
         recipients = chunk_recipients(job.first_index(chunk), stored)
         done = jobs.done_flags(job_id, job.first_index(chunk), len(recipients))
         pending = [r for r, flag in zip(recipients, done, strict=True) if not flag]
+        pending, suppressed = without_suppressed(services.suppressions, job.realm, pending)
+        if suppressed:
+            jobs.commit(job_id, suppressed=[r.index for r in suppressed])
         state = jobs.start(job_id)
         missing: DeliveryFailure | None = None
         unavailable: str | None = None
@@ -342,6 +360,7 @@ def run_chunk(services: Services, jobs: BulkJobs, limiter: RateLimiter, job_id: 
             result = run._deferred(pending, unavailable)
         else:
             result = run.deliver(pending)
+        result.suppressed = len(suppressed)
         if result.sent:
             services.outcomes.record(
                 Outcome(SENT, job.realm, job_id, job.template, count=result.sent, bulk=True)
@@ -351,6 +370,8 @@ def run_chunk(services: Services, jobs: BulkJobs, limiter: RateLimiter, job_id: 
                                              bulk=True))  # fmt: skip
         if result.ambiguous:
             services.stats.count(job.realm, "ambiguous", result.ambiguous)
+        run.tally.recipients.update(sent=result.sent, dead_lettered=result.failed, cancelled=result.cancelled)
+        services.tallies.write(job.realm, BULK, run.tally)
         return result
     finally:
         claims.release(claim_key)

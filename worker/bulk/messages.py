@@ -10,6 +10,7 @@ from typing import Any
 
 from config.errors import InvalidInput
 from config.smtp import SmtpSettings
+from worker.bounces.suppression import SKIP, SuppressionList, decide
 from worker.bulk.progress import BulkJob, BulkJobs
 from worker.content.message import OutgoingMessage, build_message
 from worker.content.render import RenderedEmail, RenderError, TemplateRenderer
@@ -38,6 +39,18 @@ def chunk_recipients(first_index: int, stored: list[dict[str, Any]]) -> list[Rec
         Recipient(first_index + offset, item["to"], item.get("name"), item.get("locale"), item.get("context"))
         for offset, item in enumerate(stored)
     ]
+
+
+def without_suppressed(
+    suppressions: SuppressionList, realm: str, recipients: list[Recipient]
+) -> tuple[list[Recipient], list[Recipient]]:
+    """(to send, suppressed): one round trip for the whole chunk, the hot path stays cheap."""
+    flags = suppressions.suppressed(realm, [r.to for r in recipients])
+    kept: list[Recipient] = []
+    skipped: list[Recipient] = []
+    for recipient, suppressed in zip(recipients, flags, strict=True):
+        (skipped if decide(suppressed, identity=False) == SKIP else kept).append(recipient)
+    return kept, skipped
 
 
 class MessageFactory:

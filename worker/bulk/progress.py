@@ -3,9 +3,9 @@
 Keys of one job (config/keys.py), a fixed handful however many recipients it has:
 
     bulk:{job}                 hash: realm, template, locale, context, total, chunks, chunk_size, state,
-                               sent, failed, cancelled, chunks_done, created_at, started_at, finished_at
+                               sent, failed, cancelled, suppressed, chunks_done, created_at, started_at, finished_at
     bulk:{job}:chunk:{n}       string: JSON array of the chunk's recipients, deleted when the chunk is over
-    bulk:{job}:done            bitmap, one bit per recipient: settled (sent, failed or cancelled)
+    bulk:{job}:done            bitmap, one bit per recipient: settled (sent, failed, cancelled or suppressed)
     bulk:{job}:chunks-done     bitmap, one bit per chunk
     bulk:{job}:chunk:{n}:claim the worker process running that chunk now (worker/liveness/heartbeat.py)
 
@@ -39,12 +39,12 @@ LOADING, QUEUED, RUNNING, DONE, CANCELLED, FAILED = (
 FINISHED_STATES = frozenset({DONE, CANCELLED, FAILED})
 BULK_JOB_PREFIX = "bulk-"  # bulk job ids; a chunk's pending-ledger entry is "<job id>:<chunk>"
 
-# KEYS: job hash, done bitmap. ARGV: comma-separated indices sent, failed, cancelled.
+# KEYS: job hash, done bitmap. ARGV: comma-separated indices sent, failed, cancelled, suppressed.
 # Returns the job's state ("gone" when the job expired or was deleted).
 _COMMIT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'gone' end
-local fields = {'sent', 'failed', 'cancelled'}
-for k = 1, 3 do
+local fields = {'sent', 'failed', 'cancelled', 'suppressed'}
+for k = 1, 4 do
   local n = 0
   for index in string.gmatch(ARGV[k], '%d+') do
     if redis.call('SETBIT', KEYS[2], tonumber(index), 1) == 0 then n = n + 1 end
@@ -124,6 +124,7 @@ class BulkProgress:
     sent: int
     failed: int
     cancelled: int
+    suppressed: int  # on the realm's suppression list: never sent (worker/bounces/suppression.py)
     pending: int
     rate: float  # messages sent per second since the first chunk started
     chunks: int
@@ -263,10 +264,11 @@ class BulkJobs:
         return str(self._start(keys=[self.keys.bulk_job(job_id)], args=[repr(time.time())]))
 
     def commit(self, job_id: str, *, sent: Iterable[int] = (), failed: Iterable[int] = (),
-               cancelled: Iterable[int] = ()) -> str:  # fmt: skip
+               cancelled: Iterable[int] = (), suppressed: Iterable[int] = ()) -> str:  # fmt: skip
         """Set the recipients' done bits and count the newly settled ones; returns the job's state."""
         keys = [self.keys.bulk_job(job_id), self.keys.bulk_done(job_id)]
-        return str(self._commit(keys=keys, args=[_indices(sent), _indices(failed), _indices(cancelled)]))
+        args = [_indices(sent), _indices(failed), _indices(cancelled), _indices(suppressed)]
+        return str(self._commit(keys=keys, args=args))
 
     def finish_chunk(self, job_id: str, chunk: int) -> str:
         """The chunk has nothing left: count it once, drop its recipients, end the job with its last chunk."""
@@ -327,8 +329,8 @@ class BulkJobs:
 
     def progress(self, job_id: str, now: float | None = None) -> BulkProgress:
         raw = self._hash(job_id)
-        total, sent, failed, cancelled = (
-            int(raw.get(name) or 0) for name in ("total", "sent", "failed", "cancelled")
+        total, sent, failed, cancelled, suppressed = (
+            int(raw.get(name) or 0) for name in ("total", "sent", "failed", "cancelled", "suppressed")
         )
         started = float(raw["started_at"]) if raw.get("started_at") else None
         finished = float(raw["finished_at"]) if raw.get("finished_at") else None
@@ -343,7 +345,8 @@ class BulkJobs:
             sent=sent,
             failed=failed,
             cancelled=cancelled,
-            pending=max(total - sent - failed - cancelled, 0),
+            suppressed=suppressed,
+            pending=max(total - sent - failed - cancelled - suppressed, 0),
             rate=round(sent / elapsed, 1) if elapsed > 0 else 0.0,
             chunks=int(raw.get("chunks") or 0),
             chunks_done=int(raw.get("chunks_done") or 0),
@@ -356,7 +359,9 @@ class BulkJobs:
 
 def finished_outcome(progress: BulkProgress) -> Outcome:
     """A bulk job's end as one outcome, with its counts (the webhook's `data`)."""
-    counts = {name: getattr(progress, name) for name in ("total", "sent", "failed", "cancelled")}
+    counts = {
+        name: getattr(progress, name) for name in ("total", "sent", "failed", "cancelled", "suppressed")
+    }
     return Outcome(BULK_FINISHED, progress.realm, progress.job_id, progress.template, reason=progress.state,
                    at=progress.finished_at or time.time(), bulk=True,
                    details={"state": progress.state, **counts})  # fmt: skip

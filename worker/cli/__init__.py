@@ -35,6 +35,8 @@ COMMAND_MODULES = [
     "worker.cli.serve_cmd",
     "worker.cli.token_cmd",
     "worker.cli.webhook_cmd",
+    "worker.cli.bounces_cmd",
+    "worker.cli.suppression_cmd",
 ]
 
 

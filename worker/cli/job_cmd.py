@@ -84,7 +84,7 @@ def render_progress(p: dict[str, Any], now: float | None = None) -> str:
     they come from the producer and the SMTP server, and --watch redraws with escape sequences of its own."""
     now = now if now is not None else time.time()
     total = p["total"] or 0
-    settled = p["sent"] + p["failed"] + p["cancelled"]
+    settled = p["sent"] + p["failed"] + p["cancelled"] + p.get("suppressed", 0)
     share = settled / total if total else 1.0
     filled = int(share * BAR_WIDTH)
     bar = "#" * filled + "-" * (BAR_WIDTH - filled)
@@ -92,7 +92,9 @@ def render_progress(p: dict[str, Any], now: float | None = None) -> str:
     if p.get("error"):
         head += f"  ({shown(p['error'])})"
     counts = (
-        f"sent {p['sent']:,}  failed {p['failed']:,}  cancelled {p['cancelled']:,}  pending {p['pending']:,}"
+        f"sent {p['sent']:,}  failed {p['failed']:,}  cancelled {p['cancelled']:,}  "
+        + (f"suppressed {p['suppressed']:,}  " if p.get("suppressed") else "")
+        + f"pending {p['pending']:,}"
         f"  rate {p['rate']:,.0f}/s"
     )
     if p.get("started_at"):

@@ -59,6 +59,7 @@ SWITCH_OPTIONS = [
     ("auth", "--auth", "log in to the server"),
     ("allow_utf8", "--allow-utf8", "allow non-ASCII local parts (SMTPUTF8)"),
     ("verify_tls", "--verify-tls", "verify the server's certificate and host name (default on)"),
+    ("verp", "--verp", "VERP: the envelope sender names the job, so bounces map to it (docs/bounces.md)"),
 ]
 SECRET_OPTIONS = [
     ("password", "--password-stdin", "read the password from stdin (one trailing newline is dropped)"),

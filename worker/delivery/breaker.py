@@ -166,6 +166,15 @@ class CircuitBreaker:
         raw: Any = self.redis.hgetall(self.keys.breaker(realm))
         return {_text(k): _text(v) for k, v in raw.items()}
 
+    def tripped(self, realms: list[str]) -> dict[str, bool]:
+        """Whether each realm's circuit is open or half-open, in one round trip (/metrics)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for realm in realms:
+            pipe.hget(self.keys.breaker(realm), "open_until")
+        return {
+            realm: float(_text(until or 0)) > 0 for realm, until in zip(realms, pipe.execute(), strict=True)
+        }
+
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)

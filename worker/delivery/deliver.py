@@ -5,6 +5,7 @@ Plain functions over `Services`; the Celery tasks in tasks/ only decide about re
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -12,8 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from config.errors import InvalidInput, MailWorkerError, NotFound, StoreUnavailable
+from config.names import TRANSACTIONAL
 from config.settings import ServiceSettings
 from config.smtp import SmtpSettings
+from worker.bounces.suppression import FLAG, SuppressionList, decide
+from worker.bounces.verp import VerpMap, VerpTarget
 from worker.content.message import OutgoingMessage, build_message
 from worker.content.render import RenderError, TemplateRenderer
 from worker.delivery.oauth import AccessToken, TokenError, TokenProvider, uses_xoauth2
@@ -24,6 +28,7 @@ from worker.jobs.model import EmailJob
 from worker.jobs.stats import Stats
 from worker.outcomes.outcome import SENT, Outcome, dead_letter_event
 from worker.outcomes.record import Outcomes
+from worker.outcomes.tallies import Tallies
 from worker.policy import AUTH_FAILURE_CODES, RetryPolicy, reason_of
 from worker.smtp import SendResult, SessionPool, SmtpFailure
 
@@ -69,6 +74,9 @@ class Services:
     stats: Stats
     outcomes: Outcomes  # what became of each job: counters, and whatever builds on them
     oauth: TokenProvider  # XOAUTH2 access tokens, cached per realm (worker/delivery/oauth.py)
+    verp: VerpMap  # VERP envelope senders and their tokens (worker/bounces/verp.py)
+    suppressions: SuppressionList  # hard bounces and complaints per realm (worker/bounces/suppression.py)
+    tallies: Tallies  # the metrics' counters: retries, SMTP errors, delivery times
 
     @property
     def pool(self) -> SessionPool:
@@ -172,6 +180,14 @@ def deliver(
     except StoreUnavailable as error:  # wiped or not configured yet: wait for an admin to restore it
         raise DeliveryFailure("retry", str(error)) from None
     message = prepare_message(job, settings, services.renderer)
+    if settings.verp:
+        target = VerpTarget(job.realm, job.id, job.to, job.template)
+        if (address := services.verp.address(message.envelope_from, target)) is not None:
+            message = dataclasses.replace(message, envelope_from=address)
+    # Identity mail goes out even to a suppressed address (the user may have fixed the mailbox), flagged
+    # so that the IAM hears of it and decides (docs/bounces.md).
+    suppression = services.suppressions.get(job.realm, job.to)
+    flagged = suppression if decide(suppression is not None, identity=True) == FLAG else None
 
     def data_going_out() -> None:
         # Recorded before the body leaves: if this process dies now, whoever takes the job over knows
@@ -196,12 +212,17 @@ def deliver(
     }
     if result.refused:
         record["refused"] = {rcpt: list(reply) for rcpt, reply in result.refused.items()}
+    details: dict[str, Any] = {"message_id": message.message_id, "attempts": attempt}
+    if flagged is not None:
+        record["suppressed"] = details["suppressed"] = flagged.flag()
     if attempt > 1 and (ambiguous := services.ledger.ambiguous(job.id)):
         record["ambiguous"] = ambiguous  # earlier attempts may have delivered copies (same Message-ID)
-    services.ledger.mark_delivered(job.id, record, idempotent=job.idempotency_key is not None)
+    # Enqueue to acceptance, counted in the same round trip as the delivered mark (/metrics' histogram).
+    waited = time.time() - job.created_at
+    services.ledger.mark_delivered(job.id, record, idempotent=job.idempotency_key is not None,
+                                   also=lambda pipe: services.tallies.queue_delivery(pipe, TRANSACTIONAL, waited))  # fmt: skip
     services.outcomes.record(Outcome(SENT, job.realm, job.id, job.template, job.to, smtp_code=result.code,
-                                     smtp_reply=result.reply, details={"message_id": message.message_id,
-                                                                       "attempts": attempt}))  # fmt: skip
+                                     smtp_reply=result.reply, details=details))  # fmt: skip
     return record
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
@@ -29,6 +29,8 @@ import redis
 from config.keys import Keys
 
 SENT, DEAD, DROPPED = "sent", "dead", "dropped"
+# More commands for the same round trip (the metrics' counters, worker/outcomes/tallies.py).
+Also = Callable[[Any], None] | None
 # What the delivered record keeps of a delivery's result: enough for a redelivered copy's answer and for
 # `status`, not the whole result (that is the Celery result's job, kept as long).
 DELIVERED_FIELDS = ("message_id", "sent_at", "smtp_code", "ambiguous")
@@ -53,13 +55,15 @@ class DeliveryLedger:
         self.idempotent_ttl = max(ttl, idempotent_ttl or ttl)
 
     def _write(self, job_id: str, mapping: Mapping[Any, Any], ttl: int | None = None, *,
-               forget: tuple[str, ...] = ()) -> None:  # fmt: skip
+               forget: tuple[str, ...] = (), also: Also = None) -> None:  # fmt: skip
         key = self.keys.job(job_id)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(key, mapping=mapping)
         if forget:
             pipe.hdel(key, *forget)
         pipe.expire(key, ttl or self.ttl)
+        if also is not None:
+            also(pipe)
         pipe.execute()
 
     def fields(self, job_id: str) -> dict[str, str]:
@@ -71,8 +75,9 @@ class DeliveryLedger:
         return json.loads(str(raw)) if raw is not None else None
 
     def mark_delivered(
-        self, job_id: str, record: dict[str, Any], *, idempotent: bool = False, patience: float = 10.0
-    ) -> None:
+        self, job_id: str, record: dict[str, Any], *, idempotent: bool = False, patience: float = 10.0,
+        also: Also = None,
+    ) -> None:  # fmt: skip
         """Right after the server accepted: a redelivered copy of the job is skipped from now on.
 
         The mail is already out, so a Redis blip here (a restart, a failover) is waited out for a few
@@ -83,9 +88,8 @@ class DeliveryLedger:
         while True:
             try:
                 ttl = self.idempotent_ttl if idempotent else self.ended_ttl
-                self._write(
-                    job_id, {"delivered": kept, "state": SENT}, ttl, forget=("data_out", "last_error")
-                )
+                self._write(job_id, {"delivered": kept, "state": SENT}, ttl, forget=("data_out", "last_error"),
+                            also=also)  # fmt: skip
                 return
             except redis.ConnectionError:
                 if time.monotonic() >= deadline:
@@ -137,13 +141,15 @@ class DeliveryLedger:
         """Attempt `attempt` is about to send the message's data: the server may have it from now on."""
         self.redis.hset(self.keys.job(job_id), "data_out", attempt)
 
-    def note_error(self, job_id: str, error: str) -> None:
+    def note_error(self, job_id: str, error: str, also: Also = None) -> None:
         """Keep the latest failed attempt's error, so `mailworker status` can say why a job is retrying."""
         key = self.keys.job(job_id)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(key, "last_error", error[:1000])
         pipe.hdel(key, "data_out")  # the attempt's outcome is recorded: not a death after the data
         pipe.expire(key, self.ttl)
+        if also is not None:
+            also(pipe)
         pipe.execute()
 
     def last_error(self, job_id: str) -> str | None:

@@ -42,9 +42,9 @@ def with_view(progress: dict[str, Any]) -> dict[str, Any]:
 
 
 def percent(progress: dict[str, Any]) -> float:
-    """How much of the job is settled (sent, failed or cancelled), 0 to 100."""
+    """How much of the job is settled (sent, failed, cancelled or suppressed), 0 to 100."""
     total = int(progress.get("total") or 0)
-    settled = sum(int(progress.get(name) or 0) for name in ("sent", "failed", "cancelled"))
+    settled = sum(int(progress.get(name) or 0) for name in ("sent", "failed", "cancelled", "suppressed"))
     return 100.0 if total == 0 else round(min(100.0, 100.0 * settled / total), 1)
 
 

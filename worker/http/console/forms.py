@@ -54,6 +54,7 @@ SECTIONS = (
         Field("timeout", "Command timeout (s)", NUMBER),
         Field("data_timeout", "Data timeout (s)", NUMBER, "the reply to the end of a message"),
         Field("allow_utf8", "SMTPUTF8", TOGGLE, "non-ASCII local parts in addresses"),
+        Field("verp", "VERP", TOGGLE, "the envelope sender names the job, so bounces map to it"),
     )),
     Section("Authentication", (
         Field("auth", "Authentication", TOGGLE),
