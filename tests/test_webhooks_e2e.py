@@ -306,3 +306,25 @@ def test_the_admin_api(api: ApiServer, admin_token: str, realm: str, receiver: W
     with api.client(admin_token) as client:
         assert client.delete(f"/v1/realms/{realm}/webhooks/{endpoint_id}").status_code == 200
         assert client.delete(f"/v1/realms/{realm}/webhooks/{endpoint_id}").status_code == 404
+
+
+def test_a_dsn_for_a_delivered_job_fires_the_bounced_webhook(realm: str, smtp_server: SmtpTestServer,
+                                                             receiver: WebhookReceiver) -> None:  # fmt: skip
+    from tests.support.bounce_samples import postfix_dsn
+    from tests.test_bounces_e2e import deliver, free_port, realm_fields, send_bounce
+    from worker.bounces.receiver import AddressBook, BounceHandler, start
+
+    _, secret = runtime().webhooks.add(realm, receiver.url, ["bounced"])
+    to = address()
+    job_id, mail_from = deliver(realm, smtp_server, f"bounces-{uuid.uuid4().hex[:8]}@example.com", to)
+    port = free_port()
+    controller = start(BounceHandler(AddressBook(realm_fields), runtime().bounces), "127.0.0.1", port)
+    try:
+        send_bounce(port, mail_from, postfix_dsn(mail_from, to, "<someone-else@example.com>"))
+    finally:
+        controller.stop()
+    [bounced] = receiver.wait_for(of_job(job_id))
+    check_signed(bounced, secret)
+    data = bounced.json["data"]
+    assert bounced.json["type"] == "bounced" and (data["to"], data["reason"]) == (to, "hard")
+    assert data["template"] == "password-reset" and "reset?k=1" not in bounced.body.decode()
