@@ -80,7 +80,7 @@ def webhook_id(endpoint_id: str, outcome: Outcome) -> str:
 # to a healthy receiver drains in milliseconds), longer each time (a receiver that hangs holds its slots
 # for a whole deadline; waiting in short steps would only churn the queue).
 SLOT_WAIT_S = 0.1
-MAX_SLOT_WAIT_S = 5.0
+MAX_SLOT_WAIT_S = 1.0
 
 
 def slot_wait(deferrals: int) -> float:
