@@ -93,6 +93,23 @@ class Keys:
         """Hash `<realm>\t<outcome>` -> count since the store began (worker/outcomes/record.py, /metrics)."""
         return f"{self.prefix}:outcome-totals"
 
+    # delivery webhooks (worker/outcomes/webhooks/)
+    def webhooks(self, realm: str) -> str:
+        """Hash: endpoint id -> JSON {id, realm, url, events, secret (sealed), created_at, disabled}."""
+        return f"{self.prefix}:webhooks:{realm}"
+
+    def webhook_realms(self) -> str:
+        """Hash: endpoint id -> its realm (find an endpoint by id alone)."""
+        return f"{self.prefix}:webhook-realms"
+
+    def webhook_in_flight(self, endpoint_id: str) -> str:
+        """Counter: attempts to reach the endpoint running now (capped, so a hanging one holds few processes)."""
+        return f"{self.prefix}:webhook-in-flight:{endpoint_id}"
+
+    def webhook_pause(self, endpoint_id: str) -> str:
+        """String: present while an endpoint that timed out is left alone (expires by itself)."""
+        return f"{self.prefix}:webhook-pause:{endpoint_id}"
+
     def metric_totals(self) -> str:
         """Hash of all-time counters for /metrics: retries, SMTP errors by kind, delivery time buckets
         (worker/outcomes/tallies.py)."""

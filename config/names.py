@@ -10,11 +10,13 @@ from typing import Any
 
 from config.errors import InvalidInput
 
-# Queues: transactional mail (and IAM events), bulk chunks, and the control queue (Test Connection).
+# Queues: transactional mail (and IAM events), bulk chunks, the control queue (Test Connection), and the
+# delivery webhooks (callbacks: a slow receiver must never hold a process that mail needs).
 TRANSACTIONAL = "transactional"
 BULK = "bulk"
 CONTROL = "control"
-QUEUES = (TRANSACTIONAL, BULK, CONTROL)
+CALLBACKS = "callbacks"
+QUEUES = (TRANSACTIONAL, BULK, CONTROL, CALLBACKS)
 
 # Celery task names (what producers publish; renaming one strands the messages already queued).
 SEND_TASK = "mail.send"
@@ -22,6 +24,7 @@ EVENT_TASK = "mail.event"
 TEST_CONNECTION_TASK = "mail.test_connection"
 BULK_START_TASK = "mail.bulk.start"
 BULK_CHUNK_TASK = "mail.bulk.chunk"
+WEBHOOK_TASK = "mail.webhook"
 # The message header with the time a message was published (worker/app.py sets it, /metrics reads it).
 PUBLISHED_AT = "mailworker_published_at"
 

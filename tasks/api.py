@@ -26,7 +26,17 @@ from config.names import check_locale, check_template_name
 from tasks.connection import test_connection  # noqa: F401  (re-exported: callers find it with the rest)
 from tasks.waiting import POLL_S, require_worker, wait_result
 from templates.catalogue import DEFAULT_NOTIFY_EVENTS, TEMPLATE_NAMES, event_template
-from worker.app import BULK, BULK_CHUNK_TASK, BULK_START_TASK, EVENT_TASK, SEND_TASK, TRANSACTIONAL, app
+from worker.app import (
+    BULK,
+    BULK_CHUNK_TASK,
+    BULK_START_TASK,
+    CALLBACKS,
+    EVENT_TASK,
+    SEND_TASK,
+    TRANSACTIONAL,
+    WEBHOOK_TASK,
+    app,
+)
 from worker.bulk.recipients import DEFAULT_CHUNK_SIZE
 from worker.jobs.events import event_job, event_job_id, ignored_because, needs_lookup, parse_event
 from worker.jobs.lanes import LATER, lane_for
@@ -217,6 +227,10 @@ def requeue_dead_letter(job_id: str) -> str:
             f"{job_id} is an ingest entry that never became a job: push it again (fix the producer, "
             "or report an `internal` error)",
         )
+    if letter.task == WEBHOOK_TASK:  # a delivery webhook its receiver refused for a day: a fresh day of tries
+        _requeue_webhook(letter.job, job_id)
+        rt.dead_letters.remove(job_id)
+        return job_id
     event = letter.job.get("event") if letter.task == EVENT_TASK and isinstance(letter.job, dict) else None
     if isinstance(event, dict):  # an event whose user look-up failed: published again as the event it was
         rt.ledger.reset(job_id)
@@ -242,6 +256,18 @@ def requeue_dead_letter(job_id: str) -> str:
     _publish_tracked(SEND_TASK, [job.model_dump(mode="json")], job.id, lane, queue=queue)
     rt.dead_letters.remove(job.id)
     return job.id
+
+
+def _requeue_webhook(job: Any, job_id: str) -> None:
+    keys = ("endpoint_id", "webhook_id", "payload")
+    if not isinstance(job, dict) or any(k not in job for k in keys):
+        raise InvalidInput.one(
+            "job_id", f"dead letter {job_id} holds no webhook that can be sent again; purge it"
+        )
+    runtime().webhooks.get(str(job["endpoint_id"]))  # NotFound when the endpoint was removed meanwhile
+    # Not tracked in the pending ledger: that is for mail jobs; a webhook message lost with the broker's
+    # data is lost like the webhooks queued with it.
+    app.send_task(WEBHOOK_TASK, kwargs={k: job[k] for k in keys}, queue=CALLBACKS)
 
 
 # ---- bulk ------------------------------------------------------------------------------------------------

@@ -239,14 +239,17 @@ def test_job_cancel_needs_a_job_id(capsys):
     )
 
 
-def test_the_default_worker_runs_bulk_in_its_own_lower_priority_consumer():
-    args = build_parser().parse_args(["worker"])
+def test_the_default_worker_runs_bulk_and_callbacks_in_their_own_lower_priority_consumers():
+    args = build_parser().parse_args(["worker", "--callbacks-concurrency", "3"])
     assert isinstance(args, argparse.Namespace)
-    (transactional, t_nice), (bulk, b_nice) = child_commands(args)
+    (transactional, t_nice), (bulk, b_nice), (callbacks, c_nice) = child_commands(args)
     assert transactional[:5] == [sys.executable, "-m", "celery", "-A", "worker.app"]
     assert transactional[transactional.index("-Q") + 1] == "transactional,control"
     assert bulk[bulk.index("-Q") + 1] == "bulk"
-    assert (t_nice, b_nice) == (0, BULK_NICENESS)
+    # Webhooks: their own consumer, so a hanging receiver holds none of the processes that send mail.
+    assert callbacks[callbacks.index("-Q") + 1] == "callbacks"
+    assert callbacks[callbacks.index("--concurrency") + 1] == "3"
+    assert (t_nice, b_nice, c_nice) == (0, BULK_NICENESS, BULK_NICENESS)
     from worker.app import app
 
     # One message at a time per process: a password reset never sits in a prefetch buffer behind others.

@@ -478,6 +478,8 @@ def key_runs(data: dict[str, Any]) -> dict[str, Run]:
         "settings rollback": ["settings", "rollback", "--realm", realm, "--to", "1"],
         "settings test": ["settings", "test", "--realm", realm],
         "settings import": ["settings", "import", export, "--dry-run"],
+        "webhook add": ["webhook", "add", "--realm", realm, "--url", data["hook_url"], "--events", "sent"],
+        "webhook test": ["webhook", "test", data["webhook"]],
         "secrets rotate": ["secrets", "rotate"],
         "worker": ["worker", "--queues", "control", "--pool", "solo"],
         "bounces": ["bounces", "--port", str(data["busy_port"])],  # the key is read before it listens
@@ -507,12 +509,19 @@ def data(celery_worker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     from tasks import api
     from tests.conftest import SESSION_PREFIX
     from tests.support.smtp_server import SmtpTestServer
+    from tests.support.webhook_receiver import WebhookReceiver
     from worker.runtime import runtime
 
     rt = runtime()
     tag = uuid.uuid4().hex[:8]
     realm, failing = f"clidocs-{tag}", f"clidocs-auth-{tag}"
-    with SmtpTestServer() as server, SmtpTestServer(tls="starttls", require_auth=("mailer", "right")) as auth:
+    with (
+        SmtpTestServer() as server,
+        SmtpTestServer(tls="starttls", require_auth=("mailer", "right")) as auth,
+        WebhookReceiver() as hooks,
+    ):
+        webhook, _ = rt.webhooks.add(realm, hooks.url, ["dead_lettered"])
+        removable, _ = rt.webhooks.add(realm, hooks.url, ["dead_lettered"])
         rt.store.save(realm, server.settings_dict(), note="first", by="clidocs")
         rt.store.save(failing, auth.settings_dict(password="wrong"))
         gone = f"gone-{tag}@example.com"
@@ -557,9 +566,12 @@ def data(celery_worker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         busy.listen(1)
         yield {"realm": realm, "failing": failing, "sent": sent, "dead": dead, "bulk_done": bulk_done,
                "bulk_failed": bulk_failed, "queued": queued, "export": export, "wiped": wiped, "loading": loading,
-               "busy_port": busy.getsockname()[1]}  # fmt: skip
+               "busy_port": busy.getsockname()[1], "hook_url": hooks.url, "webhook": webhook.id,
+               "removable": removable.id}  # fmt: skip
         busy.close()
         rt.redis.delete(rt.keys.pending_job(queued), rt.keys.bulk_job(loading))
+        for endpoint in rt.webhooks.list(realm):  # the receiver is gone: nothing left to retry
+            rt.webhooks.remove(endpoint.id)
 
 
 @pytest.fixture(scope="module")
@@ -593,6 +605,13 @@ def runs(data: dict[str, Any]) -> list[Run]:
         Run("realms", ["realms", "--json", "--limit", "1"], 0, "json", key=False),
         Run("token create", ["token", "create", "--scope", "producer", "--realm", realm, "--name", "cli reference",
                              "--json"], 0, "json", key=False),
+        Run("webhook add", ["webhook", "add", "--realm", realm, "--url", data["hook_url"], "--events",
+                            "sent,dead_lettered", "--json"], 0, "json"),
+        Run("webhook list", ["webhook", "list", "--realm", realm, "--json"], 0, "json", key=False),
+        Run("webhook test", ["webhook", "test", data["webhook"], "--json"], 0, "json"),
+        Run("webhook test", ["webhook", "test", f"no-such-{realm}"], 3),
+        Run("webhook remove", ["webhook", "remove", data["removable"]], 0, key=False),
+        Run("webhook remove", ["webhook", "remove", f"no-such-{realm}"], 3, key=False),
         Run("token list", ["token", "list", "--json"], 0, "json", key=False),
         Run("token revoke", ["token", "revoke", f"no-such-{realm}"], 3, key=False),
         Run("suppression list", ["suppression", "list", "--realm", realm, "--json"], 0, "json", key=False),

@@ -100,7 +100,7 @@ def test_stats_counts_waiting_messages_of_every_priority_under_the_broker_prefix
 
         depths = queue_depths(settings)
 
-        assert depths == {"queues": {"transactional": 4, "bulk": 1, "control": 0}, "unacked": 1}
+        assert depths == {"queues": {"transactional": 4, "bulk": 1, "control": 0, "callbacks": 0}, "unacked": 1}
         assert runtime().redis.llen(f"{key_prefix}:transactional") == 3  # the prefix is really in the key
 
 
@@ -114,7 +114,7 @@ def test_stats_shows_dead_letters_and_last_hour_counts_per_realm(
     assert (code, err) == (0, "")
     assert data["last_hour"][realm] == {"sent": 1, "dead": 1, "dropped_cooldown": 0}
     assert data["dead_letters"] >= 1 and data["dead_letters"] == runtime().dead_letters.count()
-    assert set(data["queues"]) == {"transactional", "bulk", "control"}
+    assert set(data["queues"]) == {"transactional", "bulk", "control", "callbacks"}
     assert all(isinstance(n, int) and n >= 0 for n in data["queues"].values())
 
     code, out, _ = run(capsys, "stats")
@@ -142,7 +142,7 @@ def test_health_is_0_when_redis_the_settings_and_the_worker_answer(
     code, out, _ = run(capsys, "health", "--timeout", "5")  # without --node: every queue must be served
     queues = [line.split()[:3] for line in out.splitlines() if line.split()[1] == "queue"]
     assert code == 0 and queues == [["ok", "queue", "transactional:"], ["ok", "queue", "bulk:"],
-                                    ["ok", "queue", "control:"]]  # fmt: skip
+                                    ["ok", "queue", "control:"], ["ok", "queue", "callbacks:"]]  # fmt: skip
 
 
 def test_health_is_1_when_the_named_worker_is_not_alive(capsys: Any, celery_worker: Any) -> None:

@@ -13,6 +13,7 @@ from config.names import (
     BULK,
     BULK_CHUNK_TASK,
     BULK_START_TASK,
+    CALLBACKS,
     CONTROL,
     EVENT_TASK,
     PUBLISHED_AT,
@@ -20,12 +21,13 @@ from config.names import (
     SEND_TASK,
     TEST_CONNECTION_TASK,
     TRANSACTIONAL,
+    WEBHOOK_TASK,
 )
 from config.redis import REDIS_SCHEMES
 from config.settings import ServiceSettings, get_settings
 from worker.liveness.leases import Leases
 
-TASK_MODULES = ["tasks.send", "tasks.events", "tasks.connection", "tasks.bulk"]
+TASK_MODULES = ["tasks.send", "tasks.events", "tasks.connection", "tasks.bulk", "tasks.webhooks"]
 
 ROUTES = {
     SEND_TASK: {"queue": TRANSACTIONAL},
@@ -33,6 +35,7 @@ ROUTES = {
     TEST_CONNECTION_TASK: {"queue": CONTROL},
     BULK_START_TASK: {"queue": BULK},
     BULK_CHUNK_TASK: {"queue": BULK},
+    WEBHOOK_TASK: {"queue": CALLBACKS},
 }
 
 

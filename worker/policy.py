@@ -71,6 +71,7 @@ REASONS: dict[str, str] = {
     "recipient": "the event's user has no e-mail address, or the IAM does not know the user id",
     "lookup": "the IAM's admin API refused the user look-up (iam_client_id, iam_client_secret, the "
     "service account's view-users role) or the realm has no look-up configured (iam_url)",
+    "webhook": "a delivery webhook's receiver did not answer 2xx for about a day (retried with backoff)",
 }
 RETRY = "retry"  # a DeliveryFailure's reason while it is still transient
 

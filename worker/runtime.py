@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from worker.delivery.iam_users import UserDirectory
     from worker.delivery.oauth import TokenProvider
     from worker.delivery.ratelimit import RateLimiter
+    from worker.delivery.webhooks import WebhookDelivery
     from worker.jobs.deadletters import DeadLetterStore
     from worker.jobs.ledger import DeliveryLedger
     from worker.jobs.pending import PendingJobs
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from worker.liveness.heartbeat import Claims, Heartbeat, LiveWorkers
     from worker.outcomes.record import Outcomes
     from worker.outcomes.tallies import Tallies
+    from worker.outcomes.webhooks.endpoints import EndpointStore
 
 
 @dataclass
@@ -111,10 +113,29 @@ class Runtime:
 
     @cached_property
     def outcomes(self) -> Outcomes:
-        """What became of each job, recorded where it ends; needs no secret key."""
+        """What became of each job, recorded where it ends, and the webhooks it calls for; needs no secret
+        key (the worker that delivers a webhook opens its endpoint's secret)."""
         from worker.outcomes.record import Outcomes
+        from worker.outcomes.webhooks.endpoints import EndpointCache
+        from worker.outcomes.webhooks.fanout import Fanout
 
-        return Outcomes(self.redis, self.keys, self.stats)
+        return Outcomes(self.redis, self.keys, self.stats, notify=Fanout(EndpointCache(self.webhooks),
+                                                                          publish_webhook))  # fmt: skip
+
+    @cached_property
+    def webhook_delivery(self) -> WebhookDelivery:
+        from worker.delivery.webhooks import WebhookDelivery
+
+        return WebhookDelivery(self.redis, self.keys, self.webhooks, self.dead_letters)
+
+    @cached_property
+    def webhooks(self) -> EndpointStore:
+        """The realms' webhook endpoints; adding one and signing need the secret key, listing does not."""
+        from worker.outcomes.webhooks.endpoints import EndpointStore
+
+        return EndpointStore(
+            self.redis, self.keys, lambda: self.box, allow_private=self.settings.allow_private_urls
+        )
 
     @cached_property
     def suppressions(self) -> SuppressionList:
@@ -142,9 +163,10 @@ class Runtime:
     @cached_property
     def bulk_jobs(self) -> BulkJobs:
         """Bulk jobs in Redis; kept as long as an idempotency key (a job outlives its run by days)."""
-        from worker.bulk.progress import BulkJobs
+        from worker.bulk.progress import BulkJobs, finished_outcome
 
-        return BulkJobs(self.redis, self.keys, self.settings.delivered_marker_ttl)
+        return BulkJobs(self.redis, self.keys, self.settings.delivered_marker_ttl,
+                        on_finished=lambda progress: self.outcomes.record(finished_outcome(progress)))  # fmt: skip
 
     @cached_property
     def heartbeat(self) -> Heartbeat:
@@ -220,6 +242,15 @@ class Runtime:
             self.services.pools.close_all()
         if "redis" in self.__dict__:
             self.redis.close()
+
+
+def publish_webhook(endpoint_id: str, webhook_id: str, payload: dict[str, Any]) -> None:
+    """Queue one webhook delivery (tasks/webhooks.py) on its own queue: no secret in the message."""
+    from config.names import CALLBACKS, WEBHOOK_TASK
+    from worker.app import app
+
+    app.send_task(WEBHOOK_TASK, kwargs={"endpoint_id": endpoint_id, "webhook_id": webhook_id,
+                                        "payload": payload}, queue=CALLBACKS)  # fmt: skip
 
 
 _runtime: Runtime | None = None

@@ -109,7 +109,7 @@ class WorkerProcess:
     env: dict[str, str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
-    ready_lines: int = 1  # `mailworker worker` without --queues starts two Celery workers
+    ready_lines: int = 1  # `mailworker worker` without --queues starts three Celery workers
 
     def start(self, ready_timeout: float = 60.0) -> WorkerProcess:
         self._log = self.log_path.open("ab")
@@ -290,13 +290,13 @@ class Cluster:
 
     def worker(self, *, concurrency: int = 2, queues: str | None = "transactional,control",
                name: str | None = None, loglevel: str = "INFO", **env: str) -> WorkerProcess:  # fmt: skip
-        """A `mailworker worker` process group; queues=None: the default command (both worker groups)."""
+        """A `mailworker worker` process group; queues=None: the default command (every worker group)."""
         name = name or f"w{len(self.workers) + 1}"
         argv = [str(MAILWORKER), "worker", "--concurrency", str(concurrency), "--loglevel", loglevel]
         if queues is not None:
             argv += ["--queues", queues, "--name", f"{name}-{self.prefix}@%h"]
         worker = WorkerProcess(argv, self.env(MAILWORKER_LOG_LEVEL=loglevel, **env), self.tmp / f"{name}.log",
-                               ready_lines=1 if queues is not None else 2)  # fmt: skip
+                               ready_lines=1 if queues is not None else 3)  # fmt: skip
         self.workers.append(worker)
         return worker.start()
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ import redis
 
 from config.errors import NotFound
 from config.keys import Keys
+from worker.outcomes.outcome import BULK_FINISHED, Outcome
 
 LOADING, QUEUED, RUNNING, DONE, CANCELLED, FAILED = (
     "loading",
@@ -53,19 +54,22 @@ end
 return redis.call('HGET', KEYS[1], 'state')
 """
 
-# KEYS: job hash, chunks bitmap, chunk recipients. ARGV: chunk number, now. Returns the job's state.
+# KEYS: job hash, chunks bitmap, chunk recipients. ARGV: chunk number, now. Returns {the job's state, 1 when
+# this call ended the job (its last chunk, counted once) else 0}.
 _FINISH_CHUNK = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 'gone' end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone', 0} end
+local ended = 0
 if redis.call('SETBIT', KEYS[2], tonumber(ARGV[1]), 1) == 0 then
   local done = redis.call('HINCRBY', KEYS[1], 'chunks_done', 1)
   if done >= tonumber(redis.call('HGET', KEYS[1], 'chunks')) then
     local state = redis.call('HGET', KEYS[1], 'state')
     if state == 'queued' or state == 'running' then redis.call('HSET', KEYS[1], 'state', 'done') end
     redis.call('HSET', KEYS[1], 'finished_at', ARGV[2])
+    ended = 1
   end
 end
 redis.call('DEL', KEYS[3])
-return redis.call('HGET', KEYS[1], 'state')
+return {redis.call('HGET', KEYS[1], 'state'), ended}
 """
 
 # KEYS: job hash. ARGV: now. First chunk to run: queued -> running, started_at. Returns the state.
@@ -143,10 +147,19 @@ def _indices(values: Iterable[int]) -> str:
 
 
 class BulkJobs:
-    def __init__(self, client: redis.Redis, keys: Keys, ttl: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        ttl: int,
+        on_finished: Callable[[BulkProgress], Any] | None = None,
+    ) -> None:
         self.redis = client
         self.keys = keys
         self.ttl = ttl  # every key of a job expires this long after creation
+        # Called once per job, by the worker whose chunk ended it (done, cancelled or failed): the
+        # `bulk.finished` outcome (worker/runtime.py), so webhooks report a bulk job once, not per recipient.
+        self.on_finished = on_finished
         self._commit = client.register_script(_COMMIT)
         self._finish = client.register_script(_FINISH_CHUNK)
         self._start = client.register_script(_START)
@@ -264,7 +277,10 @@ class BulkJobs:
             self.keys.bulk_chunks_done(job_id),
             self.keys.bulk_chunk(job_id, chunk),
         ]
-        return str(self._finish(keys=keys, args=[chunk, repr(time.time())]))
+        state, ended = self._finish(keys=keys, args=[chunk, repr(time.time())])
+        if int(ended) and self.on_finished is not None:
+            self.on_finished(self.progress(job_id))
+        return str(state)
 
     def entry_ended(self, entry_id: str) -> bool:
         """For the pending-job sweeper: has the job's fan-out ("<job>") or the chunk ("<job>:<n>") ended?"""
@@ -339,3 +355,13 @@ class BulkJobs:
             finished_at=finished,
             error=raw.get("error"),
         )
+
+
+def finished_outcome(progress: BulkProgress) -> Outcome:
+    """A bulk job's end as one outcome, with its counts (the webhook's `data`)."""
+    counts = {
+        name: getattr(progress, name) for name in ("total", "sent", "failed", "cancelled", "suppressed")
+    }
+    return Outcome(BULK_FINISHED, progress.realm, progress.job_id, progress.template, reason=progress.state,
+                   at=progress.finished_at or time.time(), bulk=True,
+                   details={"state": progress.state, **counts})  # fmt: skip

@@ -34,6 +34,7 @@ COMMAND_MODULES = [
     "worker.cli.ingest_cmd",
     "worker.cli.serve_cmd",
     "worker.cli.token_cmd",
+    "worker.cli.webhook_cmd",
     "worker.cli.bounces_cmd",
     "worker.cli.suppression_cmd",
 ]

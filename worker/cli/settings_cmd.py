@@ -341,14 +341,17 @@ def handle_secret_key(args: argparse.Namespace) -> int:
 
 @store_errors
 def handle_rotate(args: argparse.Namespace) -> int:
+    from worker.runtime import runtime
+
     rotation = open_store().rotate_secrets()
+    hooks, hook_problems = runtime().webhooks.reseal()  # the webhooks' signing secrets, sealed the same way
     migrated = f" ({rotation.migrated} of them from the old unbound format)" if rotation.migrated else ""
     print(
-        f"re-encrypted {rotation.resealed} stored secret(s) with the first key of MAILWORKER_SECRET_KEY{migrated}"
+        f"re-encrypted {rotation.resealed + hooks} stored secret(s) with the first key of MAILWORKER_SECRET_KEY{migrated}"
     )
-    for problem in rotation.skipped:
+    for problem in [*rotation.skipped, *hook_problems]:
         print(f"not re-encrypted: {problem}")
-    return 1 if rotation.skipped else 0
+    return 1 if rotation.skipped or hook_problems else 0
 
 
 # ---- output -------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """`mailworker worker`: Celery workers on this app.
 
-Without --queues it starts what production needs: one worker for `transactional` + `control` and a
-separate one for `bulk`, so a password reset never waits behind a bulk burst (priority isolation).
+Without --queues it starts what production needs: one worker for `transactional` + `control`, a separate
+one for `bulk`, so a password reset never waits behind a bulk burst (priority isolation), and one for the
+delivery webhooks (`callbacks`), so a receiver that hangs holds none of the processes that send mail.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import sys
 import time
 from typing import Any
 
-from worker.app import BULK, CONTROL, TRANSACTIONAL
+from worker.app import BULK, CALLBACKS, CONTROL, TRANSACTIONAL
 
-DEFAULT_GROUPS = ((f"{TRANSACTIONAL},{CONTROL}", "transactional"), (BULK, "bulk"))
-# The bulk worker runs at a lower CPU priority: during a burst a password reset (and Test Connection)
-# gets the CPU first; bulk takes what is left, which on an idle machine is all of it.
+DEFAULT_GROUPS = ((f"{TRANSACTIONAL},{CONTROL}", "transactional"), (BULK, "bulk"), (CALLBACKS, "callbacks"))
+# Webhook deliveries wait on the network, not the CPU: a few processes serve many receivers, and each
+# endpoint is limited to a couple of attempts at once (worker/delivery/webhooks.py).
+CALLBACKS_CONCURRENCY = 4
+# The bulk and callbacks workers run at a lower CPU priority: during a burst a password reset (and Test
+# Connection) gets the CPU first; they take what is left, which on an idle machine is all of it.
 BULK_NICENESS = 10
 
 log = logging.getLogger("mailworker.supervisor")
@@ -27,12 +31,18 @@ log = logging.getLogger("mailworker.supervisor")
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "worker", help="run Celery workers (default: transactional+control and bulk)"
+        "worker", help="run Celery workers (default: transactional+control, bulk, and callbacks)"
     )
     parser.add_argument("--queues", "-Q", help="comma-separated queues for ONE worker (default: both groups)")
     parser.add_argument("--concurrency", "-c", type=int, help="processes per worker (default: CPU count)")
     parser.add_argument(
         "--bulk-concurrency", type=int, help="processes of the bulk worker (default: CPU count)"
+    )
+    parser.add_argument(
+        "--callbacks-concurrency",
+        type=int,
+        default=CALLBACKS_CONCURRENCY,
+        help=f"processes of the webhooks worker (default: {CALLBACKS_CONCURRENCY})",
     )
     parser.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
     parser.add_argument("--loglevel", "-l", default=None)
@@ -108,12 +118,14 @@ def child_commands(args: argparse.Namespace) -> list[tuple[list[str], int]]:
     """(command line, niceness) of each worker the default `mailworker worker` starts: one per queue group."""
     commands = []
     for queues, group in DEFAULT_GROUPS:
-        concurrency = args.bulk_concurrency if group == "bulk" else args.concurrency
+        concurrency = {"bulk": args.bulk_concurrency, "callbacks": args.callbacks_concurrency}.get(
+            group, args.concurrency
+        )
         argv = celery_argv(queues, f"{group}@%h", concurrency, args.pool, args.loglevel)
         commands.append(
             (
                 [sys.executable, "-m", "celery", "-A", "worker.app", *argv],
-                BULK_NICENESS if group == "bulk" else 0,
+                0 if group == "transactional" else BULK_NICENESS,
             )
         )
     return commands

@@ -1,4 +1,5 @@
-"""HTTP requests to URLs an admin configured (an OAuth2 token endpoint, the IAM's admin API): deadlines,
+"""HTTP requests to URLs an admin configured (an OAuth2 token endpoint, the IAM's admin API, a delivery
+webhook's receiver): deadlines,
 checked addresses only, no redirects. The one HTTP client of the workers.
 
 - Deadlines: connect (and TLS handshake) within `connect_timeout`, each read within `timeout`, the whole
@@ -200,6 +201,20 @@ def post_form(
     headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
     return send(urllib.request.Request(url, data=urllib.parse.urlencode(form).encode(), headers=headers,
                                        method="POST"), pinned, connect_timeout, timeout)  # fmt: skip
+
+
+def post_bytes(
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    pinned: Pinned,
+    connect_timeout: float,
+    timeout: float,
+) -> tuple[int, bytes]:
+    """(status, body) of a POST of `body` with `headers` (a delivery webhook); fails as `post_form` does."""
+    request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
+    return send(request, pinned, connect_timeout, timeout)
 
 
 def get_json(

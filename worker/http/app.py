@@ -35,12 +35,13 @@ def create_app(settings: ServiceSettings | None = None, rt: Runtime | None = Non
     app.state.context = make_context(settings, rt)
     errors.install(app)
 
-    from worker.http import admin, console, keycloak, metrics, operations, producer, suppression
+    from worker.http import admin, console, keycloak, metrics, operations, producer, suppression, webhooks
 
     app.include_router(producer.router)
     app.include_router(keycloak.router)
     app.include_router(admin.router)
     app.include_router(operations.router)
+    app.include_router(webhooks.router)
     app.include_router(suppression.router)
     app.include_router(metrics.router)
     console.mount(app)

@@ -31,8 +31,8 @@ from worker.runtime import Runtime
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["metrics"])
 
-# The webhooks' queue, once the service has one (config/names.py); its depth is the webhook backlog.
-WEBHOOK_QUEUE = getattr(names, "CALLBACKS", "callbacks")
+# The webhooks' queue (config/names.py); its depth is the webhook backlog.
+WEBHOOK_QUEUE = names.CALLBACKS
 
 
 def read(rt: Runtime, settings: ServiceSettings, now: float | None = None) -> Scrape:
