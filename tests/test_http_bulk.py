@@ -5,6 +5,7 @@ recipients in bounded memory."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import json
 import time
 import tracemalloc
@@ -211,10 +212,24 @@ async def upload(app: Any, token: str, realm: str, content: Any, headers: dict[s
 
 
 def peak_allocated(run: Any) -> tuple[Any, int]:
+    """Run the coroutine on an event loop of its own, in a thread: the main thread may hold a running loop
+    already (Playwright's sync API keeps one for the browser tests' session)."""
+    outcome: dict[str, Any] = {}
+
+    def in_thread() -> None:
+        try:
+            outcome["value"] = asyncio.run(run)
+        except BaseException as error:  # handed to the test's thread
+            outcome["error"] = error
+
     tracemalloc.start()
     try:
-        value = asyncio.run(run)
-        return value, tracemalloc.get_traced_memory()[1]
+        thread = threading.Thread(target=in_thread)
+        thread.start()
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"], tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
 

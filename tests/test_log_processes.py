@@ -95,7 +95,7 @@ def test_the_default_worker_command_writes_only_json_lines(cluster: Cluster, smt
     output = worker.log()
     records = records_of(output)
     assert_who_wrote_each(records)
-    assert {r["worker"] for r in records} == {"supervisor", f"transactional@{HOST}", f"bulk@{HOST}"}
+    assert {r["worker"] for r in records} == {"supervisor", f"transactional@{HOST}", f"bulk@{HOST}", f"callbacks@{HOST}"}
     assert attempts(records, job_id) == [("sent", "INFO")]
     [sent] = [r for r in records if r.get("job_id") == job_id and r["logger"] == "mailworker.delivery"]
     main_pids = {r["pid"] for r in records if r["msg"].endswith(" ready.")}
@@ -108,7 +108,7 @@ def test_the_default_worker_command_writes_only_json_lines(cluster: Cluster, smt
     assert not [r for r in records if r["logger"] == "celery.app.trace" and "succeeded" in r["msg"]]
     # Celery prints its shutdown notice; here it is a record, said by each worker's main process.
     said = {r["worker"] for r in records if r["msg"] == "worker: Warm shutdown (MainProcess)"}
-    assert said == {f"transactional@{HOST}", f"bulk@{HOST}"}
+    assert said == {f"transactional@{HOST}", f"bulk@{HOST}", f"callbacks@{HOST}"}
 
 
 def test_a_single_queue_worker_writes_json_lines_at_the_level_of_each_outcome(
