@@ -91,4 +91,6 @@ def test_a_job_the_broker_lost_is_delivered_by_the_sweep(
     assert runtime().pending.sweep(publish, ended, now=later) == [job.id]
     assert api.wait_for_result(job.id)["status"] == "sent"
     assert len(smtp_server.received_for("lost@example.com")) == 1
-    assert runtime().pending.overdue(now=later + 10**6) == []  # ended: forgotten
+    # Ended: forgotten. (Other tests' records may still be there: a bulk job cancelled while its start task
+    # fans out keeps recording chunks for a moment; they end as cancelled on their own.)
+    assert job.id not in runtime().pending.overdue(now=later + 10**6)
