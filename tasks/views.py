@@ -33,6 +33,21 @@ def with_iso_times(data: dict[str, Any], fields: Sequence[str]) -> dict[str, Any
             for name, value in data.items()}  # fmt: skip
 
 
+# A job's status and a bulk job's progress: their Unix times, shown as ISO 8601 by every reader.
+STATUS_TIMES = ("sent_at", "died_at", "date_done")
+PROGRESS_TIMES = ("created_at", "started_at", "finished_at")
+
+
+def status_json(info: dict[str, Any]) -> dict[str, Any]:
+    """One job's status (tasks/status.py) as `status --json` and `GET /v1/jobs/{id}` show it."""
+    return with_iso_times(info, STATUS_TIMES)
+
+
+def progress_json(progress: dict[str, Any]) -> dict[str, Any]:
+    """A bulk job's progress as `job --json` and `GET /v1/bulk/{id}` show it."""
+    return with_iso_times(progress, PROGRESS_TIMES)
+
+
 def settings_json(settings: SmtpSettings, source: str, version: int) -> dict[str, Any]:
     """JSON names (secrets masked) plus where they come from: "saved" or "draft" (version: its base)."""
     return {**settings.to_public(), "version": version, "source": source}

@@ -5,8 +5,8 @@ recipients in bounded memory."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import json
+import threading
 import time
 import tracemalloc
 import uuid
@@ -66,6 +66,7 @@ def test_a_bulk_job_sent_as_json_is_delivered_to_every_recipient(
         python_api.wait_for_bulk(job_id, timeout=60)
         progress = client.get(f"/v1/bulk/{job_id}").json()
     assert (progress["state"], progress["total"], progress["sent"], progress["realm"]) == ("done", 3, 3, saved_realm)
+    assert progress["finished_at"].endswith("Z") and progress["created_at"].endswith("Z")  # ISO 8601, as `job --json`
     assert [len(smtp_server.received_for(a)) for a in to] == [1, 1, 1]
     assert smtp_server.received_for(to[1])[0].message["Subject"] == "Testnachricht von ACME"
 

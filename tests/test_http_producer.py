@@ -47,6 +47,7 @@ def test_an_event_the_realm_notifies_is_queued_and_its_notice_delivered(
         assert python_api.wait_for_result(job_id)["status"] == "sent"
         status = client.get(f"/v1/jobs/{job_id}").json()
     assert (status["status"], status["realm"]) == ("sent", realm)
+    assert status["sent_at"].endswith("Z")  # times in ISO 8601, as `mailworker status --json` shows them
     [message] = smtp_server.received_for(to)
     assert "198.51.100.4" in message.message.get_body(("plain",)).get_content()  # the event's address
 

@@ -19,8 +19,9 @@ import time
 from typing import Any
 
 from config.errors import InvalidInput, NotFound
+from tasks.views import progress_json
 from worker.cli.common import names_a_thing, print_json, shown, table
-from worker.cli.formats import FAILED, OK, cut_notice, iso, json_line, page, with_iso_times
+from worker.cli.formats import FAILED, OK, cut_notice, iso, json_line, page
 
 BAR_WIDTH = 30
 
@@ -39,11 +40,6 @@ def register(subparsers: Any) -> None:
     job.add_argument("--limit", type=int, default=20, help="with `list`: at most this many (default 20)")
     job.add_argument("--after", metavar="JOB_ID", help="with `list`: the page after this job")
     job.set_defaults(handler=show_job)
-
-
-def progress_json(progress: dict[str, Any]) -> dict[str, Any]:
-    """A bulk job's progress as every --json output shows it (times in ISO 8601 UTC)."""
-    return with_iso_times(progress, ("created_at", "started_at", "finished_at"))
 
 
 def list_jobs(args: argparse.Namespace) -> int:

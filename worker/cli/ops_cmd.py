@@ -11,11 +11,11 @@ from typing import Any
 
 from tasks.stats import REALM_COLUMNS, collect_stats
 from tasks.status import DELIVERED, NOT_DELIVERED, job_status
+from tasks.views import STATUS_TIMES, status_json
 from worker.cli.common import print_json, shown, table
-from worker.cli.formats import FAILED, NOT_ENDED, NOT_FOUND, OK, iso, with_iso_times
+from worker.cli.formats import FAILED, NOT_ENDED, NOT_FOUND, OK, iso
 
 # The Unix times of `status`, printed as ISO 8601 UTC (worker/cli/formats.py).
-STATUS_TIMES = ("sent_at", "died_at", "date_done")
 
 
 def register(subparsers: Any) -> None:
@@ -50,7 +50,7 @@ def show_status(args: argparse.Namespace) -> int:
     code = status_exit(info)
     info.pop("known", None)
     if args.json:
-        print_json(with_iso_times(info, STATUS_TIMES))
+        print_json(status_json(info))
         return code
     order = ("job_id", "state", "status", "task", "realm", "attempts", "ambiguous", "maybe_delivered", "reason",
              "error", "retry", "last_error", "smtp_code", "message_id", "sent_at", "died_at", "worker", "queue",

@@ -24,6 +24,7 @@ from starlette.requests import ClientDisconnect
 
 from config.errors import InvalidInput
 from tasks import api
+from tasks.views import progress_json
 from worker.http import ndjson
 from worker.http.auth import producer, realm_for
 from worker.http.errors import ApiError
@@ -125,7 +126,7 @@ def visible(token: ApiToken, job_id: str) -> dict[str, Any]:
     progress = api.bulk_progress(job_id)
     if not token.sees(progress["realm"]):
         raise runtime().bulk_jobs.unknown(job_id)
-    return progress
+    return progress_json(progress)
 
 
 # ---- reading the body ------------------------------------------------------------------------------------

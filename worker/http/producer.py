@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from config.errors import NotFound
 from tasks import api
 from tasks.status import job_status
+from tasks.views import status_json
 from worker.http import bulk
 from worker.http.auth import producer, realm_for
 from worker.http.tokens import ApiToken
@@ -96,7 +97,7 @@ def get_job(job_id: str, token: ApiToken = Depends(producer)) -> dict[str, Any]:
     if info.pop("known", True) is False or (token.realms and realm not in token.realms):
         # A token limited to realms sees only their jobs; one of another realm is as unknown.
         raise NotFound(f"job {job_id} not found")
-    return info
+    return status_json(info)
 
 
 # The bulk endpoints are producer endpoints too, in a module of their own (the NDJSON upload is most of it).
