@@ -526,6 +526,7 @@ def test_found_an_empty_iam_client_secret_is_no_secret_and_the_draft_reads_back(
 # ---- and what passed validation ends --------------------------------------------------------------------
 
 
+@pytest.mark.timeout(1200)  # its own budget below grows with the jobs the profile published
 def test_every_job_that_passed_validation_ends() -> None:
     """And leaves nothing behind for the tests that run after this module on the same worker."""
     # The reliability profile publishes hundreds of jobs: the budget grows with them (a loaded 2-core machine
