@@ -23,7 +23,11 @@ URL_VARIABLES = ("MAILWORKER_BROKER_URL", "MAILWORKER_RESULT_BACKEND", "MAILWORK
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for variable in ("MAILWORKER_REDIS_PASSWORD_FILE", "MAILWORKER_SENTINEL_MASTER", "MAILWORKER_SENTINEL_PASSWORD_FILE"):
+    for variable in (
+        "MAILWORKER_REDIS_PASSWORD_FILE",
+        "MAILWORKER_SENTINEL_MASTER",
+        "MAILWORKER_SENTINEL_PASSWORD_FILE",
+    ):
         monkeypatch.delenv(variable, raising=False)
     for variable in URL_VARIABLES:
         monkeypatch.setenv(variable, "redis://127.0.0.1:6379/0")
@@ -66,7 +70,8 @@ def test_parse_refuses(url: str, problem: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("url", "expected"), [(S1, True), ("Sentinel://h", True), ("redis://h:6379/0", False), ("memory://", False)]
+    ("url", "expected"),
+    [(S1, True), ("Sentinel://h", True), ("redis://h:6379/0", False), ("memory://", False)],
 )
 def test_is_sentinel(url: str, expected: bool) -> None:
     assert is_sentinel(url) is expected
@@ -76,7 +81,10 @@ def test_is_sentinel(url: str, expected: bool) -> None:
     ("sentinel", "options"),
     [
         (Sentinel("mymaster"), {"master_name": "mymaster"}),
-        (Sentinel("mymaster", "s3cret"), {"master_name": "mymaster", "sentinel_kwargs": {"password": "s3cret"}}),
+        (
+            Sentinel("mymaster", "s3cret"),
+            {"master_name": "mymaster", "sentinel_kwargs": {"password": "s3cret"}},
+        ),
     ],
 )
 def test_transport_options(sentinel: Sentinel, options: dict) -> None:
@@ -138,7 +146,9 @@ def test_plain_redis_gets_no_sentinel_options() -> None:
 
 
 def test_the_store_client_asks_the_sentinels_for_its_master() -> None:
-    client = connect(f"sentinel://:pw@127.0.0.1:26379/2;{S2}/2", check=False, sentinel=Sentinel("mailworker", "sp"))
+    client = connect(
+        f"sentinel://:pw@127.0.0.1:26379/2;{S2}/2", check=False, sentinel=Sentinel("mailworker", "sp")
+    )
     pool = client.connection_pool
     assert isinstance(pool, SentinelConnectionPool) and pool.service_name == "mailworker"
     assert pool.connection_kwargs["db"] == 2 and pool.connection_kwargs["password"] == "pw"
@@ -150,7 +160,7 @@ def test_the_store_client_asks_the_sentinels_for_its_master() -> None:
 
 
 def test_a_sentinel_url_without_a_master_name_is_one_line() -> None:
-    with pytest.raises(ConfigError, match="MAILWORKER_STORE_URL: .* set MAILWORKER_SENTINEL_MASTER"):
+    with pytest.raises(ConfigError, match=r"MAILWORKER_STORE_URL: .* set MAILWORKER_SENTINEL_MASTER"):
         connect(S1, check=False)
 
 
