@@ -82,6 +82,7 @@ def run_failover(cluster: Cluster, group: SentinelGroup, sink: Sink) -> None:
     producer.start()
     assert sink.wait_total(KILL_AT, timeout=120), f"only {sink.total()} delivered before the kill"
     delivered_at_kill = sink.total()
+    lag_bytes = group.replica_lag_bytes()  # what asynchronous replication had not yet copied, just before
     group.kill_master()
     killed_at = time.monotonic()
     # At most one message per worker process is in flight (prefetch off): anything delivered beyond those
@@ -107,7 +108,7 @@ def run_failover(cluster: Cluster, group: SentinelGroup, sink: Sink) -> None:
         sent=len(jobs), delivered=delivered, lost=len(jobs) - delivered, duplicated=sink.duplicates(),
         skipped_as_duplicate=counts["duplicate-skipped"], dead_lettered=counts["dead-lettered"],
         without_result=len(jobs) - len(results), delivered_at_kill=delivered_at_kill,
-        failover_s=promoted_s, first_delivery_through_new_master_s=first_new_s,
+        replica_lag_bytes_before_kill=lag_bytes, failover_s=promoted_s, first_delivery_through_new_master_s=first_new_s,
         producer_retries=producer.retries, producer_stall_s=producer.longest_stall_s,
         republished_by_ledger=logs.count("published again (the broker lost it)"),
         elapsed_s=time.monotonic() - started,

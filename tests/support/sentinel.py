@@ -83,6 +83,13 @@ class SentinelGroup:
             return int(found[1]) if found else None
         return None
 
+    def replica_lag_bytes(self) -> int:
+        """How far the replica's copy is behind the master (replication offsets): what a kill now would lose."""
+        assert self.master is not None
+        info = redis.Redis(port=self.master.port, socket_timeout=1).info("replication")
+        replica = info.get("slave0") or {}
+        return int(info["master_repl_offset"]) - int(replica.get("offset", 0))
+
     def kill_master(self) -> None:
         """SIGKILL: no AOF flush beyond what `appendfsync always` already wrote, no goodbye to the replica."""
         assert self.master is not None
