@@ -84,11 +84,16 @@ class SentinelGroup:
         return None
 
     def replica_lag_bytes(self) -> int:
-        """How far the replica's copy is behind the master (replication offsets): what a kill now would lose."""
-        assert self.master is not None
-        info = redis.Redis(port=self.master.port, socket_timeout=1).info("replication")
-        replica = info.get("slave0") or {}
-        return int(info["master_repl_offset"]) - int(replica.get("offset", 0))
+        """How far the replica's copy is behind the master: the master's offset, then the replica's own
+        (the replica reports its offset to the master once a second only: asked directly, it is current)."""
+        assert self.master is not None and self.replica is not None
+        written = int(
+            redis.Redis(port=self.master.port, socket_timeout=1).info("replication")["master_repl_offset"]
+        )
+        copied = int(
+            redis.Redis(port=self.replica.port, socket_timeout=1).info("replication")["slave_repl_offset"]
+        )
+        return max(0, written - copied)
 
     def kill_master(self) -> None:
         """SIGKILL: no AOF flush beyond what `appendfsync always` already wrote, no goodbye to the replica."""
