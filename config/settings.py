@@ -171,7 +171,8 @@ class ServiceSettings(BaseSettings):
             except ValueError as error:
                 raise ValueError(f"MAILWORKER_{name.upper()}: {error}") from None
         self.sentinel_master = self.sentinel_master.strip()
-        variables = " and ".join(f"MAILWORKER_{name.upper()}" for name in listed)
+        names = [f"MAILWORKER_{name.upper()}" for name in listed]
+        variables = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 2 else names)
         if listed and not self.sentinel_master:
             raise ValueError(
                 f"{variables} {'names' if len(listed) == 1 else 'name'} Redis sentinels: set "

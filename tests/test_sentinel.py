@@ -99,6 +99,8 @@ def test_transport_options(sentinel: Sentinel, options: dict) -> None:
     [
         ({"MAILWORKER_BROKER_URL": S1}, "MAILWORKER_BROKER_URL names Redis sentinels: set MAILWORKER_SENTINEL_MASTER"),
         ({"MAILWORKER_STORE_URL": S1, "MAILWORKER_BROKER_URL": S1}, "MAILWORKER_BROKER_URL and MAILWORKER_STORE_URL name"),
+        ({"MAILWORKER_STORE_URL": S1, "MAILWORKER_BROKER_URL": S1, "MAILWORKER_RESULT_BACKEND": S1},
+         "MAILWORKER_BROKER_URL, MAILWORKER_RESULT_BACKEND and MAILWORKER_STORE_URL name"),
         ({"MAILWORKER_SENTINEL_MASTER": "m"}, "no Redis URL is a sentinel:// list"),
         ({"MAILWORKER_STORE_URL": f"{S1}/1;{S2}/2", "MAILWORKER_SENTINEL_MASTER": "m"},
          "MAILWORKER_STORE_URL: the URLs name different databases"),
