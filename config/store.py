@@ -45,7 +45,7 @@ from config.crypto import SecretBox
 from config.edits import Change, apply_changes, check_note, diff_settings, edit_settings, weakening_change
 from config.epoch import Epoch, read_epoch, read_wipe, record_wipe
 from config.errors import ConflictError, NotFound
-from config.keys import Keys
+from config.keys import PRIMARY, SERVERS, Keys, ServerKeys
 from config.names import check_realm
 from config.records import queue_saved, stored_json
 from config.rotation import KeyCheck, check_key, retrying_transaction, rotate_secrets
@@ -105,6 +105,18 @@ class SettingsStore:
         self._box_source = box
         self.history_size = history_size
         self.allow_private_urls = allow_private_urls  # MAILWORKER_ALLOW_PRIVATE_URLS (config/urls.py)
+        self.server = keys.server if isinstance(keys, ServerKeys) else PRIMARY
+
+    def for_server(self, server: str) -> SettingsStore:
+        """The store of the realm's `server` ("primary" or "secondary"): the same class over that server's
+        keys, so both servers share one model, validation, sealing, harvest rule, history and draft flow."""
+        if server not in SERVERS:
+            raise ValueError(f"server must be one of {', '.join(SERVERS)}")
+        if server == self.server:
+            return self
+        keys = Keys(self._keys.prefix) if server == PRIMARY else ServerKeys(self._keys.prefix, server)
+        return SettingsStore(self._redis, keys, self._box_source, self.history_size,
+                             allow_private_urls=self.allow_private_urls)  # fmt: skip
 
     @property
     def _box(self) -> SecretBox:

@@ -190,12 +190,14 @@ class Runtime:
     @cached_property
     def services(self) -> Services:
         from worker.delivery.deliver import Services, ThreadPools
+        from config.keys import SECONDARY
         from worker.delivery.settings_cache import SettingsCache
         from worker.policy import RetryPolicy
 
         return Services(
             settings=self.settings,
             cache=SettingsCache(self.store),
+            secondary=SettingsCache(self.store.for_server(SECONDARY)),
             renderer=self.renderer,
             pools=ThreadPools(),
             ledger=self.ledger,
