@@ -189,8 +189,8 @@ class Runtime:
 
     @cached_property
     def services(self) -> Services:
-        from worker.delivery.deliver import Services, ThreadPools
         from config.keys import SECONDARY
+        from worker.delivery.deliver import Services, ThreadPools
         from worker.delivery.settings_cache import SettingsCache
         from worker.policy import RetryPolicy
 
