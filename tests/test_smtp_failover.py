@@ -162,3 +162,42 @@ def test_an_open_breaker_sends_to_the_secondary_and_a_closed_one_back_to_the_pri
     breaker.success(realm)  # the primary's breaker closes: its mail goes there again
     assert _send(realm, _address())["server"] == "primary"
     assert len(secondary_server.messages) == 1 and len(smtp_server.messages) == 1
+
+
+# ---- the CLI and Test Connection ---------------------------------------------------------------------------
+
+
+def test_the_cli_edits_the_secondary_with_the_same_commands(realm, capsys, monkeypatch):
+    from worker.cli import main
+
+    def run(*argv: str, stdin: str = "") -> tuple[int, str]:
+        monkeypatch.setattr("sys.stdin", __import__("io").StringIO(stdin))
+        code = main(list(argv))
+        return code, capsys.readouterr().out
+
+    base = ("settings", "save", "--realm", realm, "--from", "noreply@example.com", "--host", "127.0.0.1")
+    assert run(*base, "--port", "2525")[0] == 0
+    code, out = run(*base, "--port", "2626", "--secondary", "--auth", "--username", "u", "--password-stdin",
+                    stdin="pw-2\n")  # fmt: skip
+    assert code == 0 and "version 1" in out
+    code, out = run("settings", "show", "--realm", realm, "--secondary", "--json")
+    shown = __import__("json").loads(out)
+    assert shown["port"] == 2626 and shown["password"] == MASK and "pw-2" not in out
+    assert __import__("json").loads(run("settings", "show", "--realm", realm, "--json")[1])["port"] == 2525
+    # the harvest rule: a new port for the stored password must be given the password again
+    assert run("settings", "set", "--realm", realm, "--secondary", "--port", "2727")[0] == 1
+    assert run("settings", "set", "--realm", realm, "--secondary", "--timeout", "3")[0] == 0
+    assert "discarded" in run("settings", "revert", "--realm", realm, "--secondary")[1]
+    assert run("settings", "history", "--realm", realm, "--secondary")[1].count("2626") == 1
+
+
+def test_test_connection_probes_the_secondary(realm, secondary_server):
+    from tasks.connection import connection_status
+
+    runtime().store.save(realm, {"from": "noreply@example.com", "host": "127.0.0.1", "port": closed_port()})
+    runtime().store.for_server(SECONDARY).save(realm, secondary_server.settings_dict())
+    assert connection_status(realm)["ok"] is False
+    status = connection_status(realm, server=SECONDARY)
+    assert (
+        status["ok"] is True and status["server"] == "secondary" and status["port"] == secondary_server.port
+    )
