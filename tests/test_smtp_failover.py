@@ -201,3 +201,25 @@ def test_test_connection_probes_the_secondary(realm, secondary_server):
     assert (
         status["ok"] is True and status["server"] == "secondary" and status["port"] == secondary_server.port
     )
+
+
+def test_the_admin_api_edits_the_secondary_with_server_secondary(realm, api, admin_token):
+    base = f"/v1/realms/{realm}/smtp"
+    with api.client(admin_token) as client:
+        primary = client.post(f"{base}/save", json={"changes": {"from": "noreply@example.com", "host": "127.0.0.1",
+                                                                "port": 2525}})  # fmt: skip
+        assert primary.status_code == 200, primary.text
+        assert client.get(base, params={"server": "secondary"}).status_code == 404
+        draft = client.put(f"{base}/draft", params={"server": "secondary"},
+                           json={"from": "noreply@example.com", "host": "127.0.0.1", "port": 2626})  # fmt: skip
+        assert draft.status_code == 200, draft.text
+        saved = client.post(
+            f"{base}/save", params={"server": "secondary"}, json={"draft_id": draft.json()["draft_id"]}
+        )
+        assert saved.status_code == 200 and saved.json()["port"] == 2626
+        assert client.get(base).json()["port"] == 2525
+        assert client.get(base, params={"server": "secondary"}).json()["port"] == 2626
+        history = client.get(f"{base}/history", params={"server": "secondary"}).json()["versions"]
+        assert [v["settings"]["port"] for v in history] == [2626]
+        assert client.post(f"{base}/revert", params={"server": "secondary"}).json() == {"reverted": False}
+        assert client.get(base, params={"server": "tertiary"}).status_code == 422
