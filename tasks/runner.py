@@ -21,7 +21,7 @@ from config.smtp import SmtpSettings
 from tasks.outcomes import raise_if_dead
 from worker.delivery.breaker import PROBING, CircuitBreaker, Verdict
 from worker.delivery.deliver import DeliveryFailure, dead_letter, deliver
-from worker.delivery.failover import deliver_on_secondary, smtp_cause
+from worker.delivery.failover import after_the_primary
 from worker.delivery.iam_users import LookupFailure
 from worker.jobs.deadletters import DeadLetter
 from worker.jobs.events import IamEvent, event_job, with_user
@@ -31,7 +31,7 @@ from worker.liveness.heartbeat import BUSY, TAKEN_OVER
 from worker.logs import log_attempt
 from worker.outcomes.outcome import DROPPED as DROPPED_OUTCOME
 from worker.outcomes.outcome import Outcome, dead_letter_event
-from worker.policy import RETRY, Decision, counts_against, fails_over
+from worker.policy import RETRY, Decision, counts_against
 from worker.runtime import runtime
 from worker.smtp import SmtpFailure
 
@@ -204,21 +204,15 @@ def _attempt(task: Task, job: EmailJob, services: Any) -> dict[str, Any]:
     started = time.monotonic()
     try:
         result = deliver(job, services, attempt=attempt, realm_settings=gate.realm_settings if gate else None)
-    except DeliveryFailure as failure:
+    except DeliveryFailure as failed:
         if gate is not None:
-            _report(gate, job, failure)
-            cause = smtp_cause(failure)
-            try:  # the primary could not take it: its secondary at once, if the policy says so
-                taken = (
-                    _failover(job, services, gate, attempt, cause) if cause and fails_over(cause) else None
-                )
-            except DeliveryFailure as second:
-                failure, taken = second, None
-            if taken is not None:
-                return _sent(job, attempt, taken)
+            _report(gate, job, failed)
+        ended = _failover(job, services, gate, attempt, failed) or failed if gate is not None else failed
+        if isinstance(ended, dict):  # the secondary took it
+            return _sent(job, attempt, ended)
         elapsed = (time.monotonic() - started) * 1000
-        delay = services.policy.delay(attempt) if failure.transient else 0.0
-        return _retry_or_dead_letter(task, job, services, attempt, failure, delay, elapsed, "retry")
+        delay = services.policy.delay(attempt) if ended.transient else 0.0
+        return _retry_or_dead_letter(task, job, services, attempt, ended, delay, elapsed, "retry")
     if gate is not None and gate.verdict.tracked:
         gate.breaker.success(job.realm)
     return _sent(job, attempt, result)
@@ -232,11 +226,9 @@ def _sent(job: EmailJob, attempt: int, result: dict[str, Any]) -> dict[str, Any]
     return result
 
 
-def _failover(
-    job: EmailJob, services: Any, gate: _Gate, attempt: int, cause: SmtpFailure | None
-) -> dict[str, Any] | None:
-    why = f"primary {gate.endpoint}: " + (str(cause) if cause is not None else "circuit open")
-    return deliver_on_secondary(job, services, gate.breaker, attempt=attempt, why=why)
+def _failover(job: EmailJob, services: Any, gate: _Gate, attempt: int, failed: DeliveryFailure | None
+              ) -> dict[str, Any] | DeliveryFailure | None:  # fmt: skip
+    return after_the_primary(job, services, gate.breaker, gate.endpoint, attempt=attempt, failed=failed)
 
 
 def _within_the_rate_limit(task: Task, job: EmailJob, settings: SmtpSettings) -> None:
@@ -275,14 +267,12 @@ def _circuit_open(task: Task, job: EmailJob, services: Any, gate: _Gate) -> dict
     """
     verdict = gate.verdict
     attempt = services.ledger.next_attempt(job.id)
-    if fails_over(None):  # the secondary takes the attempt when the realm has one (its circuit closed)
-        try:
-            taken = _failover(job, services, gate, attempt, None)
-        except DeliveryFailure as failure:
-            delay = services.policy.delay(attempt) if failure.transient else 0.0
-            return _retry_or_dead_letter(task, job, services, attempt, failure, delay, 0.0, "retry")
-        if taken is not None:
-            return _sent(job, attempt, taken)
+    taken = _failover(job, services, gate, attempt, None)  # the realm's secondary, if it has one
+    if isinstance(taken, DeliveryFailure):
+        delay = services.policy.delay(attempt) if taken.transient else 0.0
+        return _retry_or_dead_letter(task, job, services, attempt, taken, delay, 0.0, "retry")
+    if taken is not None:
+        return _sent(job, attempt, taken)
     why = (
         "the probe is in flight" if verdict.state == PROBING else f"{verdict.failures} connection failure(s)"
     )

@@ -46,8 +46,16 @@ KEY_USERS = {"worker-transactional", "worker-bulk", "worker-callbacks", "api", "
 SECRET_MOUNT = "/run/secrets/mailworker_secret_key"
 REDIS_URL_SETTINGS = ("MAILWORKER_BROKER_URL", "MAILWORKER_RESULT_BACKEND", "MAILWORKER_STORE_URL")
 # Redis and every service of the image (each connects to Redis) get the password, as a file.
-PASSWORD_USERS = {"redis", "worker-transactional", "worker-bulk", "worker-callbacks", "ingest", "api", "bounces",
-                  "flower"}
+PASSWORD_USERS = {
+    "redis",
+    "worker-transactional",
+    "worker-bulk",
+    "worker-callbacks",
+    "ingest",
+    "api",
+    "bounces",
+    "flower",
+}
 PASSWORD_MOUNT = "/run/secrets/redis_password"
 
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
@@ -188,8 +196,15 @@ def test_the_env_example_holds_no_secret() -> None:
 
 
 def test_every_service_of_the_image_reads_the_env_file() -> None:
-    assert set(app_services()) == {"worker-transactional", "worker-bulk", "worker-callbacks", "ingest", "api", "bounces",
-                                   "flower"}
+    assert set(app_services()) == {
+        "worker-transactional",
+        "worker-bulk",
+        "worker-callbacks",
+        "ingest",
+        "api",
+        "bounces",
+        "flower",
+    }
     for name, service in app_services().items():
         env_file = service.get("env_file")
         assert env_file == ".env" or (isinstance(env_file, list) and ".env" in env_file), name
@@ -608,15 +623,26 @@ def compose_config(project: Path, *files: str) -> subprocess.CompletedProcess[st
 
 
 @needs_compose
-def test_compose_config_gives_settings_to_all_and_the_key_to_the_workers_and_the_api_only(project: Path) -> None:
+def test_compose_config_gives_settings_to_all_and_the_key_to_the_workers_and_the_api_only(
+    project: Path,
+) -> None:
     result = compose_config(project)
     assert result.returncode == 0, result.stderr
     assert PROJECT_KEY not in result.stdout and PROJECT_KEY not in result.stderr
     assert "flower-password-marker" not in result.stdout
     config = yaml.safe_load(result.stdout)
     found = config["services"]
-    assert set(found) == {"redis", "worker-transactional", "worker-bulk", "worker-callbacks", "ingest", "api", "bounces",
-                          "flower", "mailpit"}
+    assert set(found) == {
+        "redis",
+        "worker-transactional",
+        "worker-bulk",
+        "worker-callbacks",
+        "ingest",
+        "api",
+        "bounces",
+        "flower",
+        "mailpit",
+    }
     expected = {
         "redis": {"redis_password"},
         "worker-transactional": {"redis_password", "mailworker_secret_key"},

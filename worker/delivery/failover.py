@@ -21,7 +21,7 @@ from config.smtp import SmtpSettings
 from worker.delivery.breaker import CircuitBreaker
 from worker.delivery.deliver import DeliveryFailure, Services, deliver
 from worker.jobs.model import EmailJob
-from worker.policy import counts_against
+from worker.policy import counts_against, fails_over
 from worker.smtp import SmtpFailure
 
 log = logging.getLogger(__name__)
@@ -73,3 +73,22 @@ def deliver_on_secondary(
     if verdict.tracked:
         breaker.success(name)
     return result
+
+
+def after_the_primary(
+    job: EmailJob, services: Services, breaker: CircuitBreaker, endpoint: str, *, attempt: int,
+    failed: DeliveryFailure | None,
+) -> dict[str, Any] | DeliveryFailure | None:  # fmt: skip
+    """The primary could not take attempt `attempt` (`failed`: its failure; None: its circuit is open).
+
+    The secondary's result when the policy sends the attempt there and it took it; the secondary's own
+    failure when it failed too; None when the attempt stays the primary's (the caller goes on as without a
+    secondary: retry, dead letter, or wait out the cool-off)."""
+    cause = smtp_cause(failed) if failed is not None else None
+    if (failed is not None and cause is None) or not fails_over(cause):
+        return None
+    why = f"primary {endpoint}: " + (str(cause) if cause is not None else "circuit open")
+    try:
+        return deliver_on_secondary(job, services, breaker, attempt=attempt, why=why)
+    except DeliveryFailure as second:
+        return second

@@ -86,7 +86,7 @@ def saved_by(token: ApiToken) -> str:
 def get_saved(
     realm: str,
     request: Request,
-    server: Server = PRIMARY,
+    server: Server = "primary",
     token: ApiToken = Depends(admin),  # noqa: B008
 ) -> dict[str, Any]:
     realm = realm_for(token, realm)
@@ -102,7 +102,7 @@ def get_saved(
 def get_draft(
     realm: str,
     request: Request,
-    server: Server = PRIMARY,
+    server: Server = "primary",
     token: ApiToken = Depends(admin),  # noqa: B008
 ) -> dict[str, Any]:
     realm = realm_for(token, realm)
@@ -118,7 +118,7 @@ def put_draft(
     realm: str,
     request: Request,
     changes: dict[str, Any],
-    server: Server = PRIMARY,
+    server: Server = "primary",
     token: ApiToken = Depends(admin),  # noqa: B008
 ) -> dict[str, Any]:
     realm = realm_for(token, realm)
@@ -133,7 +133,7 @@ def save(
     realm: str,
     request: Request,
     body: SaveRequest | None = None,
-    server: Server = PRIMARY,
+    server: Server = "primary",
     token: ApiToken = Depends(admin),  # noqa: B008
 ) -> dict[str, Any]:
     realm = realm_for(token, realm)
@@ -150,7 +150,7 @@ def save(
 def revert(
     realm: str,
     request: Request,
-    server: Server = PRIMARY,
+    server: Server = "primary",
     token: ApiToken = Depends(admin),  # noqa: B008
 ) -> dict[str, Any]:
     realm = realm_for(token, realm)
@@ -162,7 +162,7 @@ def revert(
 def test(
     realm: str,
     body: ConnectionTestRequest | None = None,
-    server: Server = PRIMARY,
+    server: Server = "primary",
     token: ApiToken = Depends(admin),  # noqa: B008
 ) -> dict[str, Any]:
     from tasks.connection import test_connection  # the Celery app: only for the routes that need it
@@ -178,7 +178,7 @@ def test(
 def history(
     realm: str,
     request: Request,
-    server: Server = PRIMARY,
+    server: Server = "primary",
     token: ApiToken = Depends(admin),  # noqa: B008
 ) -> dict[str, Any]:
     realm = realm_for(token, realm)
@@ -191,7 +191,7 @@ def rollback(
     realm: str,
     request: Request,
     body: RollbackRequest,
-    server: Server = PRIMARY,
+    server: Server = "primary",
     token: ApiToken = Depends(admin),  # noqa: B008
 ) -> dict[str, Any]:
     realm = realm_for(token, realm)
