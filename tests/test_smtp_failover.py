@@ -223,3 +223,20 @@ def test_the_admin_api_edits_the_secondary_with_server_secondary(realm, api, adm
         assert [v["settings"]["port"] for v in history] == [2626]
         assert client.post(f"{base}/revert", params={"server": "secondary"}).json() == {"reverted": False}
         assert client.get(base, params={"server": "tertiary"}).status_code == 422
+
+
+def test_key_rotation_reseals_the_secondary_and_its_secret_is_bound_to_it(realm):
+    from config.keys import Keys
+    from config.store import SettingsStore
+
+    rt = runtime()
+    store = SettingsStore(rt.redis, Keys(f"fo-{uuid.uuid4().hex[:8]}"), rt.box)
+    secondary = store.for_server(SECONDARY)
+    secondary.save(realm, {"from": "noreply@example.com", "host": "127.0.0.1", "auth": True, "username": "u",
+                           "password": "pw-secondary"})  # fmt: skip
+    rotation = store.rotate_secrets()
+    assert rotation.resealed >= 1 and not rotation.skipped
+    assert secondary.saved(realm).settings.secret("password") == "pw-secondary"
+    # The secondary's sealed secret copied into the primary's record does not open there.
+    rt.redis.hset(store._keys.saved(realm), mapping=rt.redis.hgetall(secondary._keys.saved(realm)))
+    assert store.saved(realm, lenient=True).unusable
