@@ -240,3 +240,22 @@ def test_key_rotation_reseals_the_secondary_and_its_secret_is_bound_to_it(realm)
     # The secondary's sealed secret copied into the primary's record does not open there.
     rt.redis.hset(store._keys.saved(realm), mapping=rt.redis.hgetall(secondary._keys.saved(realm)))
     assert store.saved(realm, lenient=True).unusable
+
+
+@pytest.mark.integration
+def test_the_console_email_tab_edits_the_secondary_with_the_same_form(realm, api, admin_token):
+    from tests.support.console import saved_realm, signed_in
+    from tests.test_console_http import email_form
+
+    saved_realm(realm)
+    tab = f"/console/realms/{realm}/email"
+    with signed_in(api, admin_token) as client:
+        assert "secondary (failover)</a>" in client.get(tab).text
+        page = client.get(tab, params={"server": "secondary"}).text
+        assert 'id="version">0<' in page and "email/save?server=secondary" in page
+        reply = client.post(f"{tab}/save?server=secondary",
+                            data=email_form(page, **{"from": "noreply@example.com", "host": "127.0.0.1", "port": "2626"}))  # fmt: skip
+        assert (reply.status_code, reply.headers["location"]) == (303, f"{tab}?saved=1&server=secondary")
+        assert "<strong>secondary (failover)</strong>" in client.get(reply.headers["location"]).text
+    assert runtime().store.for_server(SECONDARY).saved(realm).settings.port == 2626
+    assert runtime().store.saved(realm).version == 1 and runtime().store.saved(realm).settings.port != 2626
