@@ -46,7 +46,7 @@ from config.crypto import SecretBox
 from config.edits import Change, apply_changes, check_note, diff_settings, edit_settings, weakening_change
 from config.epoch import Epoch, read_epoch, read_wipe, record_wipe
 from config.errors import ConflictError, NotFound
-from config.keys import PRIMARY, SERVERS, Keys, ServerKeys, channel
+from config.keys import PRIMARY, SECONDARY, SERVERS, Keys, ServerKeys, channel
 from config.names import check_realm
 from config.records import queue_saved, stored_json
 from config.rotation import KeyCheck, check_key, retrying_transaction, rotate_secrets
@@ -141,7 +141,14 @@ class SettingsStore:
 
     def check_key(self) -> KeyCheck:
         """Does MAILWORKER_SECRET_KEY open the saved secrets? (config/rotation.py)"""
-        return check_key(self._box, self.realms(), self.saved_fields)
+        check = check_key(self._box, self.realms(), self.saved_fields)
+        if self.server == PRIMARY:  # and each secondary server's, named `realm:secondary` (sealed so)
+            other = self.for_server(SECONDARY)
+            more = check_key(self._box, [channel(realm, SECONDARY) for realm in other.realms()],
+                             lambda name: other.saved_fields(name.partition(":")[0]))  # fmt: skip
+            check.opened += more.opened
+            check.lost.update(more.lost)
+        return check
 
     def saved_fields(self, realm: str) -> dict[str, Any] | None:
         """The saved settings as stored (JSON names), secrets still encrypted, nothing decrypted.

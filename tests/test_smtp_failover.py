@@ -259,3 +259,14 @@ def test_the_console_email_tab_edits_the_secondary_with_the_same_form(realm, api
         assert "<strong>secondary (failover)</strong>" in client.get(reply.headers["location"]).text
     assert runtime().store.for_server(SECONDARY).saved(realm).settings.port == 2626
     assert runtime().store.saved(realm).version == 1 and runtime().store.saved(realm).settings.port != 2626
+
+
+def test_the_key_check_of_health_covers_the_secondary(realm):
+    from config.keys import Keys
+    from config.store import SettingsStore
+
+    rt = runtime()
+    store = SettingsStore(rt.redis, Keys(f"fo-{uuid.uuid4().hex[:8]}"), rt.box)
+    store.for_server(SECONDARY).save(realm, {"from": "noreply@example.com", "host": "127.0.0.1", "auth": True,
+                                             "username": "u", "password": "pw"})  # fmt: skip
+    assert store.check_key().opened == [channel(realm, SECONDARY)]
