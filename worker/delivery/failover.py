@@ -37,8 +37,8 @@ def smtp_cause(failure: DeliveryFailure) -> SmtpFailure | None:
 
 def secondary_settings(services: Services, realm: str) -> tuple[int, SmtpSettings] | None:
     """(version, settings) of the realm's saved secondary server; None when it has none (or unusable)."""
-    if services.secondary is None:
-        return None
+    if services.secondary is None or services.secondary.store.version(realm) == 0:
+        return None  # none saved: one HGET, for the realms without one whose primary is dark
     try:
         return services.secondary.get(realm)
     except (NotFound, StoreUnavailable):
