@@ -101,6 +101,31 @@ def test_a_realm_the_store_has_is_skipped_or_saved_on_top_with_replace(
     assert [v["version"] for v in filled.public_history("globex")] == [3, 2, 1]  # history kept
 
 
+def test_a_realms_secondary_server_is_exported_and_restored_with_its_own_sealed_secret(
+    filled: SettingsStore, fake_redis: Any
+) -> None:
+    secondary = filled.for_server("secondary")
+    secondary.save("acme", {**SETTINGS, "host": "127.0.0.2", "password": "pw-of-the-secondary"}, by="alice")
+    secondary.set_draft("acme", {"from_display_name": "ACME backup"})
+    document = json.loads(json.dumps(export_settings(fake_redis, Keys("bk"))))
+    [acme] = [r for r in document["realms"] if r["realm"] == "acme"]
+    assert acme["secondary"]["saved"]["version"] == 1 and acme["secondary"]["draft"] is not None
+    assert "pw-of-the-secondary" not in json.dumps(document)
+    assert "secondary" not in [r for r in document["realms"] if r["realm"] == "globex"][0]
+    wipe(fake_redis, "bk")
+
+    assert imported(fake_redis, document).restored == ["acme", "globex"]
+    restored = store_of(fake_redis, "bk").for_server("secondary")
+    saved = restored.saved("acme")
+    assert saved is not None and (saved.version, saved.settings.host) == (1, "127.0.0.2")
+    assert saved.settings.secret("password") == "pw-of-the-secondary"  # sealed to acme:secondary, opened
+    assert restored.draft("acme").settings.from_display_name == "ACME backup"  # type: ignore[union-attr]
+    assert restored.realms() == ["acme"] and restored.saved("globex") is None
+
+    report = imported(fake_redis, document, realms=["acme"], replace=True)
+    assert report.replaced == {"acme": 4} and restored.version("acme") == 2  # each record's next version
+
+
 def test_a_dry_run_writes_nothing(filled: SettingsStore, fake_redis: Any) -> None:
     document = export_settings(fake_redis, Keys("bk"))
     wipe(fake_redis, "bk")
