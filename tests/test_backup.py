@@ -111,7 +111,7 @@ def test_a_realms_secondary_server_is_exported_and_restored_with_its_own_sealed_
     [acme] = [r for r in document["realms"] if r["realm"] == "acme"]
     assert acme["secondary"]["saved"]["version"] == 1 and acme["secondary"]["draft"] is not None
     assert "pw-of-the-secondary" not in json.dumps(document)
-    assert "secondary" not in [r for r in document["realms"] if r["realm"] == "globex"][0]
+    assert "secondary" not in next(r for r in document["realms"] if r["realm"] == "globex")
     wipe(fake_redis, "bk")
 
     assert imported(fake_redis, document).restored == ["acme", "globex"]
