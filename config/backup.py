@@ -1,4 +1,5 @@
-"""Backup and restore of the config store: every realm's saved settings, history and draft, as stored.
+"""Backup and restore of the config store: every realm's saved settings, history and draft, as stored,
+and the same of its secondary SMTP server when it has one (`secondary`, its secrets sealed to `realm:secondary`).
 
 An export is one JSON document (`FORMAT`): nothing in it is decrypted, so exporting needs no secret key,
 and each secret stays sealed to its realm and destination (config/codec.py) with the key named by its key
@@ -37,7 +38,7 @@ from config.crypto import SecretBox
 from config.edits import check_note
 from config.epoch import queue_epoch, read_epoch, read_wipe
 from config.errors import ConfigError, ConflictError, InvalidInput, NotFound
-from config.keys import Keys
+from config.keys import SECONDARY, Keys, ServerKeys, channel
 from config.names import check_realm
 from config.records import history_entry, queue_saved, queue_saved_hash, read_realm, stored_json
 
@@ -64,11 +65,17 @@ class ExportedDraft(_Strict):
     updated_at: float = Field(ge=0)
 
 
-class ExportedRealm(_Strict):
-    realm: str
+class ExportedServer(_Strict):
+    """A settings record as stored: saved version, draft, history (the realm's primary, or its secondary)."""
+
     saved: ExportedVersion
     draft: ExportedDraft | None = None
     history: list[ExportedVersion] = Field(default_factory=list)
+
+
+class ExportedRealm(ExportedServer):
+    realm: str
+    secondary: ExportedServer | None = None  # the realm's secondary SMTP server, when it has one
 
     @field_validator("realm")
     @classmethod
@@ -104,7 +111,8 @@ def export_settings(
             if wanted:
                 raise NotFound(f"realm {realm} has no saved settings to export (see `mailworker realms`)")
             continue  # deleted between the listing and the read
-        exported.append({"realm": realm, **records})
+        secondary = read_realm(client, ServerKeys(keys.prefix), realm)
+        exported.append({"realm": realm, **records, **({"secondary": secondary} if secondary else {})})
     when = time.gmtime(time.time() if now is None else now)
     document = {
         "format": FORMAT,
@@ -167,9 +175,9 @@ def check_export(
         if exported.realm in seen:
             raise InvalidInput.one(f"realms[{number}].realm", f"{exported.realm} appears twice")
         seen.add(exported.realm)
-        for where, data in _versions(exported):
+        for where, sealed_as, data in _versions(exported):
             try:
-                decoded = read_settings(data, box, realm=exported.realm)
+                decoded = read_settings(data, box, realm=sealed_as)
             except ConfigError as error:  # a key MAILWORKER_SECRET_KEY does not hold
                 raise ConfigError(f"realm {exported.realm}, {where}: {error}") from None
             except InvalidInput as error:
@@ -179,12 +187,21 @@ def check_export(
     return export, unusable
 
 
-def _versions(exported: ExportedRealm) -> list[tuple[str, dict[str, Any]]]:
-    """(where, stored data) of every version the realm's export holds."""
-    versions = [("saved", exported.saved.data)]
-    versions += [(f"history[{number}]", entry.data) for number, entry in enumerate(exported.history)]
-    if exported.draft is not None:
-        versions.append(("draft", exported.draft.data))
+def _versions(exported: ExportedRealm) -> list[tuple[str, str, dict[str, Any]]]:
+    """(where, the name its secrets are sealed to, stored data) of every version the realm's export holds,
+    its secondary server's included."""
+    records: list[tuple[str, str, ExportedServer]] = [("", exported.realm, exported)]
+    if exported.secondary is not None:
+        records.append(("secondary.", channel(exported.realm, SECONDARY), exported.secondary))
+    versions = []
+    for prefix, sealed_as, record in records:
+        versions.append((f"{prefix}saved", sealed_as, record.saved.data))
+        versions += [
+            (f"{prefix}history[{number}]", sealed_as, entry.data)
+            for number, entry in enumerate(record.history)
+        ]
+        if record.draft is not None:
+            versions.append((f"{prefix}draft", sealed_as, record.draft.data))
     return versions
 
 
@@ -219,26 +236,28 @@ def _import_realm(
     by: str | None, history_size: int, dry_run: bool, now: float | None,
 ) -> None:  # fmt: skip
     realm = exported.realm
+    second = ServerKeys(keys.prefix)
     with client.pipeline() as pipe:
         # A save landing meanwhile makes the import of this realm fail whole: nothing half-written.
-        pipe.watch(keys.saved(realm))
+        pipe.watch(keys.saved(realm), second.saved(realm))
         current = pipe.hget(keys.saved(realm), "version")
+        current_second = pipe.hget(second.saved(realm), "version")
         if current is not None and not replace:
             report.skipped[realm] = int(current)
             return
         pipe.multi()
         if current is None:
-            _queue_restore(pipe, keys, exported, history_size)
+            _queue_restore(pipe, keys, realm, exported, history_size)
+            if exported.secondary is not None:
+                _queue_restore(pipe, second, realm, exported.secondary, history_size)
             report.restored.append(realm)
         else:
-            version = int(current) + 1
-            saved = exported.saved
-            note = (f"imported: version {saved.version} of the export of {exported_at}"
-                    f"{f' (saved by {saved.by})' if saved.by else ''}")  # fmt: skip
-            entry = {"version": version, "data": saved.data, "saved_at": time.time() if now is None else now,
-                     "note": note[:500], "by": by}  # fmt: skip
-            queue_saved(pipe, keys, realm, entry, history_size)
-            report.replaced[realm] = version
+            stamp = time.time() if now is None else now
+            report.replaced[realm] = _queue_replace(pipe, keys, realm, exported, int(current), exported_at, by,
+                                                    stamp, history_size)  # fmt: skip
+            if exported.secondary is not None:
+                _queue_replace(pipe, second, realm, exported.secondary, int(current_second or 0), exported_at,
+                               by, stamp, history_size)  # fmt: skip
         if not dry_run:
             try:
                 pipe.execute()
@@ -249,9 +268,23 @@ def _import_realm(
                 ) from None
 
 
-def _queue_restore(pipe: Any, keys: Keys, exported: ExportedRealm, history_size: int) -> None:
-    """The realm's records as they were exported: saved hash, history (newest first), draft."""
-    realm = exported.realm
+def _queue_replace(
+    pipe: Any, keys: Keys, realm: str, exported: ExportedServer, current: int, exported_at: str, by: str | None,
+    now: float, history_size: int,
+) -> int:  # fmt: skip
+    """The exported saved settings as the record's next version (its history and draft stay); that version."""
+    saved = exported.saved
+    note = (f"imported: version {saved.version} of the export of {exported_at}"
+            f"{f' (saved by {saved.by})' if saved.by else ''}")  # fmt: skip
+    entry = {"version": current + 1, "data": saved.data, "saved_at": now, "note": note[:500], "by": by}
+    queue_saved(pipe, keys, realm, entry, history_size)
+    if current == 0:
+        pipe.sadd(keys.realms(), realm)
+    return current + 1
+
+
+def _queue_restore(pipe: Any, keys: Keys, realm: str, exported: ExportedServer, history_size: int) -> None:
+    """A record as it was exported: saved hash, history (newest first), draft."""
     pipe.delete(keys.history(realm), keys.draft(realm))
     history = exported.history or [exported.saved]
     pipe.rpush(

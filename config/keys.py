@@ -204,3 +204,35 @@ class Keys:
     def unmapped_bounces(self) -> str:
         """List, newest first: bounce messages no job could be found for, kept for inspection; expires."""
         return f"{self.prefix}:bounces-unmapped"
+
+
+# The servers a realm may have (docs/delivery.md#smtp-failover): the primary's keys are the ones above.
+PRIMARY = "primary"
+SECONDARY = "secondary"
+SERVERS = (PRIMARY, SECONDARY)
+
+
+@dataclass(frozen=True)
+class ServerKeys(Keys):
+    """The settings keys of a realm's other SMTP server (the secondary): the same saved/draft/history
+    layout beside the primary's, so the one SettingsStore keeps both (config/store.py `for_server`)."""
+
+    server: str = SECONDARY
+
+    def saved(self, realm: str) -> str:
+        return f"{self.prefix}:realm:{realm}:{self.server}:saved"
+
+    def draft(self, realm: str) -> str:
+        return f"{self.prefix}:realm:{realm}:{self.server}:draft"
+
+    def history(self, realm: str) -> str:
+        return f"{self.prefix}:realm:{realm}:{self.server}:history"
+
+    def realms(self) -> str:
+        return f"{self.prefix}:realms:{self.server}"
+
+
+def channel(realm: str, server: str) -> str:
+    """What a realm's server is known by to its session pool, token cache and circuit breaker: the realm's
+    name for the primary (as always), `realm:secondary` for the other (a realm name holds no colon)."""
+    return realm if server == PRIMARY else f"{realm}:{server}"

@@ -7,6 +7,7 @@ Layout (key names in config/keys.py):
 - draft:   string JSON {id, base_version, data, updated_at}: the unsaved edit, testable before saving.
 - history: list of JSON {version, data, saved_at, note}, newest first, trimmed to `history_size`.
 - realms:  set of realm names that have saved settings.
+A realm's secondary SMTP server (failover) has the same three keys of its own (config/keys.py ServerKeys).
 
 A save commits only if nobody saved since the edit started (WATCH/MULTI): no lost update. And it never
 applies draft changes its caller did not see (config.conflicts.save_conflict): while a draft is pending,
@@ -45,7 +46,7 @@ from config.crypto import SecretBox
 from config.edits import Change, apply_changes, check_note, diff_settings, edit_settings, weakening_change
 from config.epoch import Epoch, read_epoch, read_wipe, record_wipe
 from config.errors import ConflictError, NotFound
-from config.keys import Keys
+from config.keys import PRIMARY, SECONDARY, SERVERS, Keys, ServerKeys, channel
 from config.names import check_realm
 from config.records import queue_saved, stored_json
 from config.rotation import KeyCheck, check_key, retrying_transaction, rotate_secrets
@@ -105,6 +106,16 @@ class SettingsStore:
         self._box_source = box
         self.history_size = history_size
         self.allow_private_urls = allow_private_urls  # MAILWORKER_ALLOW_PRIVATE_URLS (config/urls.py)
+        self.server = keys.server if isinstance(keys, ServerKeys) else PRIMARY
+
+    def for_server(self, server: str) -> SettingsStore:
+        """The store of the realm's `server` (config/keys.py SERVERS): the same class over that server's keys,
+        so the secondary has the primary's model, validation, sealing, harvest rule, history and drafts."""
+        if server not in SERVERS:
+            raise ValueError(f"server must be one of {', '.join(SERVERS)}")
+        keys = Keys(self._keys.prefix) if server == PRIMARY else ServerKeys(self._keys.prefix, server)
+        return SettingsStore(self._redis, keys, self._box_source, self.history_size,
+                             allow_private_urls=self.allow_private_urls)  # fmt: skip
 
     @property
     def _box(self) -> SecretBox:
@@ -130,7 +141,14 @@ class SettingsStore:
 
     def check_key(self) -> KeyCheck:
         """Does MAILWORKER_SECRET_KEY open the saved secrets? (config/rotation.py)"""
-        return check_key(self._box, self.realms(), self.saved_fields)
+        check = check_key(self._box, self.realms(), self.saved_fields)
+        if self.server == PRIMARY:  # and each secondary server's, named `realm:secondary` (sealed so)
+            other = self.for_server(SECONDARY)
+            more = check_key(self._box, [channel(realm, SECONDARY) for realm in other.realms()],
+                             lambda name: other.saved_fields(name.partition(":")[0]))  # fmt: skip
+            check.opened += more.opened
+            check.lost.update(more.lost)
+        return check
 
     def saved_fields(self, realm: str) -> dict[str, Any] | None:
         """The saved settings as stored (JSON names), secrets still encrypted, nothing decrypted.
@@ -307,6 +325,9 @@ class SettingsStore:
 
     # ---- internals ------------------------------------------------------------------------------------
 
+    def _sealed_as(self, realm: str) -> str:  # `realm:secondary` for the secondary: no swapping secrets
+        return channel(realm, self.server)
+
     def _edit(self, base: SavedSettings | DraftSettings | None, changes: Mapping[str, Any]) -> SmtpSettings:
         return edit_settings(
             base.settings if base is not None else None,
@@ -316,7 +337,7 @@ class SettingsStore:
         )
 
     def _decode(self, data: Mapping[str, Any], realm: str, *, lenient: bool) -> Decoded:
-        decoded = read_settings(data, self._box, realm=realm, lenient_keys=lenient)
+        decoded = read_settings(data, self._box, realm=self._sealed_as(realm), lenient_keys=lenient)
         if decoded.unusable and not lenient:
             raise UnusableSettings(unusable_message(realm, decoded.unusable))
         return decoded
@@ -390,7 +411,7 @@ class SettingsStore:
             ) from None
 
     def _queue_write(self, pipe: Any, record: SavedSettings) -> None:
-        entry = {"version": record.version, "data": encode_settings(record.settings, self._box, realm=record.realm),
+        entry = {"version": record.version, "data": encode_settings(record.settings, self._box, realm=self._sealed_as(record.realm)),
                  "saved_at": record.saved_at, "note": record.note, "by": record.by}  # fmt: skip
         queue_saved(pipe, self._keys, record.realm, entry, self.history_size)
 
@@ -398,7 +419,7 @@ class SettingsStore:
         entry = {
             "id": draft.draft_id,
             "base_version": draft.base_version,
-            "data": encode_settings(draft.settings, self._box, realm=draft.realm),
+            "data": encode_settings(draft.settings, self._box, realm=self._sealed_as(draft.realm)),
             "updated_at": draft.updated_at,
         }
         return stored_json(entry)

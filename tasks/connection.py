@@ -18,6 +18,7 @@ from typing import Any
 import celery.exceptions
 
 from config.errors import InvalidInput, MailWorkerError, Unavailable, WorkerUnavailable
+from config.keys import PRIMARY
 from config.names import check_realm
 from config.smtp import check_address
 from tasks import signals  # noqa: F401  (per-process setup of workers)
@@ -48,20 +49,25 @@ def run_connection_test(
     use_draft: bool = True,
     send_to: str | None = None,
     deadline_s: float | None = None,
+    server: str = PRIMARY,
 ) -> dict[str, Any]:
     # acks_late off: a test whose worker died is not worth re-running after a redelivery (the admin has
     # stopped waiting), and a test message must not go out twice.
-    return connection_status(realm, use_draft=use_draft, send_to=send_to, deadline_s=deadline_s)
+    return connection_status(
+        realm, use_draft=use_draft, send_to=send_to, deadline_s=deadline_s, server=server
+    )
 
 
 def connection_status(
-    realm: str, *, use_draft: bool = True, send_to: str | None = None, deadline_s: float | None = None
-) -> dict[str, Any]:
-    """What the task does, callable without Celery: read the settings, probe, return the status JSON."""
+    realm: str, *, use_draft: bool = True, send_to: str | None = None, deadline_s: float | None = None,
+    server: str = PRIMARY,
+) -> dict[str, Any]:  # fmt: skip
+    """What the task does, callable without Celery: read the settings (of the realm's `server`), probe,
+    return the status JSON."""
     rt = runtime()
     try:
         check_realm(realm)
-        settings, source, version = rt.store.effective(realm, use_draft=use_draft)
+        settings, source, version = rt.store.for_server(server).effective(realm, use_draft=use_draft)
     except MailWorkerError as error:
         return _settings_missing(realm, str(error))
     limit = default_deadline(settings)
@@ -81,13 +87,16 @@ def connection_status(
         oauth_token_provider=rt.oauth.probe_token,  # used only when auth_type is xoauth2
     )
     status.realm, status.source, status.version, status.send_to = realm, source, version, send_to
+    result = status.to_dict()
+    if server != PRIMARY:
+        result["server"] = server
     if status.ok:
         log.info("connection test of realm %s (%s, version %s): ok in %.0f ms",
                  realm, source, version, status.elapsed_ms)  # fmt: skip
     else:
         log.info("connection test of realm %s (%s, version %s): failed at %s: %s",
                  realm, source, version, status.failed_stage, status.error)  # fmt: skip
-    return status.to_dict()
+    return result
 
 
 def _settings_missing(realm: str, error: str) -> dict[str, Any]:
@@ -112,8 +121,10 @@ def test_connection(
     use_draft: bool = True,
     send_to: str | None = None,
     timeout: float = 60.0,
+    server: str = PRIMARY,
 ) -> dict[str, Any]:
-    """Run the test on a worker (control queue) and wait up to `timeout` seconds for its status.
+    """Run the test (of the realm's `server`: "primary" or "secondary") on a worker (control queue) and
+    wait up to `timeout` seconds for its status.
 
     Raises NotFound when the realm has no settings (checked here, before anything is enqueued),
     InvalidInput for a bad `send_to`, WorkerUnavailable at once when no live worker serves the control
@@ -124,7 +135,8 @@ def test_connection(
         raise InvalidInput.one("timeout", f"must be more than {RESULT_MARGIN_S + MIN_DEADLINE_S:g} seconds")
     # Lenient: settings whose stored secret cannot be used are still tested, and fail at the settings stage
     # on the worker with the reason; here only allow_utf8 is needed, for checking send_to.
-    settings, _source, _version = runtime().store.effective(realm, use_draft=use_draft, lenient=True)
+    store = runtime().store.for_server(server)
+    settings, _source, _version = store.effective(realm, use_draft=use_draft, lenient=True)
     if send_to is not None:
         try:
             send_to = check_address(send_to.strip(), allow_utf8=settings.allow_utf8)
@@ -136,6 +148,8 @@ def test_connection(
         "send_to": send_to,
         "deadline_s": timeout - RESULT_MARGIN_S,  # the probe ends before we stop waiting
     }
+    if server != PRIMARY:  # only then: a worker of an older version still runs the primary's test
+        kwargs["server"] = server
     require_worker(CONTROL)  # say so now rather than wait out the timeout in silence
     # expires: a test nobody picked up in time must not run (and send a test message) later.
     result = app.send_task(TASK_NAME, kwargs=kwargs, queue=CONTROL, expires=timeout)

@@ -21,6 +21,7 @@ from config.smtp import SmtpSettings
 from tasks.outcomes import raise_if_dead
 from worker.delivery.breaker import PROBING, CircuitBreaker, Verdict
 from worker.delivery.deliver import DeliveryFailure, dead_letter, deliver
+from worker.delivery.failover import after_the_primary
 from worker.delivery.iam_users import LookupFailure
 from worker.jobs.deadletters import DeadLetter
 from worker.jobs.events import IamEvent, event_job, with_user
@@ -203,19 +204,31 @@ def _attempt(task: Task, job: EmailJob, services: Any) -> dict[str, Any]:
     started = time.monotonic()
     try:
         result = deliver(job, services, attempt=attempt, realm_settings=gate.realm_settings if gate else None)
-    except DeliveryFailure as failure:
+    except DeliveryFailure as failed:
         if gate is not None:
-            _report(gate, job, failure)
+            _report(gate, job, failed)
+        ended = _failover(job, services, gate, attempt, failed) or failed if gate is not None else failed
+        if isinstance(ended, dict):  # the secondary took it
+            return _sent(job, attempt, ended)
         elapsed = (time.monotonic() - started) * 1000
-        delay = services.policy.delay(attempt) if failure.transient else 0.0
-        return _retry_or_dead_letter(task, job, services, attempt, failure, delay, elapsed, "retry")
+        delay = services.policy.delay(attempt) if ended.transient else 0.0
+        return _retry_or_dead_letter(task, job, services, attempt, ended, delay, elapsed, "retry")
     if gate is not None and gate.verdict.tracked:
         gate.breaker.success(job.realm)
+    return _sent(job, attempt, result)
+
+
+def _sent(job: EmailJob, attempt: int, result: dict[str, Any]) -> dict[str, Any]:
     log_attempt(
         job_id=job.id, realm=job.realm, template=job.template, attempt=attempt, outcome="sent",
         smtp_code=result["smtp_code"], ms=result["duration_ms"],
     )  # fmt: skip
     return result
+
+
+def _failover(job: EmailJob, services: Any, gate: _Gate, attempt: int, failed: DeliveryFailure | None
+              ) -> dict[str, Any] | DeliveryFailure | None:  # fmt: skip
+    return after_the_primary(job, services, gate.breaker, gate.endpoint, attempt=attempt, failed=failed)
 
 
 def _within_the_rate_limit(task: Task, job: EmailJob, settings: SmtpSettings) -> None:
@@ -254,6 +267,12 @@ def _circuit_open(task: Task, job: EmailJob, services: Any, gate: _Gate) -> dict
     """
     verdict = gate.verdict
     attempt = services.ledger.next_attempt(job.id)
+    taken = _failover(job, services, gate, attempt, None)  # the realm's secondary, if it has one
+    if isinstance(taken, DeliveryFailure):
+        delay = services.policy.delay(attempt) if taken.transient else 0.0
+        return _retry_or_dead_letter(task, job, services, attempt, taken, delay, 0.0, "retry")
+    if taken is not None:
+        return _sent(job, attempt, taken)
     why = (
         "the probe is in flight" if verdict.state == PROBING else f"{verdict.failures} connection failure(s)"
     )

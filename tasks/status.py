@@ -45,7 +45,7 @@ def job_status(task_id: str) -> dict[str, Any]:
         info["ambiguous"] = int(facts["ambiguous"])
     if isinstance(value, dict):
         for name in ("status", "reason", "smtp_code", "message_id", "error", "sent_at", "ambiguous",
-                     "maybe_delivered", "queue", "task", "realm"):  # fmt: skip
+                     "maybe_delivered", "queue", "task", "realm", "server"):  # fmt: skip
             if value.get(name) is not None:
                 info[name] = value[name]
         info["attempts"] = max(info["attempts"], int(value.get("attempts") or 0))

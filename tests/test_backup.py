@@ -61,7 +61,9 @@ def imported(client: Any, document: Any, prefix: str = "bk", key: str = KEY, **o
     return import_settings(client, Keys(prefix), SecretBox([key]), document, history_size=20, **options)
 
 
-def test_an_export_restores_every_realm_as_it_was_into_an_empty_store(filled: SettingsStore, fake_redis: Any) -> None:
+def test_an_export_restores_every_realm_as_it_was_into_an_empty_store(
+    filled: SettingsStore, fake_redis: Any
+) -> None:
     keys = Keys("bk")
     before = {realm: read_realm(fake_redis, keys, realm) for realm in ("acme", "globex")}
     document = json.loads(json.dumps(export_settings(fake_redis, keys)))  # through its file form
@@ -81,7 +83,9 @@ def test_an_export_restores_every_realm_as_it_was_into_an_empty_store(filled: Se
     assert restored.epoch() is not None and restored.realms() == ["acme", "globex"]
 
 
-def test_a_realm_the_store_has_is_skipped_or_saved_on_top_with_replace(filled: SettingsStore, fake_redis: Any) -> None:
+def test_a_realm_the_store_has_is_skipped_or_saved_on_top_with_replace(
+    filled: SettingsStore, fake_redis: Any
+) -> None:
     document = export_settings(fake_redis, Keys("bk"))
     filled.save("globex", {"port": 2600, "password": "pw-new"})  # changed since the export: version 2
 
@@ -95,6 +99,31 @@ def test_a_realm_the_store_has_is_skipped_or_saved_on_top_with_replace(filled: S
     assert saved is not None and (saved.version, saved.settings.port, saved.by) == (3, 2526, "carol")
     assert saved.note is not None and saved.note.startswith("imported: version 1 of the export of ")
     assert [v["version"] for v in filled.public_history("globex")] == [3, 2, 1]  # history kept
+
+
+def test_a_realms_secondary_server_is_exported_and_restored_with_its_own_sealed_secret(
+    filled: SettingsStore, fake_redis: Any
+) -> None:
+    secondary = filled.for_server("secondary")
+    secondary.save("acme", {**SETTINGS, "host": "127.0.0.2", "password": "pw-of-the-secondary"}, by="alice")
+    secondary.set_draft("acme", {"from_display_name": "ACME backup"})
+    document = json.loads(json.dumps(export_settings(fake_redis, Keys("bk"))))
+    [acme] = [r for r in document["realms"] if r["realm"] == "acme"]
+    assert acme["secondary"]["saved"]["version"] == 1 and acme["secondary"]["draft"] is not None
+    assert "pw-of-the-secondary" not in json.dumps(document)
+    assert "secondary" not in next(r for r in document["realms"] if r["realm"] == "globex")
+    wipe(fake_redis, "bk")
+
+    assert imported(fake_redis, document).restored == ["acme", "globex"]
+    restored = store_of(fake_redis, "bk").for_server("secondary")
+    saved = restored.saved("acme")
+    assert saved is not None and (saved.version, saved.settings.host) == (1, "127.0.0.2")
+    assert saved.settings.secret("password") == "pw-of-the-secondary"  # sealed to acme:secondary, opened
+    assert restored.draft("acme").settings.from_display_name == "ACME backup"  # type: ignore[union-attr]
+    assert restored.realms() == ["acme"] and restored.saved("globex") is None
+
+    report = imported(fake_redis, document, realms=["acme"], replace=True)
+    assert report.replaced == {"acme": 4} and restored.version("acme") == 2  # each record's next version
 
 
 def test_a_dry_run_writes_nothing(filled: SettingsStore, fake_redis: Any) -> None:
@@ -113,10 +142,15 @@ def test_secrets_sealed_with_a_key_the_service_does_not_hold_are_refused_before_
     assert fake_redis.keys("other:*") == []
     # With the old key after the new one (a rotation in progress), it opens.
     rotated = SecretBox([Fernet.generate_key().decode(), KEY])
-    assert import_settings(fake_redis, Keys("other"), rotated, document, history_size=20).restored == ["acme", "globex"]
+    assert import_settings(fake_redis, Keys("other"), rotated, document, history_size=20).restored == [
+        "acme",
+        "globex",
+    ]
 
 
-def test_a_wiped_store_gets_a_new_epoch_and_its_wipe_notice_is_cleared(filled: SettingsStore, fake_redis: Any) -> None:
+def test_a_wiped_store_gets_a_new_epoch_and_its_wipe_notice_is_cleared(
+    filled: SettingsStore, fake_redis: Any
+) -> None:
     keys = Keys("bk")
     document = export_settings(fake_redis, keys)
     lost = filled.epoch()
@@ -136,7 +170,10 @@ def test_saved_settings_whose_secret_no_longer_matches_are_restored_as_they_were
     document["realms"][0]["saved"]["data"]["port"] = 2999  # altered by hand: the password is bound to 2526
     report = imported(fake_redis, document, prefix="other")
     assert report.restored == ["globex"]
-    assert "realm globex: the stored password cannot be used: port changed from 2526 to 2999" in report.unusable["globex"]
+    assert (
+        "realm globex: the stored password cannot be used: port changed from 2526 to 2999"
+        in report.unusable["globex"]
+    )
 
 
 def document_with(change: Any) -> dict[str, Any]:
@@ -211,7 +248,9 @@ def test_export_and_import_round_trip_and_the_restored_realm_delivers(
         assert json.loads(done.stdout)["restored"] == [realm]
         assert read_realm(rt.redis, rt.keys, realm) == before
 
-        job = api.send_email(realm, "password-reset", f"r-{uuid.uuid4().hex[:6]}@example.com", context=CONTEXT)
+        job = api.send_email(
+            realm, "password-reset", f"r-{uuid.uuid4().hex[:6]}@example.com", context=CONTEXT
+        )
         assert api.wait_for_result(job)["status"] == "sent"
         [received] = server.messages
         assert received.auth is not None and received.auth.secret == password
@@ -222,7 +261,9 @@ def test_export_and_import_round_trip_and_the_restored_realm_delivers(
     "content, message",
     [(b"{not json", "FILE: "), (b"[]", "document: Input should be"), (b"", "FILE: ")],
 )
-def test_import_of_a_file_that_is_no_export_says_so_in_one_line(tmp_path: Path, content: bytes, message: str) -> None:
+def test_import_of_a_file_that_is_no_export_says_so_in_one_line(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
     path = tmp_path / "broken.json"
     path.write_bytes(content)
     done = mailworker("settings", "import", str(path))

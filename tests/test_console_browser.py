@@ -95,7 +95,10 @@ def test_fill_the_email_tab_and_save_the_version_goes_up(
     page.wait_for_url(re.compile(r".*\?saved=2$"))
     assert page.inner_text("#version") == "2"
     assert "Saved as version 2" in page.inner_text("#notice")
-    assert page.input_value("#f-password") == "" and page.get_attribute("#f-password", "placeholder") == "**********"
+    assert (
+        page.input_value("#f-password") == ""
+        and page.get_attribute("#f-password", "placeholder") == "**********"
+    )
     saved = runtime().store.saved(realm)
     assert saved is not None
     assert (saved.settings.from_display_name, saved.settings.reply_to_display_name, saved.settings.envelope_from,
@@ -178,13 +181,21 @@ def test_a_form_posted_without_its_csrf_token_gets_403(
     sign_in(page, api, admin_token)
     open_email_tab(page, api, realm)
     cookies = {c["name"]: c["value"] for c in page.context.cookies() if c["name"] == "mailworker_session"}
-    form = {"from": "noreply@example.com", "host": "attacker.example", "port": "25", "version": "1", "draft_id": ""}
+    form = {
+        "from": "noreply@example.com",
+        "host": "attacker.example",
+        "port": "25",
+        "version": "1",
+        "draft_id": "",
+    }
     with httpx.Client(base_url=api.url, cookies=cookies) as client:
         assert client.get(f"/console/realms/{realm}/email").status_code == 200  # the cookie is a session
         refused = client.post(f"/console/realms/{realm}/email/save", data=form)
         assert refused.status_code == 403
         csrf = page.get_attribute("input[name=csrf]", "value")
-        taken = client.post(f"/console/realms/{realm}/email/save", data={**form, "csrf": csrf, "host": "127.0.0.1"})
+        taken = client.post(
+            f"/console/realms/{realm}/email/save", data={**form, "csrf": csrf, "host": "127.0.0.1"}
+        )
         assert taken.status_code == 303  # the same form with its token goes through
     assert runtime().store.version(realm) == 2
 

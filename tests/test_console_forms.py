@@ -41,7 +41,11 @@ BASE = {"from": "noreply@acme.example", "host": "smtp.acme.example"}
 def test_changes_from_form(posted: dict[str, str], expected: dict[str, Any]) -> None:
     changes = changes_from_form(posted)
     assert {name: changes[name] for name in expected} == expected
-    assert set(changes) == FIELD_NAMES - {"password", "oauth_client_secret", "iam_client_secret"}  # every field, always
+    assert set(changes) == FIELD_NAMES - {
+        "password",
+        "oauth_client_secret",
+        "iam_client_secret",
+    }  # every field, always
 
 
 @pytest.mark.parametrize(
@@ -66,13 +70,25 @@ def test_a_whole_form_round_trips_through_the_model() -> None:
 
 def test_a_new_realm_shows_the_defaults() -> None:
     shown = shown_values(None)
-    assert (shown["from"], shown["host"], shown["port"], shown["verify_tls"], shown["ssl"]) == ("", "", "25", True, False)
+    assert (shown["from"], shown["host"], shown["port"], shown["verify_tls"], shown["ssl"]) == (
+        "",
+        "",
+        "25",
+        True,
+        False,
+    )
     assert "LOGIN_ERROR" in shown["notify_events"]
 
 
 def test_posted_values_show_the_form_as_typed_but_never_a_secret() -> None:
     shown = posted_values({"host": "h x", "ssl": "on", "password": "typed", "port": "nope"})
-    assert (shown["host"], shown["ssl"], shown["starttls"], shown["password"], shown["port"]) == ("h x", True, False, "", "nope")
+    assert (shown["host"], shown["ssl"], shown["starttls"], shown["password"], shown["port"]) == (
+        "h x",
+        True,
+        False,
+        "",
+        "nope",
+    )
     assert set(shown) == {field.name for field in FIELDS}
 
 
@@ -87,7 +103,9 @@ def test_posted_values_show_the_form_as_typed_but_never_a_secret() -> None:
         ([("notify_events.2", "unknown")], {"notify_events": ["unknown"]}, []),
     ],
 )  # fmt: skip
-def test_place_errors(problems: list[tuple[str, str]], by_field: dict[str, list[str]], general: list[str]) -> None:
+def test_place_errors(
+    problems: list[tuple[str, str]], by_field: dict[str, list[str]], general: list[str]
+) -> None:
     assert place_errors(problems) == (by_field, general)
 
 
@@ -111,15 +129,27 @@ def test_form_conflict(pending: str, shown: str, saved: int, version: int, refus
 
 
 def test_the_chart_scales_to_the_busiest_hour_and_labels_every_fourth() -> None:
-    series = [(480_000 + h, sent, failed) for h, (sent, failed) in enumerate([(0, 0), (10, 5), (20, 0), (0, 0), (5, 1)])]
+    series = [
+        (480_000 + h, sent, failed)
+        for h, (sent, failed) in enumerate([(0, 0), (10, 5), (20, 0), (0, 0), (5, 1)])
+    ]
     chart = bar_chart(series)
     assert chart.peak == 20 and len(chart.bars) == 10
     heights = {bar.title: bar.height for bar in chart.bars}
     tallest = max(heights.values())
     assert tallest == chart.base - chart.top  # 20 sent: the full height
-    assert [bar.height for bar in chart.bars if bar.kind == "sent"] == [0, tallest / 2, tallest, 0, tallest / 4]
+    assert [bar.height for bar in chart.bars if bar.kind == "sent"] == [
+        0,
+        tallest / 2,
+        tallest,
+        0,
+        tallest / 4,
+    ]
     assert all(bar.y + bar.height == pytest.approx(HEIGHT - 24) for bar in chart.bars)  # on the axis
-    assert [label for _, label in chart.labels] == ["00:00", "04:00"]  # hours 480000 (20000 days) and 480004, UTC
+    assert [label for _, label in chart.labels] == [
+        "00:00",
+        "04:00",
+    ]  # hours 480000 (20000 days) and 480004, UTC
     assert bar_chart([(1, 0, 0)]).peak == 1  # an idle day: flat, no division by zero
 
 

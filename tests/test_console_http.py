@@ -16,14 +16,19 @@ from worker.runtime import runtime
 
 pytestmark = pytest.mark.integration
 
+
 def email_form(html: str, **changes: Any) -> dict[str, Any]:
     """The Email tab's form as a browser would post it: every text field, the ticked toggles, `changes`."""
     form = dict(hidden_fields(html))
     for name, value in re.findall(r'<input type="text" id="f-[^"]+" name="([^"]+)" value="([^"]*)"', html):
-        form[name] = value.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("&#34;", '"')
+        form[name] = (
+            value.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("&#34;", '"')
+        )
     for name in re.findall(r'<input type="checkbox" id="f-[^"]+" name="([^"]+)" checked', html):
         form[name] = "on"
-    for name, value in re.findall(r'<select id="f-[^"]+" name="([^"]+)">.*?<option value="([^"]+)" selected', html, re.S):
+    for name, value in re.findall(
+        r'<select id="f-[^"]+" name="([^"]+)">.*?<option value="([^"]+)" selected', html, re.S
+    ):
         form[name] = value
     for name, value in changes.items():
         if value is False:
@@ -53,13 +58,17 @@ def test_pages_redirect_to_sign_in_and_the_sign_in_sets_a_strict_http_only_cooki
         assert client.get("/console", follow_redirects=True).url.path == "/console/sign-in"
         reply = sign_in(client, admin_token)
         assert reply.status_code == 303
-        cookie = next(v for k, v in reply.headers.multi_items() if k == "set-cookie" and "mailworker_session" in v)
+        cookie = next(
+            v for k, v in reply.headers.multi_items() if k == "set-cookie" and "mailworker_session" in v
+        )
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/console" in cookie
         assert "Secure" not in cookie  # plain http on loopback; behind TLS it is set (next test)
         assert client.get("/console/").status_code == 200
 
 
-def test_behind_a_trusted_tls_proxy_the_cookie_is_secure(api: ApiServer, admin_token: str, monkeypatch: Any) -> None:
+def test_behind_a_trusted_tls_proxy_the_cookie_is_secure(
+    api: ApiServer, admin_token: str, monkeypatch: Any
+) -> None:
     from worker.http.guards import parse_networks
 
     monkeypatch.setattr(api.app.state.context, "trusted", parse_networks("127.0.0.1"))
@@ -83,7 +92,9 @@ def test_sign_in_refuses_a_bad_token_a_producer_token_and_a_form_without_its_csr
         assert sign_in(client, producer_token).status_code == 403
         client.get("/console/sign-in")
         assert client.post("/console/sign-in", data={"token": admin_token}).status_code == 403
-        assert client.post("/console/sign-in", data={"token": admin_token, "csrf": "guess"}).status_code == 403
+        assert (
+            client.post("/console/sign-in", data={"token": admin_token, "csrf": "guess"}).status_code == 403
+        )
         assert client.get("/console/").status_code == 303  # still signed out
 
 
@@ -178,19 +189,28 @@ def test_a_realm_limited_token_sees_only_its_realms(api: ApiServer, realm: str) 
 # ---- the Email tab ----------------------------------------------------------------------------------------
 
 
-def test_save_applies_the_whole_form_as_the_next_version(api: ApiServer, admin_token: str, realm: str) -> None:
+def test_save_applies_the_whole_form_as_the_next_version(
+    api: ApiServer, admin_token: str, realm: str
+) -> None:
     saved_realm(realm, reply_to="help@example.com", rate_limit_per_hour=100)
     with signed_in(api, admin_token) as client:
         page = client.get(f"/console/realms/{realm}/email").text
         form = email_form(page, port="587", starttls=True, from_display_name="Acme IAM", reply_to="",
                           rate_limit_per_hour="")  # fmt: skip
         reply = client.post(f"/console/realms/{realm}/email/save", data=form)
-        assert (reply.status_code, reply.headers["location"]) == (303, f"/console/realms/{realm}/email?saved=2")
+        assert (reply.status_code, reply.headers["location"]) == (
+            303,
+            f"/console/realms/{realm}/email?saved=2",
+        )
         shown = client.get(reply.headers["location"]).text
         assert 'id="version">2<' in shown and "Saved as version 2." in shown
     saved = runtime().store.saved(realm)
     assert saved is not None
-    assert (saved.settings.port, saved.settings.starttls, saved.settings.from_display_name) == (587, True, "Acme IAM")
+    assert (saved.settings.port, saved.settings.starttls, saved.settings.from_display_name) == (
+        587,
+        True,
+        "Acme IAM",
+    )
     assert (saved.settings.reply_to, saved.settings.rate_limit_per_hour) == (None, None)
     assert saved.by == "console: test"
 
@@ -205,7 +225,9 @@ def test_a_new_realm_opens_with_the_defaults_and_its_first_save_is_version_1(
         assert 'id="version">0<' in page and 'id="draft">none<' in page
         empty = client.post(f"/console/realms/{realm}/email/save", data=email_form(page))
         assert empty.status_code == 422
-        assert field_errors(empty.text, "from") == ["is required"] and field_errors(empty.text, "host") == ["is required"]
+        assert field_errors(empty.text, "from") == ["is required"] and field_errors(empty.text, "host") == [
+            "is required"
+        ]
         reply = client.post(f"/console/realms/{realm}/email/save",
                             data=email_form(page, **{"from": "noreply@example.com", "host": "127.0.0.1"}))  # fmt: skip
         assert reply.headers["location"].endswith("?saved=1")
@@ -214,12 +236,16 @@ def test_a_new_realm_opens_with_the_defaults_and_its_first_save_is_version_1(
     assert saved is not None and saved.settings.port == 25 and saved.settings.verify_tls
 
 
-def test_errors_appear_next_to_their_fields_and_nothing_is_saved(api: ApiServer, admin_token: str, realm: str) -> None:
+def test_errors_appear_next_to_their_fields_and_nothing_is_saved(
+    api: ApiServer, admin_token: str, realm: str
+) -> None:
     saved_realm(realm)
     with signed_in(api, admin_token) as client:
         page = client.get(f"/console/realms/{realm}/email").text
-        both = client.post(f"/console/realms/{realm}/email/save", data=email_form(page, ssl=True, starttls=True,
-                                                                                   reply_to="not an address"))
+        both = client.post(
+            f"/console/realms/{realm}/email/save",
+            data=email_form(page, ssl=True, starttls=True, reply_to="not an address"),
+        )
         assert both.status_code == 422
         assert field_errors(both.text, "reply_to")[0].startswith("not a valid address")
         assert "cannot both be on" in " ".join(field_errors(both.text, "ssl"))
@@ -244,7 +270,9 @@ def test_the_password_is_never_shown_an_empty_field_keeps_it_and_a_new_host_asks
         saved = runtime().store.saved(realm)
         assert saved is not None and saved.settings.secret("password") == "s3cret-pw"
         page = client.get(f"/console/realms/{realm}/email").text
-        moved = client.post(f"/console/realms/{realm}/email/save", data=email_form(page, host="smtp.other.example"))
+        moved = client.post(
+            f"/console/realms/{realm}/email/save", data=email_form(page, host="smtp.other.example")
+        )
         assert moved.status_code == 422
         assert "enter the password again" in " ".join(field_errors(moved.text, "password"))
         retyped = client.post(f"/console/realms/{realm}/email/save",
@@ -254,7 +282,9 @@ def test_the_password_is_never_shown_an_empty_field_keeps_it_and_a_new_host_asks
     assert saved is not None and (saved.version, saved.settings.secret("password")) == (3, "new-pw")
 
 
-def test_save_or_test_over_a_version_saved_or_a_draft_started_meanwhile_is_a_conflict(api: ApiServer, admin_token: str, realm: str) -> None:
+def test_save_or_test_over_a_version_saved_or_a_draft_started_meanwhile_is_a_conflict(
+    api: ApiServer, admin_token: str, realm: str
+) -> None:
     saved_realm(realm)
     with signed_in(api, admin_token) as client:
         page = client.get(f"/console/realms/{realm}/email").text
@@ -308,18 +338,29 @@ def test_test_connection_without_a_worker_says_so_beside_the_form(
         assert reply.status_code == 200 and "no live worker serves the control queue" in reply.text
 
 
-def test_the_user_look_up_fields_save_with_the_secret_masked_and_kept(api: ApiServer, admin_token: str, realm: str) -> None:
+def test_the_user_look_up_fields_save_with_the_secret_masked_and_kept(
+    api: ApiServer, admin_token: str, realm: str
+) -> None:
     saved_realm(realm)
     with signed_in(api, admin_token) as client:
         page = client.get(f"/console/realms/{realm}/email").text
-        form = email_form(page, iam_url="http://127.0.0.1:9", iam_client_id="mailer", iam_client_secret="kc-s3cret")
+        form = email_form(
+            page, iam_url="http://127.0.0.1:9", iam_client_id="mailer", iam_client_secret="kc-s3cret"
+        )
         assert client.post(f"/console/realms/{realm}/email/save", data=form).status_code == 303
         page = client.get(f"/console/realms/{realm}/email").text
         assert "kc-s3cret" not in page and 'value="http://127.0.0.1:9"' in page
         # Left empty, the stored secret stays; a new IAM URL asks for it again (it is bound to the URL).
-        assert client.post(f"/console/realms/{realm}/email/save", data=email_form(page, timeout="8")).status_code == 303
+        assert (
+            client.post(f"/console/realms/{realm}/email/save", data=email_form(page, timeout="8")).status_code
+            == 303
+        )
         page = client.get(f"/console/realms/{realm}/email").text
-        moved = client.post(f"/console/realms/{realm}/email/save", data=email_form(page, iam_url="http://127.0.0.1:10"))
+        moved = client.post(
+            f"/console/realms/{realm}/email/save", data=email_form(page, iam_url="http://127.0.0.1:10")
+        )
         assert moved.status_code == 422 and field_errors(moved.text, "iam_client_secret")
     saved = runtime().store.saved(realm)
-    assert saved is not None and saved.version == 3 and saved.settings.secret("iam_client_secret") == "kc-s3cret"
+    assert (
+        saved is not None and saved.version == 3 and saved.settings.secret("iam_client_secret") == "kc-s3cret"
+    )

@@ -11,7 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_package_data_names_every_console_file() -> None:
-    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["worker"]
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "worker"
+    ]
     console = ROOT / "worker" / "http" / "console"
     files = [p for folder in ("templates", "static") for p in (console / folder).rglob("*") if p.is_file()]
     assert files

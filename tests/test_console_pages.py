@@ -18,7 +18,9 @@ from worker.runtime import runtime
 pytestmark = pytest.mark.integration
 
 
-def test_history_lists_versions_and_rollback_saves_an_old_one_again(api: ApiServer, admin_token: str, realm: str) -> None:
+def test_history_lists_versions_and_rollback_saves_an_old_one_again(
+    api: ApiServer, admin_token: str, realm: str
+) -> None:
     saved_realm(realm)
     runtime().store.save(realm, {"port": 2600})
     with signed_in(api, admin_token) as client:
@@ -73,7 +75,9 @@ def test_a_bulk_job_page_its_progress_data_and_cancel(api: ApiServer, admin_toke
 
     saved_realm(realm)
     recipients = [f"r{i}@example.com" for i in range(30)]
-    job_id = python_api.send_bulk(realm, "notice", recipients, context={"notice": {"subject": "S", "body": "B"}})
+    job_id = python_api.send_bulk(
+        realm, "notice", recipients, context={"notice": {"subject": "S", "body": "B"}}
+    )
     with signed_in(api, admin_token) as client:
         assert job_id in client.get("/console/bulk").text
         page = client.get(f"/console/bulk/{job_id}")
@@ -96,7 +100,9 @@ def test_stats_draw_sent_and_failed_per_hour(api: ApiServer, admin_token: str, r
     stats.count(realm, "dead", 10)
     with signed_in(api, admin_token) as client:
         page = client.get(f"/console/realms/{realm}/stats").text
-    bars = re.findall(r'<rect class="bar (sent|failed)" x="[^"]+" y="[^"]+" width="[^"]+" height="([^"]+)">', page)
+    bars = re.findall(
+        r'<rect class="bar (sent|failed)" x="[^"]+" y="[^"]+" width="[^"]+" height="([^"]+)">', page
+    )
     assert len(bars) == 48  # 24 hours, two bars each
     tallest = {kind: max(float(h) for k, h in bars if k == kind) for kind in ("sent", "failed")}
     assert tallest["sent"] == 4 * tallest["failed"] > 0

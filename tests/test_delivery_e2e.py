@@ -413,7 +413,10 @@ def test_an_unexpected_error_is_a_dead_letter_naming_it_not_a_failed_task(realm,
     # Celery: FAILURE with DeadLettered (Flower shows it failed), not a bare exception the sweeper would
     # republish (tasks/outcomes.py).
     failure = api.result(job_id)
-    assert failure.state == "FAILURE" and repr(failure.result) == "DeadLettered(internal: " + result["error"] + ")"
+    assert (
+        failure.state == "FAILURE"
+        and repr(failure.result) == "DeadLettered(internal: " + result["error"] + ")"
+    )
     assert job_id not in runtime().pending.overdue(now=time.time() + 10**7)  # ended: not published again
 
 

@@ -204,6 +204,22 @@ def test_the_smtp_error_classes_are_worker_policy_classification() -> None:
     fail_with(problems)
 
 
+def test_the_failover_table_is_worker_policy_failover() -> None:
+    from worker.policy import FAILOVER
+
+    table = find_table(DOCS / "delivery.md", ["#", "when the primary", "to the secondary"])
+    documented = [plain(row[1]) for row in table.rows]
+    problems = compare_in_order(
+        table, documented, [why for why, _test, _go in FAILOVER], "worker/policy.py FAILOVER"
+    )
+    goes = {why: go for why, _test, go in FAILOVER}
+    for index, row in enumerate(table.rows):
+        why = plain(row[1])
+        if why in goes and plain(row[2]) != ("yes" if goes[why] else "no"):
+            problems.append(f"{table.where(index)}: {why!r}: the code says {'yes' if goes[why] else 'no'}")
+    fail_with(problems)
+
+
 def test_the_dead_letter_reasons_are_worker_policy_reasons() -> None:
     from worker.policy import REASONS
 

@@ -547,7 +547,6 @@ def forget_ended_chunks(job_id: str, chunks: int, deadline: float) -> None:
     chunk that ends at once stays recorded until a worker's sweeper finds it ended (tasks/signals.py).
     tests/test_sweeper.py sweeps every record of the session with a clock far ahead: leave none."""
 
-
     rt = runtime()
     while rt.redis.exists(rt.keys.pending_job(job_id)):  # start_bulk has not finished recording
         assert time.monotonic() < deadline, f"bulk job {job_id} still fanning out"

@@ -65,8 +65,15 @@ def test_a_bulk_job_sent_as_json_is_delivered_to_every_recipient(
         job_id = reply.json()["job_id"]
         python_api.wait_for_bulk(job_id, timeout=60)
         progress = client.get(f"/v1/bulk/{job_id}").json()
-    assert (progress["state"], progress["total"], progress["sent"], progress["realm"]) == ("done", 3, 3, saved_realm)
-    assert progress["finished_at"].endswith("Z") and progress["created_at"].endswith("Z")  # ISO 8601, as `job --json`
+    assert (progress["state"], progress["total"], progress["sent"], progress["realm"]) == (
+        "done",
+        3,
+        3,
+        saved_realm,
+    )
+    assert progress["finished_at"].endswith("Z") and progress["created_at"].endswith(
+        "Z"
+    )  # ISO 8601, as `job --json`
     assert [len(smtp_server.received_for(a)) for a in to] == [1, 1, 1]
     assert smtp_server.received_for(to[1])[0].message["Subject"] == "Testnachricht von ACME"
 
@@ -84,7 +91,12 @@ def test_a_bulk_job_streamed_as_ndjson_is_delivered_to_every_recipient(
         job_id = reply.json()["job_id"]
         python_api.wait_for_bulk(job_id, timeout=60)
         progress = client.get(f"/v1/bulk/{job_id}").json()
-    assert (progress["state"], progress["total"], progress["sent"], progress["chunks"]) == ("done", 250, 250, 3)
+    assert (progress["state"], progress["total"], progress["sent"], progress["chunks"]) == (
+        "done",
+        250,
+        250,
+        3,
+    )
     assert sorted(rcpt for m in smtp_server.messages for rcpt in m.recipients) == sorted(to)
 
 
@@ -98,13 +110,17 @@ def test_a_bad_recipient_line_is_422_naming_it_and_nothing_is_left(
     recipients[257] = {"email": "bob@example.com", "locale": "not a locale!"}
     before = bulk_jobs()
     with api.client(producer_token) as client:
-        reply = client.post(f"/v1/realms/{saved_realm}/bulk", content=ndjson_body(HEADER, recipients), headers=NDJSON)
+        reply = client.post(
+            f"/v1/realms/{saved_realm}/bulk", content=ndjson_body(HEADER, recipients), headers=NDJSON
+        )
     assert reply.status_code == 422
     assert [e["field"] for e in reply.json()["errors"]] == ["recipients[257].locale"]
     assert bulk_jobs() == before  # the chunks already written (256 recipients) were discarded
 
 
-def test_a_bad_header_line_is_422_naming_the_field(api: ApiServer, producer_token: str, saved_realm: str) -> None:
+def test_a_bad_header_line_is_422_naming_the_field(
+    api: ApiServer, producer_token: str, saved_realm: str
+) -> None:
     with api.client(producer_token) as client:
         unknown = client.post(f"/v1/realms/{saved_realm}/bulk", headers=NDJSON,
                               content=ndjson_body({**HEADER, "template": "no-such"}, ["a@example.com"]))  # fmt: skip
@@ -120,7 +136,9 @@ def small_api() -> Iterator[ApiServer]:
     """The real app with a bulk body limit of 64 KiB (MAILWORKER_HTTP_MAX_BULK_BODY)."""
     from worker.http.app import create_app
 
-    settings = runtime().settings.model_copy(update={"http_max_bulk_body": 64 * 1024, "http_auth_failures_per_minute": 10_000})
+    settings = runtime().settings.model_copy(
+        update={"http_max_bulk_body": 64 * 1024, "http_auth_failures_per_minute": 10_000}
+    )
     yield from serve(create_app(settings))
 
 
@@ -130,9 +148,13 @@ def test_a_bulk_body_over_the_bulk_limit_is_413_and_leaves_nothing(
     recipients = addresses(4000)  # about 120 KB as NDJSON
     before = bulk_jobs()
     with small_api.client(producer_token) as client:
-        streamed = client.post(f"/v1/realms/{saved_realm}/bulk", content=ndjson_body(HEADER, recipients), headers=NDJSON)
+        streamed = client.post(
+            f"/v1/realms/{saved_realm}/bulk", content=ndjson_body(HEADER, recipients), headers=NDJSON
+        )
         whole = client.post(f"/v1/realms/{saved_realm}/bulk", json={**HEADER, "recipients": recipients})
-        under = client.post(f"/v1/realms/{saved_realm}/bulk", content=ndjson_body(HEADER, recipients[:100]), headers=NDJSON)
+        under = client.post(
+            f"/v1/realms/{saved_realm}/bulk", content=ndjson_body(HEADER, recipients[:100]), headers=NDJSON
+        )
     assert (streamed.status_code, whole.status_code, under.status_code) == (413, 413, 202)
     assert streamed.json() == {"error": f"the body is larger than {64 * 1024} bytes"}
     assert bulk_jobs() - before == {under.json()["job_id"]}  # the streamed one began a job: discarded
@@ -157,7 +179,9 @@ def test_cancel_stops_a_running_bulk_job(
     runtime().store.save(realm, smtp_server.settings_dict(rate_limit_per_second=5))
     to = addresses(100)
     with api.client(producer_token) as client:
-        job_id = client.post(f"/v1/realms/{realm}/bulk", json={**HEADER, "chunk_size": 10, "recipients": to}).json()["job_id"]
+        job_id = client.post(
+            f"/v1/realms/{realm}/bulk", json={**HEADER, "chunk_size": 10, "recipients": to}
+        ).json()["job_id"]
         deadline = time.monotonic() + 30
         while client.get(f"/v1/bulk/{job_id}").json()["sent"] == 0:
             assert time.monotonic() < deadline, "nothing was sent"
@@ -175,7 +199,9 @@ def test_a_realm_limited_token_sees_only_its_realms_bulk_jobs(
     api: ApiServer, producer_token: str, saved_realm: str
 ) -> None:
     with api.client(producer_token) as client:
-        job_id = client.post(f"/v1/realms/{saved_realm}/bulk", json={**HEADER, "recipients": addresses(2)}).json()["job_id"]
+        job_id = client.post(
+            f"/v1/realms/{saved_realm}/bulk", json={**HEADER, "recipients": addresses(2)}
+        ).json()["job_id"]
     try:
         with api.client(new_token("producer", (saved_realm,))) as mine:
             assert mine.get(f"/v1/bulk/{job_id}").status_code == 200
@@ -183,11 +209,20 @@ def test_a_realm_limited_token_sees_only_its_realms_bulk_jobs(
             hidden = other.get(f"/v1/bulk/{job_id}")
             unknown = other.get("/v1/bulk/bulk-0123")
             assert hidden.status_code == unknown.status_code == 404
-            assert hidden.json()["error"].replace(job_id, "X") == unknown.json()["error"].replace("bulk-0123", "X")
+            assert hidden.json()["error"].replace(job_id, "X") == unknown.json()["error"].replace(
+                "bulk-0123", "X"
+            )
             assert other.post(f"/v1/bulk/{job_id}/cancel").status_code == 404
-            assert other.post(f"/v1/realms/{saved_realm}/bulk", json={**HEADER, "recipients": ["a@example.com"]}).status_code == 404
+            assert (
+                other.post(
+                    f"/v1/realms/{saved_realm}/bulk", json={**HEADER, "recipients": ["a@example.com"]}
+                ).status_code
+                == 404
+            )
             assert other.get(f"/v1/bulk/{'x' * 500}").status_code == 404
-        assert python_api.bulk_progress(job_id)["state"] != "cancelled"  # the other realm's cancel did nothing
+        assert (
+            python_api.bulk_progress(job_id)["state"] != "cancelled"
+        )  # the other realm's cancel did nothing
     finally:
         python_api.cancel_bulk(job_id)
 
@@ -260,11 +295,14 @@ def test_the_memory_bound_is_one_a_list_materialising_upload_breaks(
 ) -> None:
     # The same 100,000 recipients as one JSON body (the path that parses the list whole, allowed up to
     # MAX_JSON_BULK_BYTES): what the streamed test above must stay under is what this one exceeds.
-    content = b'{"template": "email-test", "context": {"realm_name": "ACME"}, "recipients": [%s]}' % b",".join(
-        b'"recipient%06d@example.com"' % i for i in range(MANY)
+    content = (
+        b'{"template": "email-test", "context": {"realm_name": "ACME"}, "recipients": [%s]}'
+        % b",".join(b'"recipient%06d@example.com"' % i for i in range(MANY))
     )
     assert len(content) < bulk.MAX_JSON_BULK_BYTES
-    reply, peak = peak_allocated(upload(api.app, producer_token, saved_realm, content, {"Content-Type": "application/json"}))
+    reply, peak = peak_allocated(
+        upload(api.app, producer_token, saved_realm, content, {"Content-Type": "application/json"})
+    )
     assert reply.status_code == 202, reply.text
     python_api.cancel_bulk(reply.json()["job_id"])
     assert peak > MEMORY_BOUND, f"only {peak / 1_048_576:.1f} MiB"

@@ -45,7 +45,9 @@ def test_a_token_is_stored_only_as_its_hash_and_revoking_it_ends_it(api: ApiServ
         assert client.get("/v1/jobs/x").status_code == 401
 
 
-@pytest.mark.parametrize("header", [None, "Bearer", "Bearer mwt_nope", "Basic dXNlcjpwYXNz", "bearer x y", "mwt_x"])
+@pytest.mark.parametrize(
+    "header", [None, "Bearer", "Bearer mwt_nope", "Basic dXNlcjpwYXNz", "bearer x y", "mwt_x"]
+)
 def test_without_a_valid_token_it_is_401(api: ApiServer, header: str | None) -> None:
     headers = {"Authorization": header} if header is not None else {}
     reply = api.client().post("/v1/realms/acme/emails", json=email(), headers=headers)
@@ -66,7 +68,9 @@ def test_a_realm_outside_the_tokens_realms_is_not_found_like_one_that_does_not_e
         hidden = client.post(f"/v1/realms/{other}/emails", json=email())
         missing = client.post(f"/v1/realms/{realm}-none/emails", json=email())
         assert hidden.status_code == missing.status_code == 404
-        assert hidden.json()["error"].replace(other, "R") == missing.json()["error"].replace(f"{realm}-none", "R")
+        assert hidden.json()["error"].replace(other, "R") == missing.json()["error"].replace(
+            f"{realm}-none", "R"
+        )
     with api.client(new_token("producer", (other,))) as client:
         assert client.get(f"/v1/jobs/{sent.json()['job_id']}").status_code == 404  # another realm's job
 
@@ -150,7 +154,12 @@ def test_body_limit_for(method: str, path: str, limit: int) -> None:
         ("203.0.113.9", None, "", "203.0.113.9"),
         ("203.0.113.9", "198.51.100.1", "", "203.0.113.9"),  # not a trusted proxy: its header is ignored
         ("10.0.0.2", "198.51.100.1", "10.0.0.0/8", "198.51.100.1"),
-        ("10.0.0.2", "198.51.100.7, 198.51.100.1, 10.0.0.3", "10.0.0.0/8", "198.51.100.1"),  # the last untrusted
+        (
+            "10.0.0.2",
+            "198.51.100.7, 198.51.100.1, 10.0.0.3",
+            "10.0.0.0/8",
+            "198.51.100.1",
+        ),  # the last untrusted
         ("10.0.0.2", "10.0.0.5", "10.0.0.0/8", "10.0.0.2"),  # only proxies: the peer
         ("10.0.0.2", "not-an-ip", "10.0.0.0/8", "10.0.0.2"),
         (None, None, "", "unknown"),

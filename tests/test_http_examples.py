@@ -23,12 +23,19 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 LINK = "https://iam.example.com/reset?key=abc"
 SHELL = [str(EXAMPLES / "shell" / "send-email.sh")]
 JAVA = ["java", str(EXAMPLES / "java" / "SendEmail.java")]
-needs_shell = pytest.mark.skipif(not (shutil.which("curl") and shutil.which("jq")), reason="needs curl and jq")
+needs_shell = pytest.mark.skipif(
+    not (shutil.which("curl") and shutil.which("jq")), reason="needs curl and jq"
+)
 needs_java = pytest.mark.skipif(not shutil.which("java"), reason="needs a Java 17+ runtime")
-PRODUCERS = [pytest.param(SHELL, id="shell", marks=needs_shell), pytest.param(JAVA, id="java", marks=needs_java)]
+PRODUCERS = [
+    pytest.param(SHELL, id="shell", marks=needs_shell),
+    pytest.param(JAVA, id="java", marks=needs_java),
+]
 
 
-def run(command: list[str], api: ApiServer, token: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+def run(
+    command: list[str], api: ApiServer, token: str | None, *args: str
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILWORKER_API_")}
     env.update({"MAILWORKER_API_URL": api.url, **({"MAILWORKER_API_TOKEN": token} if token else {})})
     return subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=120)

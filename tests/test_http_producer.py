@@ -100,7 +100,9 @@ def test_a_bad_event_is_422_naming_the_field(
     assert [problem["field"] for problem in reply.json()["errors"]] == [field]
 
 
-def test_an_event_for_a_realm_outside_the_tokens_realms_is_404(api: ApiServer, realm: str, smtp_server: SmtpTestServer) -> None:
+def test_an_event_for_a_realm_outside_the_tokens_realms_is_404(
+    api: ApiServer, realm: str, smtp_server: SmtpTestServer
+) -> None:
     runtime().store.save(realm, smtp_server.settings_dict())
     with api.client(new_token("producer", (f"{realm}-mine",))) as client:
         assert client.post(f"/v1/realms/{realm}/events", json=event(address("x"))).status_code == 404
@@ -202,7 +204,9 @@ HOSTILE = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("path, body, headers", HOSTILE, ids=[f"{p}-{i}" for i, (p, _, _) in enumerate(HOSTILE)])
+@pytest.mark.parametrize(
+    "path, body, headers", HOSTILE, ids=[f"{p}-{i}" for i, (p, _, _) in enumerate(HOSTILE)]
+)
 def test_no_body_gets_a_500(
     api: ApiServer, producer_token: str, realm: str, smtp_server: SmtpTestServer, path: str, body: bytes,
     headers: dict[str, str],

@@ -47,12 +47,16 @@ def test_the_realm_can_be_shown_and_its_secret_entered_again(after_the_loss: Set
     with pytest.raises(KeyNotHeld):
         store.saved("acme")  # what a worker reads: strict
     shown = store.saved("acme", lenient=True)
-    assert shown is not None and "encrypted with a key that is not in MAILWORKER_SECRET_KEY (key id " in (
-        shown.unusable["password"]
+    assert (
+        shown is not None
+        and "encrypted with a key that is not in MAILWORKER_SECRET_KEY (key id "
+        in (shown.unusable["password"])
     )
     assert store.check_key().lost.keys() == {"acme"}
     # Keeping the closed secret is refused, as for a broken binding...
-    with pytest.raises(InvalidInput, match=r"password: it was encrypted with a key .*: enter the password again"):
+    with pytest.raises(
+        InvalidInput, match=r"password: it was encrypted with a key .*: enter the password again"
+    ):
         store.save("acme", {"from_display_name": "ACME"})
     # ... entering it again is the way back.
     saved = store.save("acme", {"password": "pw-entered-again"})

@@ -133,7 +133,10 @@ def test_a_revoked_cached_token_is_replaced_once(api: Any, producer_token: str, 
     save_with_iam(realm, smtp_server, iam, client)
     first, second = iam.user(realm, email=address()), iam.user(realm, email=address())
     result = tasks_api.wait_for_result(the_job(post(api, producer_token, realm, login_error(first["id"]))))
-    assert (result["status"], result["attempts"]) == ("sent", 1)  # the look-up that found the user is no attempt
+    assert (result["status"], result["attempts"]) == (
+        "sent",
+        1,
+    )  # the look-up that found the user is no attempt
     iam.revoke_tokens()  # e.g. the IAM restarted: its tokens are unknown now
     result = tasks_api.wait_for_result(the_job(post(api, producer_token, realm, login_error(second["id"]))))
     assert result["status"] == "sent" and iam.token_requests == 2
@@ -166,7 +169,10 @@ def test_an_unknown_user_is_a_dead_letter_naming_the_user_id(
 
 @pytest.mark.parametrize(
     "email, words",
-    [(None, "has no e-mail address"), ("alice at example.com", "the IAM's address for this user cannot be used")],
+    [
+        (None, "has no e-mail address"),
+        ("alice at example.com", "the IAM's address for this user cannot be used"),
+    ],
 )
 def test_a_user_without_a_usable_address_is_a_dead_letter_at_once(
     api: Any, producer_token: str, realm: str, smtp_server: SmtpTestServer, iam: KeycloakStub, email: Any,

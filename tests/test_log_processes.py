@@ -95,7 +95,12 @@ def test_the_default_worker_command_writes_only_json_lines(cluster: Cluster, smt
     output = worker.log()
     records = records_of(output)
     assert_who_wrote_each(records)
-    assert {r["worker"] for r in records} == {"supervisor", f"transactional@{HOST}", f"bulk@{HOST}", f"callbacks@{HOST}"}
+    assert {r["worker"] for r in records} == {
+        "supervisor",
+        f"transactional@{HOST}",
+        f"bulk@{HOST}",
+        f"callbacks@{HOST}",
+    }
     assert attempts(records, job_id) == [("sent", "INFO")]
     [sent] = [r for r in records if r.get("job_id") == job_id and r["logger"] == "mailworker.delivery"]
     main_pids = {r["pid"] for r in records if r["msg"].endswith(" ready.")}

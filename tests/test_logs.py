@@ -201,7 +201,10 @@ def test_celerys_line_for_a_dead_letter_never_carries_the_error() -> None:
         trace_log.error(LOG_FAILURE.strip(), unexpected, extra={"data": unexpected})
     dead, bug = (json.loads(line) for line in buffer.getvalue().splitlines())
     assert (dead["level"], dead["msg"]) == ("DEBUG", "Task mail.send[j1] ended as a dead letter")
-    assert (bug["level"], bug["msg"]) == ("ERROR", "Task mail.send[j1] raised unexpected: ValueError('a bug')")
+    assert (bug["level"], bug["msg"]) == (
+        "ERROR",
+        "Task mail.send[j1] raised unexpected: ValueError('a bug')",
+    )
 
 
 def test_an_attempt_line_masks_the_addresses_its_error_quotes() -> None:

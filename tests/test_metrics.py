@@ -63,7 +63,9 @@ def test_the_bucket_of_a_delivery_time(seconds: float, bucket: str) -> None:
     ({"0.25": 2, "5.0": 1, INF: 3}, [2.0, 2.0, 2.0, 2.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 6.0]),
     ({"1.0": 1, "3600.0": 4}, [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 5.0, 5.0]),
 ])  # fmt: skip
-def test_buckets_are_stored_apart_and_shown_cumulative(per_bucket: dict[str, int], expected: list[float]) -> None:
+def test_buckets_are_stored_apart_and_shown_cumulative(
+    per_bucket: dict[str, int], expected: list[float]
+) -> None:
     shown = cumulative(per_bucket)
     assert [le for le, _ in shown] == [*(repr(b) for b in BUCKETS), INF]
     assert [count for _, count in shown] == expected
@@ -175,7 +177,9 @@ def test_who_may_scrape(api: ApiServer, admin_token: str, producer_token: str, r
     for queue in ("transactional", "bulk", "control"):
         assert ("mailworker_queue_depth", (("queue", queue),)) in samples
         assert ("mailworker_queue_oldest_age_seconds", (("queue", queue),)) in samples
-    assert value(samples, "mailworker_up", part="broker") == value(samples, "mailworker_up", part="store") == 1.0
+    assert (
+        value(samples, "mailworker_up", part="broker") == value(samples, "mailworker_up", part="store") == 1.0
+    )
 
 
 @pytest.mark.integration
@@ -187,10 +191,14 @@ def test_jobs_errors_retries_and_delivery_times_after_real_deliveries(
     before = scrape(client)
     refused = f"gone-{uuid.uuid4().hex[:6]}@example.com"
     smtp_server.reject_recipient(refused, "550 5.1.1 no such user")
-    sent = mail.wait_for_result(mail.send_email(realm, "password-reset", "alice@example.com", context=CONTEXT))
+    sent = mail.wait_for_result(
+        mail.send_email(realm, "password-reset", "alice@example.com", context=CONTEXT)
+    )
     dead = mail.wait_for_result(mail.send_email(realm, "password-reset", refused, context=CONTEXT))
     smtp_server.fail_next("451 4.3.0 try again", times=1)
-    retried = mail.wait_for_result(mail.send_email(realm, "password-reset", "bob@example.com", context=CONTEXT))
+    retried = mail.wait_for_result(
+        mail.send_email(realm, "password-reset", "bob@example.com", context=CONTEXT)
+    )
     assert (sent["status"], dead["status"], retried["status"]) == ("sent", "dead-lettered", "sent")
     after = scrape(client)
     assert value(after, "mailworker_jobs_total", realm=realm, outcome="sent") == 2.0
@@ -212,7 +220,9 @@ def test_jobs_errors_retries_and_delivery_times_after_real_deliveries(
 
 
 @pytest.mark.integration
-def test_an_open_breaker_shows(api: ApiServer, admin_token: str, realm: str, smtp_server: SmtpTestServer) -> None:
+def test_an_open_breaker_shows(
+    api: ApiServer, admin_token: str, realm: str, smtp_server: SmtpTestServer
+) -> None:
     runtime().store.save(realm, smtp_server.settings_dict())
     client = api.client(admin_token)
     assert value(scrape(client), "mailworker_breaker_open", realm=realm) == 0.0
@@ -246,7 +256,9 @@ def test_metrics_answer_while_the_broker_is_down(admin_token: str, realm: str) -
     assert value(samples, "mailworker_up", part="broker") == 0.0
     assert value(samples, "mailworker_up", part="store") == 1.0
     assert not any(name == "mailworker_queue_depth" for name, _ in samples)
-    assert value(samples, "mailworker_jobs_total", realm=realm, outcome=SENT) == 1.0  # the store's part is there
+    assert (
+        value(samples, "mailworker_jobs_total", realm=realm, outcome=SENT) == 1.0
+    )  # the store's part is there
 
 
 @pytest.mark.integration

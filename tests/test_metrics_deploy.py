@@ -51,7 +51,9 @@ def test_the_rules_parse() -> None:
         assert rule["labels"]["severity"] in ("page", "warn")
         assert {"summary", "description", "runbook"} <= set(rule["annotations"])
         anchor = rule["annotations"]["runbook"].split("#")[1]
-        assert f"\n### {anchor.replace('-', ' ')}".lower() in (ROOT / "docs" / "runbook.md").read_text().lower()
+        assert (
+            f"\n### {anchor.replace('-', ' ')}".lower() in (ROOT / "docs" / "runbook.md").read_text().lower()
+        )
 
 
 def test_the_rules_cover_what_the_issue_asks() -> None:

@@ -151,13 +151,21 @@ def with_setting(name: str, value: str, argv: list[str]) -> subprocess.Completed
 @pytest.mark.parametrize(
     "name, argv",
     [(name, ["health"]) for name in BAD_SETTINGS]
-    + [(name, argv) for name in ("MAILWORKER_MAX_ATTEMPTS", "MAILWORKER_VISIBILITY_TIMEOUT") for argv in COMMANDS],
+    + [
+        (name, argv)
+        for name in ("MAILWORKER_MAX_ATTEMPTS", "MAILWORKER_VISIBILITY_TIMEOUT")
+        for argv in COMMANDS
+    ],
 )
-def test_a_malformed_or_removed_setting_is_one_line_and_exit_1_from_every_command(name: str, argv: list[str]) -> None:
+def test_a_malformed_or_removed_setting_is_one_line_and_exit_1_from_every_command(
+    name: str, argv: list[str]
+) -> None:
     value, says = BAD_SETTINGS[name]
     done = with_setting(name, value, argv)
     assert done.returncode == 1, (argv, done.stderr[-2000:])
-    assert done.stderr.count("\n") == 1 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1 and says in done.stderr and "Traceback" not in done.stderr, (
+        done.stderr
+    )
 
 
 @pytest.mark.parametrize("job", [{}, {"realm": "acme", "requeued": "many"}, {"to": ["not", "a", "job"]}])

@@ -100,7 +100,10 @@ def test_stats_counts_waiting_messages_of_every_priority_under_the_broker_prefix
 
         depths = queue_depths(settings)
 
-        assert depths == {"queues": {"transactional": 4, "bulk": 1, "control": 0, "callbacks": 0}, "unacked": 1}
+        assert depths == {
+            "queues": {"transactional": 4, "bulk": 1, "control": 0, "callbacks": 0},
+            "unacked": 1,
+        }
         assert runtime().redis.llen(f"{key_prefix}:transactional") == 3  # the prefix is really in the key
 
 

@@ -52,7 +52,9 @@ def test_each_ending_records_its_outcome(
     smtp_server.reject_recipient(refused, "550 5.1.1 no such user")
     sent = api.wait_for_result(api.send_email(realm, "password-reset", "alice@example.com", context=CONTEXT))
     dead = api.wait_for_result(api.send_email(realm, "password-reset", refused, context=CONTEXT))
-    dropped = api.wait_for_result(api.send_email(realm, "password-reset", "alice@example.com", context=CONTEXT))
+    dropped = api.wait_for_result(
+        api.send_email(realm, "password-reset", "alice@example.com", context=CONTEXT)
+    )
     assert (sent["status"], dead["status"], dropped["status"]) == ("sent", "dead-lettered", "dropped")
     totals = runtime().outcomes.totals()
     assert (totals[(realm, SENT)], totals[(realm, DEAD_LETTERED)], totals[(realm, "dropped")]) == (1, 1, 1)

@@ -154,7 +154,8 @@ def test_a_dead_letter_is_a_failure_in_celery_and_a_sent_job_a_success(cluster: 
     shown = json.loads(status.stdout)
     assert (shown["state"], shown["status"], shown["reason"]) == ("FAILURE", "dead-lettered", "permanent")
     waited = cluster.python(
-        "import json, sys\nfrom tasks import api\nprint(json.dumps(api.wait_for_result(sys.argv[1])))", dead_id
+        "import json, sys\nfrom tasks import api\nprint(json.dumps(api.wait_for_result(sys.argv[1])))",
+        dead_id,
     )
     assert json.loads(waited)["reason"] == "permanent"
     # Celery's own line for it (its error quotes the address) is not logged at INFO.

@@ -6,6 +6,7 @@ how a 4xx is treated, or when a job gives up, changes this module and its tests 
 - `classify`: an SMTP failure -> RETRY, PERMANENT or SETTINGS (a table, first match wins);
 - `reason_of`: the dead-letter reason a failure ends with (`REASONS` lists them all);
 - `counts_against`: which failures count against a realm's circuit breaker ("nobody answers there");
+- `fails_over`: whether an attempt the primary SMTP server could not take goes to the secondary at once;
 - `chunk_action`: what a bulk chunk does with one message's failure;
 - `classify_lookup`: a failed user look-up in the IAM's admin API (an event that names only a user id);
 - `RetryPolicy`: backoff, and when to stop (the link's expiry, the age limit, ambiguous attempts).
@@ -92,6 +93,29 @@ def counts_against(error: SmtpFailure) -> bool:
         and error.stage in (*SESSION_STAGES, "noop")
         and not error.ambiguous
     )
+
+
+# SMTP failover (docs/delivery.md#smtp-failover), first match wins: (why, test, go to the secondary now).
+# `None` stands for "the primary was not tried: its circuit breaker is open".
+FAILOVER: tuple[tuple[str, Callable[[SmtpFailure | None], bool], bool], ...] = (
+    ("the primary's circuit breaker is open", lambda e: e is None, True),
+    ("the data went out, the reply never came (ambiguous): a copy may be there", lambda e: bool(e and e.ambiguous),
+     False),
+    ("421: the server is closing (at the greeting or any stage)", lambda e: bool(e and e.code == 421), True),
+    ("no reply: refused, time-out, no greeting, closed, network, DNS",
+     lambda e: bool(e and e.code is None and e.kind in (*NO_ANSWER, Kind.CLOSED)), True),
+    ("the TLS handshake failed", lambda e: bool(e and e.kind == Kind.TLS_HANDSHAKE), True),
+    ("any other reply (4xx, 5xx), certificate, auth, message: the server answered", lambda e: True, False),
+)  # fmt: skip
+
+
+def fails_over(error: SmtpFailure | None) -> bool:
+    """True: deliver this attempt on the realm's secondary server at once (same attempt, no backoff).
+    `error` is the primary's failure, None when the primary was not tried (its circuit breaker is open)."""
+    for _why, test, go in FAILOVER:
+        if test(error):
+            return go
+    return False
 
 
 class ChunkAction(Enum):

@@ -189,6 +189,7 @@ class Runtime:
 
     @cached_property
     def services(self) -> Services:
+        from config.keys import SECONDARY
         from worker.delivery.deliver import Services, ThreadPools
         from worker.delivery.settings_cache import SettingsCache
         from worker.policy import RetryPolicy
@@ -196,6 +197,7 @@ class Runtime:
         return Services(
             settings=self.settings,
             cache=SettingsCache(self.store),
+            secondary=SettingsCache(self.store.for_server(SECONDARY)),
             renderer=self.renderer,
             pools=ThreadPools(),
             ledger=self.ledger,

@@ -50,10 +50,15 @@ def ended_result(meta: dict[str, Any]) -> dict[str, Any] | None:
     value = meta.get("result")
     if meta.get("status") == "SUCCESS" and isinstance(value, dict):
         return value
-    if meta.get("status") == "FAILURE" and isinstance(value, dict) and value.get("exc_type") == "DeadLettered":
+    if (
+        meta.get("status") == "FAILURE"
+        and isinstance(value, dict)
+        and value.get("exc_type") == "DeadLettered"
+    ):
         carried = (value.get("exc_message") or [None])[0]
         return carried if isinstance(carried, dict) else None
     return None
+
 
 USER = {"username": "alice", "first_name": "Alice", "last_name": "Liddell", "email": "alice@example.com"}
 CONTEXT = {

@@ -7,16 +7,23 @@ import argparse
 import getpass
 import os
 
+from config.keys import PRIMARY, SECONDARY
 from config.store import SettingsStore
 
 
-def open_store() -> SettingsStore:
-    """This process's store; the secret key first: a missing key is one line before Redis is contacted."""
+def open_store(args: argparse.Namespace | None = None) -> SettingsStore:
+    """This process's store (of the server `args` names); the secret key first: a missing key is one line
+    before Redis is contacted."""
     from worker.runtime import runtime
 
     rt = runtime()
     _ = rt.box
-    return rt.store
+    return rt.store.for_server(server_of(args))
+
+
+def server_of(args: argparse.Namespace | None) -> str:
+    """The realm's server a settings command works on: `--secondary` (the failover server) or the primary."""
+    return SECONDARY if args is not None and getattr(args, "secondary", False) else PRIMARY
 
 
 def who(args: argparse.Namespace) -> str:

@@ -53,7 +53,7 @@ def show_status(args: argparse.Namespace) -> int:
         print_json(status_json(info))
         return code
     order = ("job_id", "state", "status", "task", "realm", "attempts", "ambiguous", "maybe_delivered", "reason",
-             "error", "retry", "last_error", "smtp_code", "message_id", "sent_at", "died_at", "worker", "queue",
+             "error", "retry", "last_error", "smtp_code", "message_id", "server", "sent_at", "died_at", "worker", "queue",
              "date_done")  # fmt: skip
     for name in order:
         if name in info:

@@ -23,7 +23,7 @@ from config.redis import redact_url
 from config.store import DraftSettings, SavedSettings
 from tasks.views import history_json, iso, pending_changes, settings_json
 from worker.cli.common import print_json, table
-from worker.cli.editing import open_store, who
+from worker.cli.editing import open_store, server_of, who
 from worker.cli.settings_view import aligned, print_changes, print_saved
 
 Handler = Callable[[argparse.Namespace], int]
@@ -142,6 +142,8 @@ def register(subparsers: Any) -> None:
 
 def _add_realm(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--realm", required=True, help="realm name")
+    parser.add_argument("--secondary", action="store_true",
+                        help="the realm's secondary SMTP server (failover, docs/delivery.md) instead of its primary")  # fmt: skip
 
 
 def _add_by(parser: argparse.ArgumentParser) -> None:
@@ -230,7 +232,7 @@ def handle_set(args: argparse.Namespace) -> int:
     changes = changes_from_args(args)
     if not changes:
         raise InvalidInput.one("", "nothing to change: give at least one field option (see --help)")
-    store = open_store()
+    store = open_store(args)
     draft = store.set_draft(args.realm, changes)
     if args.json:
         print_json({**settings_json(draft.settings, "draft", draft.base_version), "draft_id": draft.draft_id})
@@ -246,7 +248,7 @@ def handle_set(args: argparse.Namespace) -> int:
 
 @store_errors
 def handle_save(args: argparse.Namespace) -> int:
-    store = open_store()
+    store = open_store(args)
     changes = changes_from_args(args)
     if not changes and store.draft(args.realm, lenient=True) is None and store.version(args.realm) > 0:
         raise InvalidInput.one(
@@ -264,7 +266,9 @@ def handle_save(args: argparse.Namespace) -> int:
 def handle_revert(args: argparse.Namespace) -> int:
     from worker.runtime import runtime
 
-    if runtime().store.revert(check_realm(args.realm)):  # deletes the draft: no secret key needed
+    if (
+        runtime().store.for_server(server_of(args)).revert(check_realm(args.realm))
+    ):  # deletes the draft: no secret key needed
         print(f"draft of {args.realm} discarded")
     else:
         print(f"{args.realm} has no draft: nothing to revert")
@@ -273,7 +277,7 @@ def handle_revert(args: argparse.Namespace) -> int:
 
 @store_errors
 def handle_show(args: argparse.Namespace) -> int:
-    store = open_store()
+    store = open_store(args)
     # Lenient: settings whose stored secret cannot be used any more are shown, with the reason.
     shown_entry: DraftSettings | SavedSettings | None
     if args.draft:
@@ -312,7 +316,7 @@ def handle_history(args: argparse.Namespace) -> int:
     from worker.runtime import runtime
 
     # Read as stored, nothing decrypted: history needs no MAILWORKER_SECRET_KEY.
-    versions = runtime().store.public_history(check_realm(args.realm))
+    versions = runtime().store.for_server(server_of(args)).public_history(check_realm(args.realm))
     if args.json:
         print_json([history_json(version) for version in versions])
         return 0
@@ -330,7 +334,7 @@ def handle_history(args: argparse.Namespace) -> int:
 
 @store_errors
 def handle_rollback(args: argparse.Namespace) -> int:
-    print_saved(open_store().rollback(args.realm, args.to_version, by=who(args)), args.json)
+    print_saved(open_store(args).rollback(args.realm, args.to_version, by=who(args)), args.json)
     return 0
 
 
@@ -343,7 +347,7 @@ def handle_secret_key(args: argparse.Namespace) -> int:
 def handle_rotate(args: argparse.Namespace) -> int:
     from worker.runtime import runtime
 
-    rotation = open_store().rotate_secrets()
+    rotation = open_store(args).rotate_secrets()
     hooks, hook_problems = runtime().webhooks.reseal()  # the webhooks' signing secrets, sealed the same way
     migrated = f" ({rotation.migrated} of them from the old unbound format)" if rotation.migrated else ""
     print(

@@ -18,6 +18,7 @@ import redis
 from config.errors import ConfigError
 from config.redis import redact_url
 from worker.cli.common import print_json, shown, table
+from worker.cli.editing import server_of
 
 DEFAULT_WAIT_S = 60.0
 MARKS = {True: "✓", False: "✗", None: "-"}
@@ -32,6 +33,8 @@ def register_test(settings_commands: Any) -> None:
         "DNS, TCP, TLS, EHLO, AUTH and, with --send-to, a real test message.",
     )
     test.add_argument("--realm", required=True, help="realm name")
+    test.add_argument("--secondary", action="store_true",
+                      help="test the realm's secondary SMTP server (failover) instead of its primary")  # fmt: skip
     test.add_argument("--saved", action="store_true", help="test the saved settings even when a draft exists")
     test.add_argument("--send-to", metavar="ADDR", help="also send a test message to this address")
     test.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -50,8 +53,9 @@ def handle_test(args: argparse.Namespace) -> int:
 
     try:
         status = test_connection(
-            args.realm, use_draft=not args.saved, send_to=args.send_to, timeout=args.timeout
-        )
+            args.realm, use_draft=not args.saved, send_to=args.send_to, timeout=args.timeout,
+            server=server_of(args),
+        )  # fmt: skip
     except redis.RedisError as error:
         from worker.runtime import runtime
 
@@ -91,6 +95,8 @@ def _ms(value: float) -> str:
 
 def _heading(status: dict[str, Any]) -> str:
     realm = status.get("realm")
+    if status.get("server"):
+        realm = f"{realm} ({status['server']} server)"
     if status.get("source") is None:
         return f"realm {realm}"
     source = status["source"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from config.errors import InvalidInput, MailWorkerError, NotFound, StoreUnavailable
+from config.keys import PRIMARY, channel
 from config.names import TRANSACTIONAL
 from config.settings import ServiceSettings
 from config.smtp import SmtpSettings
@@ -77,6 +78,7 @@ class Services:
     verp: VerpMap  # VERP envelope senders and their tokens (worker/bounces/verp.py)
     suppressions: SuppressionList  # hard bounces and complaints per realm (worker/bounces/suppression.py)
     tallies: Tallies  # the metrics' counters: retries, SMTP errors, delivery times
+    secondary: SettingsCache | None = None  # the realms' secondary SMTP servers (worker/delivery/failover.py)
 
     @property
     def pool(self) -> SessionPool:
@@ -166,11 +168,13 @@ def send_message(
 
 
 def deliver(
-    job: EmailJob, services: Services, *, attempt: int, realm_settings: tuple[int, SmtpSettings] | None = None
-) -> dict[str, Any]:
+    job: EmailJob, services: Services, *, attempt: int, realm_settings: tuple[int, SmtpSettings] | None = None,
+    server: str = PRIMARY,
+) -> dict[str, Any]:  # fmt: skip
     """One attempt at delivering `job`. Returns the result, or raises DeliveryFailure.
 
-    `realm_settings` (version, settings) when the caller looked them up for this attempt already.
+    `realm_settings` (version, settings) when the caller looked them up for this attempt already; `server`
+    the realm's server they are of (the secondary's come from worker/delivery/failover.py).
     """
     started = time.monotonic()
     try:
@@ -195,7 +199,9 @@ def deliver(
         services.ledger.note_data_out(job.id, attempt)
 
     try:
-        result = send_message(job.realm, version, settings, message, services, on_data=data_going_out)
+        # Sessions, tokens and the breaker are per realm and server: the primary's and secondary's never mix.
+        result = send_message(channel(job.realm, server), version, settings, message, services,
+                              on_data=data_going_out)  # fmt: skip
     except SmtpFailure as error:
         raise failure_from_smtp(error) from None
     record = {
@@ -207,12 +213,13 @@ def deliver(
         "smtp_reply": result.reply,
         "attempts": attempt,
         "settings_version": version,
+        "server": server,
         "duration_ms": round((time.monotonic() - started) * 1000, 1),
         "sent_at": time.time(),
     }
     if result.refused:
         record["refused"] = {rcpt: list(reply) for rcpt, reply in result.refused.items()}
-    details: dict[str, Any] = {"message_id": message.message_id, "attempts": attempt}
+    details: dict[str, Any] = {"message_id": message.message_id, "attempts": attempt, "server": server}
     if flagged is not None:
         record["suppressed"] = details["suppressed"] = flagged.flag()
     if attempt > 1 and (ambiguous := services.ledger.ambiguous(job.id)):

@@ -9,6 +9,9 @@
     GET  /v1/realms/{realm}/smtp/history     the saved versions, newest first
     POST /v1/realms/{realm}/smtp/rollback    save an earlier version again, as a new version
 
+Each takes `?server=secondary` to work on the realm's secondary SMTP server (failover, docs/delivery.md)
+instead of its primary: the same routes, store, rules and history (config/store.py `for_server`).
+
 Each is the HTTP form of a `mailworker settings` command over the same SettingsStore: the same rules
 (422 naming the field), the same secret-asked-again rule when a change would send a stored password
 elsewhere, the same conflicts (409) when someone saved meanwhile or a draft is pending unseen.
@@ -16,12 +19,13 @@ elsewhere, the same conflicts (409) when someone saved meanwhile or a draft is p
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from config.errors import InvalidInput, NotFound
+from config.keys import PRIMARY
 from config.store import SettingsStore
 from tasks.views import draft_json, history_json, saved_json
 from worker.http.auth import admin, realm_for
@@ -31,6 +35,9 @@ from worker.http.tokens import ApiToken
 router = APIRouter(prefix="/v1/realms/{realm}/smtp", tags=["admin: SMTP settings"])
 
 TEST_WAIT_S = 60.0
+# Which of the realm's SMTP servers a route works on (config/keys.py SERVERS).
+Server = Annotated[Literal["primary", "secondary"],
+                   Query(description="the realm's primary SMTP server, or its secondary (failover)")]  # fmt: skip
 MAX_VERSION = 2**31  # versions count saves: anything beyond is a typo, said as a rule rather than a 404
 
 
@@ -62,11 +69,12 @@ class RollbackRequest(BaseModel):
     note: str | None = None
 
 
-def store_of(request: Request) -> SettingsStore:
-    """The store, with the secret key checked first: a server without it says so in one line (500)."""
+def store_of(request: Request, server: str = PRIMARY) -> SettingsStore:
+    """The store (of the realm's `server`), with the secret key checked first: a server without it says so
+    in one line (500)."""
     runtime = context_of(request).runtime
     _ = runtime.box
-    return runtime.store
+    return runtime.store.for_server(server)
 
 
 def saved_by(token: ApiToken) -> str:
@@ -75,9 +83,14 @@ def saved_by(token: ApiToken) -> str:
 
 
 @router.get("", summary="The saved settings (secrets masked), and the pending draft's id if any")
-def get_saved(realm: str, request: Request, token: ApiToken = Depends(admin)) -> dict[str, Any]:  # noqa: B008
+def get_saved(
+    realm: str,
+    request: Request,
+    server: Server = "primary",
+    token: ApiToken = Depends(admin),  # noqa: B008
+) -> dict[str, Any]:
     realm = realm_for(token, realm)
-    store = store_of(request)
+    store = store_of(request, server)
     saved = store.saved(realm, lenient=True)
     if saved is None:
         raise NotFound(f"realm {realm} has no saved SMTP settings")
@@ -86,9 +99,14 @@ def get_saved(realm: str, request: Request, token: ApiToken = Depends(admin)) ->
 
 
 @router.get("/draft", summary="The draft: its id, its fields, what saving it would change")
-def get_draft(realm: str, request: Request, token: ApiToken = Depends(admin)) -> dict[str, Any]:  # noqa: B008
+def get_draft(
+    realm: str,
+    request: Request,
+    server: Server = "primary",
+    token: ApiToken = Depends(admin),  # noqa: B008
+) -> dict[str, Any]:
     realm = realm_for(token, realm)
-    store = store_of(request)
+    store = store_of(request, server)
     draft = store.draft(realm, lenient=True)
     if draft is None:
         raise NotFound(f"realm {realm} has no draft")
@@ -100,12 +118,13 @@ def put_draft(
     realm: str,
     request: Request,
     changes: dict[str, Any],
+    server: Server = "primary",
     token: ApiToken = Depends(admin),  # noqa: B008
 ) -> dict[str, Any]:
     realm = realm_for(token, realm)
     if not changes:
         raise InvalidInput.one("", "nothing to change: give at least one field")
-    store = store_of(request)
+    store = store_of(request, server)
     return draft_json(store, store.set_draft(realm, changes))
 
 
@@ -114,11 +133,12 @@ def save(
     realm: str,
     request: Request,
     body: SaveRequest | None = None,
+    server: Server = "primary",
     token: ApiToken = Depends(admin),  # noqa: B008
 ) -> dict[str, Any]:
     realm = realm_for(token, realm)
     body = body or SaveRequest()
-    store = store_of(request)
+    store = store_of(request, server)
     if not body.changes and store.draft(realm, lenient=True) is None and store.version(realm) > 0:
         raise InvalidInput.one("changes", f"nothing to save: {realm} has no draft and no change was given")
     saved = store.save(realm, body.changes, expected_version=body.expect_version, draft_id=body.draft_id,
@@ -127,16 +147,22 @@ def save(
 
 
 @router.post("/revert", summary="Discard the draft (the Email tab's Revert)")
-def revert(realm: str, request: Request, token: ApiToken = Depends(admin)) -> dict[str, Any]:  # noqa: B008
+def revert(
+    realm: str,
+    request: Request,
+    server: Server = "primary",
+    token: ApiToken = Depends(admin),  # noqa: B008
+) -> dict[str, Any]:
     realm = realm_for(token, realm)
     # Deleting the draft decrypts nothing: no secret key needed.
-    return {"reverted": context_of(request).runtime.store.revert(realm)}
+    return {"reverted": context_of(request).runtime.store.for_server(server).revert(realm)}
 
 
 @router.post("/test", summary="Test Connection on a worker, stage by stage; 200 with ok true or false")
 def test(
     realm: str,
     body: ConnectionTestRequest | None = None,
+    server: Server = "primary",
     token: ApiToken = Depends(admin),  # noqa: B008
 ) -> dict[str, Any]:
     from tasks.connection import test_connection  # the Celery app: only for the routes that need it
@@ -144,13 +170,19 @@ def test(
     realm = realm_for(token, realm)
     body = body or ConnectionTestRequest()
     # A failed test is an answer (ok false, the stage, the hint), not an HTTP error; no worker is 503.
-    return test_connection(realm, use_draft=body.target == "draft", send_to=body.send_to, timeout=TEST_WAIT_S)
+    return test_connection(realm, use_draft=body.target == "draft", send_to=body.send_to, timeout=TEST_WAIT_S,
+                           server=server)  # fmt: skip
 
 
 @router.get("/history", summary="The saved versions, newest first (secrets masked)")
-def history(realm: str, request: Request, token: ApiToken = Depends(admin)) -> dict[str, Any]:  # noqa: B008
+def history(
+    realm: str,
+    request: Request,
+    server: Server = "primary",
+    token: ApiToken = Depends(admin),  # noqa: B008
+) -> dict[str, Any]:
     realm = realm_for(token, realm)
-    versions = context_of(request).runtime.store.public_history(realm)  # nothing decrypted
+    versions = context_of(request).runtime.store.for_server(server).public_history(realm)  # nothing decrypted
     return {"versions": [history_json(version) for version in versions]}
 
 
@@ -159,8 +191,9 @@ def rollback(
     realm: str,
     request: Request,
     body: RollbackRequest,
+    server: Server = "primary",
     token: ApiToken = Depends(admin),  # noqa: B008
 ) -> dict[str, Any]:
     realm = realm_for(token, realm)
-    saved = store_of(request).rollback(realm, body.version, note=body.note, by=saved_by(token))
+    saved = store_of(request, server).rollback(realm, body.version, note=body.note, by=saved_by(token))
     return saved_json(saved)
