@@ -19,6 +19,8 @@ TARGETS = {
     "idle_p99_ms": 50.0,
     "test_connection_s": 1.0,
     "rss_growth": 0.20,
+    "redis_per_tx_message": 15.0,  # Redis commands per delivered message (issue 16)
+    "redis_per_bulk_message": 2.0,
 }
 
 
@@ -193,6 +195,10 @@ def derive(figures: dict[str, Any]) -> None:
         memory["peak_during_large_mib"] = service["bulk_large"].get("peak_rss_mib")
         memory["processes"] = after_large["processes"]
     figures["memory"] = memory
+    cost = figures.get("redis_cost", {})
+    figures["redis_commands_per_message"] = {
+        path: cost.get(path, {}).get("per_message") for path in ("transactional", "bulk")
+    }
 
 
 def checks(figures: dict[str, Any]) -> list[dict[str, Any]]:
@@ -265,6 +271,14 @@ def checks(figures: dict[str, Any]) -> list[dict[str, Any]]:
     growth = mem.get("growth")
     row("worker RSS growth", pct(growth), "%", f"within {pct(TARGETS['rss_growth']):.0f}",
         None if growth is None else abs(growth) <= TARGETS["rss_growth"], f"{mem.get('processes')} processes")  # fmt: skip
+    cost, per = figures.get("redis_cost", {}), figures.get("redis_commands_per_message", {})
+    for path, target in (("transactional", TARGETS["redis_per_tx_message"]),
+                         ("bulk", TARGETS["redis_per_bulk_message"])):  # fmt: skip
+        part = cost.get(path, {})
+        top = ", ".join(f"{k} {v}" for k, v in list(part.get("by_command", {}).items())[:6])
+        row(f"Redis commands per message, {path}", per.get(path), "cmds", f"<= {target:g}",
+            None if per.get(path) is None else per[path] <= target,
+            f"{part.get('messages')} msgs; {top}")  # fmt: skip
     return rows
 
 

@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/run.py` puts bench/ first on the path, not the repo
     sys.path.insert(0, str(ROOT))
 
+from bench.costrun import phase_redis_cost  # noqa: E402
 from bench.figures import TARGETS, checks, derive, format_table, headline, render, without_result_samples  # noqa: E402
 from bench.harness import OWN, BenchRedis, LoadMeter, log, machine_info, own_pids  # noqa: E402
 from bench.phases import open_sinks, phase_ceiling, phase_naive, phase_service  # noqa: E402
@@ -94,9 +95,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--bulk-concurrency", type=int, default=cpus, help="bulk worker processes (default: nproc)"
     )
+    parser.add_argument(
+        "--redis-cost",
+        action="store_true",
+        help="only the Redis-cost phase; its figures are merged into --output's earlier run",
+    )
+    parser.add_argument(
+        "--cost-messages", type=int, default=1000, help="e-mail verifications of the Redis-cost phase"
+    )
+    parser.add_argument("--cost-bulk-messages", type=int, help="bulk recipients of the Redis-cost phase")
     parser.add_argument("--sink", choices=["auto", "smtp-sink", "aiosmtpd"], default="auto")
     parser.add_argument("--no-fetch", action="store_true", help="do not run bench/get-smtp-sink.sh")
-    parser.add_argument("--skip", default="", help="comma-separated phases to skip: ceiling,naive,service")
+    parser.add_argument(
+        "--skip", default="", help="comma-separated phases to skip: ceiling,naive,service,redis_cost"
+    )
     parser.add_argument("--skip-warm-bulk", action="store_true", help="no 2,000-recipient warm-up bulk")
     parser.add_argument(
         "--stall-seconds", type=float, default=60, help="give up when the sink counts nothing this long"
@@ -120,7 +132,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.naive_messages = args.naive_messages or (min(1_000, args.messages) if quick else args.messages)
     args.ceiling_messages = args.ceiling_messages or args.messages
     args.idle_seconds = args.idle_seconds if args.idle_seconds is not None else (5.0 if quick else 20.0)
+    args.cost_bulk_messages = args.cost_bulk_messages or (2_000 if quick else 10_000)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if args.redis_cost:
+        args.skip |= {"ceiling", "naive", "service"}
     return args
 
 
@@ -157,6 +172,9 @@ def measure(args: argparse.Namespace, log_dir: Path) -> tuple[dict[str, Any], di
             figures["service"] = {}
             with phase("service", figures):
                 phase_service(args, bulk_sink, latency_sink, env, log_dir, figures["service"])
+        if "redis_cost" not in args.skip:
+            with phase("redis_cost", figures):
+                figures["redis_cost"] = phase_redis_cost(args, bulk_sink, latency_sink, redis, env, log_dir)
     finally:
         for sink in sinks:
             sink.stop()
@@ -216,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
             f"warning: the machine is {machine['cpu_busy_before']:.0%} busy before the run; figures will be low"
         )
     figures, sink_info = measure(args, log_dir)
+    earlier: dict[str, Any] = {}
+    if args.redis_cost and args.output.exists():
+        # Only this phase ran: the earlier run's figures, machine and options stay; this one's are added.
+        earlier = json.loads(args.output.read_text())
+        figures = {**earlier.get("figures", {}), **figures}
     machine["loadavg_after"] = list(os.getloadavg())
     derive(figures)
     rows = checks(figures)
@@ -229,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         "figures": without_result_samples(figures),
         "table": rows,
     }
+    if earlier:
+        this_run = {k: report[k] for k in ("timestamp", "quick", "machine", "sink", "options")}
+        report = {**earlier, "figures": report["figures"], "table": rows, "redis_cost_run": this_run}
     write_report(args.output, report)
     print("\n" + headline(report) + "\n")
     print(format_table(rows, args.markdown))
