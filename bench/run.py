@@ -46,6 +46,7 @@ from bench.costrun import phase_redis_cost  # noqa: E402
 from bench.figures import TARGETS, checks, derive, format_table, headline, render, without_result_samples  # noqa: E402
 from bench.harness import OWN, BenchRedis, LoadMeter, log, machine_info, own_pids  # noqa: E402
 from bench.phases import open_sinks, phase_ceiling, phase_naive, phase_service  # noqa: E402
+from bench.scaleout import phase_scale_out  # noqa: E402
 from bench.sink import Sink  # noqa: E402
 from bench.workload import service_env  # noqa: E402
 
@@ -103,11 +104,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cost-messages", type=int, default=1000, help="e-mail verifications of the Redis-cost phase"
     )
+    parser.add_argument(
+        "--scale-out",
+        action="store_true",
+        help="only the scale-out phase (1, 2, 4 worker groups); merged into --output's earlier run",
+    )
+    parser.add_argument("--scale-messages", type=int, help="messages per group count (default 3,000)")
+    parser.add_argument("--scale-concurrency", type=int, default=2, help="processes per worker group")
     parser.add_argument("--cost-bulk-messages", type=int, help="bulk recipients of the Redis-cost phase")
     parser.add_argument("--sink", choices=["auto", "smtp-sink", "aiosmtpd"], default="auto")
     parser.add_argument("--no-fetch", action="store_true", help="do not run bench/get-smtp-sink.sh")
     parser.add_argument(
-        "--skip", default="", help="comma-separated phases to skip: ceiling,naive,service,redis_cost"
+        "--skip",
+        default="",
+        help="phases to skip, comma-separated: ceiling,naive,service,redis_cost,scale_out",
     )
     parser.add_argument("--skip-warm-bulk", action="store_true", help="no 2,000-recipient warm-up bulk")
     parser.add_argument(
@@ -134,8 +144,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.idle_seconds = args.idle_seconds if args.idle_seconds is not None else (5.0 if quick else 20.0)
     args.cost_bulk_messages = args.cost_bulk_messages or (2_000 if quick else 10_000)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    if args.redis_cost:
-        args.skip |= {"ceiling", "naive", "service"}
+    args.scale_messages = args.scale_messages or (1_000 if quick else 3_000)
+    only = {
+        name for name, chosen in (("redis_cost", args.redis_cost), ("scale_out", args.scale_out)) if chosen
+    }
+    if only:
+        args.skip |= {"ceiling", "naive", "service", "redis_cost", "scale_out"} - only
     return args
 
 
@@ -175,6 +189,9 @@ def measure(args: argparse.Namespace, log_dir: Path) -> tuple[dict[str, Any], di
         if "redis_cost" not in args.skip:
             with phase("redis_cost", figures):
                 figures["redis_cost"] = phase_redis_cost(args, bulk_sink, latency_sink, redis, env, log_dir)
+        if "scale_out" not in args.skip:
+            with phase("scale_out", figures):
+                figures["scale_out"] = phase_scale_out(args, bulk_sink, redis, env, log_dir)
     finally:
         for sink in sinks:
             sink.stop()
@@ -235,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     figures, sink_info = measure(args, log_dir)
     earlier: dict[str, Any] = {}
-    if args.redis_cost and args.output.exists():
+    if (args.redis_cost or args.scale_out) and args.output.exists():
         # Only this phase ran: the earlier run's figures, machine and options stay; this one's are added.
         earlier = json.loads(args.output.read_text())
         figures = {**earlier.get("figures", {}), **figures}

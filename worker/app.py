@@ -80,10 +80,13 @@ def celery_config(settings: ServiceSettings) -> dict[str, Any]:
         # Not extended: an extended result repeats the task's arguments (the job's context: reset links and
         # personal data) for a day. Results carry what `status` needs themselves.
         "result_extended": False,
-        "task_track_started": True,
-        # Task events on: Flower and `celery events` see every task.
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # No STARTED result: its write cost five Redis commands per message (GET, MULTI, SETEX, PUBLISH,
+        # EXEC). `status` says STARTED from the job's claim instead, which a running job holds anyway.
+        "task_track_started": False,
+        # Task events only on request (MAILWORKER_TASK_EVENTS, or Flower's `enable_events`): each costs
+        # a Redis PUBLISH, four per message, and nobody reads them unless a monitor runs.
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
         # One message at a time per process: a password reset must not sit in a prefetch buffer
         # behind a hundred others.
         "worker_prefetch_multiplier": 1,
