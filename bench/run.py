@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/run.py            # the full run (20,000-message burst, 100,000 for memory)
     .venv/bin/python bench/run.py --quick    # small N, for development (figures not comparable)
+    .venv/bin/python bench/run.py --redis-cost   # only Redis commands per message (about a minute)
+    .venv/bin/python bench/run.py --scale-out    # only the 1/2/4 worker-group run (about a minute)
 
 Starts everything it measures and stops it at the end: a redis-server on a free port (no persistence), a
 local SMTP sink (Postfix's C smtp-sink, fetched by bench/get-smtp-sink.sh; an aiosmtpd sink when that
@@ -16,6 +18,8 @@ processes (`mailworker worker`, and `celery -A bench.naive worker` for the basel
               latency at 10 messages/s and Test Connection round trips (pooled over the 3)
 5. memory   - RSS of the worker process tree after the first burst, then after a 100,000-recipient bulk
               (latency and Test Connection measured during that one too, reported separately)
+6. redis_cost - Redis commands per delivered message, transactional and bulk (bench/costrun.py)
+7. scale_out  - 1, 2 and 4 worker groups on one Redis: throughput and Redis CPU (bench/scaleout.py)
 
 Prints a table (figure, value, target, pass/fail) and writes bench/results.json. See
 the README (Performance) for what each figure means.
