@@ -9,8 +9,11 @@ from typing import Any
 from urllib.parse import quote
 
 import redis
+from redis.sentinel import Sentinel as RedisSentinel
 
 from config.errors import ConfigError
+from config.sentinel import Sentinel, is_sentinel
+from config.sentinel import parse as parse_sentinel
 
 MASK = "***"
 # kombu and Sentinel take `;`-separated URLs. Split only where a scheme follows, so that a password holding
@@ -32,25 +35,40 @@ _QUOTED = re.compile(r"'([^']+)'|\"([^\"]+)\"")
 _MIN_PIECE = 4
 
 
-# URLs of a Redis server (kombu's Redis transport); `memory://` is the demo's in-process stand-in.
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+# URLs of a Redis server (kombu's Redis transport, and its Sentinel lists); `memory://` is the demo's stand-in.
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
 
 
-def connect(url: str, *, variable: str = "MAILWORKER_STORE_URL", check: bool = True) -> redis.Redis:
+def connect(
+    url: str,
+    *,
+    variable: str = "MAILWORKER_STORE_URL",
+    check: bool = True,
+    sentinel: Sentinel | None = None,
+    decode_responses: bool = True,
+    socket_timeout: float = 5,
+) -> redis.Redis:
     """A client with timeouts; with check, one PING so an unreachable Redis is one clear line.
 
     `memory://` is an in-process Redis (fakeredis) for `make demo` on a machine without a Redis server.
+    `sentinel://` lists (config/sentinel.py) give a client of the master `sentinel.master` names: its pool
+    asks the sentinels for the master's address on every new connection, and drops a connection to a
+    server that became a replica (READONLY), so the client follows a failover by itself.
     """
     if url.startswith("memory://"):
         return _memory_redis()
+    options: dict[str, Any] = dict(
+        decode_responses=decode_responses,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=3,
+        health_check_interval=10,
+        retry_on_timeout=True,
+    )
     try:
-        client = redis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=5,
-            socket_connect_timeout=3,
-            health_check_interval=10,
-            retry_on_timeout=True,
+        client = (
+            _sentinel_client(url, sentinel, options)
+            if is_sentinel(url)
+            else redis.Redis.from_url(url, **options)
         )
     except ValueError as error:
         reason = redact_urls_in(str(error), url)
@@ -61,6 +79,22 @@ def connect(url: str, *, variable: str = "MAILWORKER_STORE_URL", check: bool = T
         except redis.RedisError as error:
             reason = redact_urls_in(str(error), url)
             raise ConfigError(f"{variable}: cannot reach Redis at {redact_url(url)} ({reason})") from None
+    return client
+
+
+def _sentinel_client(url: str, sentinel: Sentinel | None, options: dict[str, Any]) -> redis.Redis:
+    if sentinel is None or not sentinel.master:
+        raise ValueError("a sentinel:// URL needs the master's name: set MAILWORKER_SENTINEL_MASTER")
+    target = parse_sentinel(url)
+    timeouts = {k: v for k, v in options.items() if k.startswith("socket_")}
+    manager = RedisSentinel(
+        list(target.sentinels),
+        sentinel_kwargs={**timeouts, **({"password": sentinel.password} if sentinel.password else {})},
+    )
+    credentials = {k: v for k, v in (("username", target.username), ("password", target.password)) if v}
+    client: redis.Redis = manager.master_for(
+        sentinel.master, redis_class=redis.Redis, db=target.db, **credentials, **options
+    )
     return client
 
 
@@ -102,7 +136,7 @@ def memory(client: Any) -> Memory:
 
 # The URLs that take the password of MAILWORKER_REDIS_PASSWORD_FILE: a Redis server's, and Sentinel's (kombu
 # and Celery authenticate to the master with the password of its sentinel:// URLs).
-_PASSWORD_SCHEMES = (*REDIS_SCHEMES, "sentinel://")
+_PASSWORD_SCHEMES = REDIS_SCHEMES
 # redis-py reads a password from the query too.
 _PASSWORD_PARAM = re.compile(r"[?&]password=", re.IGNORECASE)
 

@@ -15,12 +15,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.errors import ConfigError
 from config.redis import has_password, with_password
+from config.sentinel import Sentinel, is_sentinel
+from config.sentinel import parse as parse_sentinel
 from config.variables import variable_problem
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # The settings that name a Redis server: MAILWORKER_REDIS_PASSWORD_FILE gives each its password.
 REDIS_URL_FIELDS = ("broker_url", "result_backend", "store_url")
+_SENTINEL_PASSWORD = ("MAILWORKER_SENTINEL_PASSWORD_FILE", "the sentinels' password")
 
 
 class ServiceSettings(BaseSettings):
@@ -33,6 +36,12 @@ class ServiceSettings(BaseSettings):
     # for URLs written without one: a password in a URL shows in `docker compose config`, `docker inspect`
     # and the environment of every child process. A URL with a password of its own next to it is refused.
     redis_password_file: str | None = None
+    # Redis Sentinel (docs/operations.md): the name of the master the sentinels monitor, for the URLs above
+    # written as `sentinel://host:26379;sentinel://host2:26379/0` lists; and a file holding the sentinels'
+    # own password (`requirepass` in sentinel.conf), when they have one. The master's password is the
+    # URLs' (or MAILWORKER_REDIS_PASSWORD_FILE's), as for a plain Redis.
+    sentinel_master: str = ""
+    sentinel_password_file: str | None = None
     # Comma-separated Fernet keys; the first encrypts, all decrypt (rotation: prepend the new key).
     secret_key: SecretStr | None = None
     # A file holding that value instead (a Docker or Kubernetes secret, /run/secrets/<name>): a key in the
@@ -157,6 +166,42 @@ class ServiceSettings(BaseSettings):
             setattr(self, name, with_password(getattr(self, name), password))
         return self
 
+    @model_validator(mode="after")
+    def _sentinel_urls(self) -> ServiceSettings:
+        listed = [name for name in REDIS_URL_FIELDS if is_sentinel(getattr(self, name))]
+        for name in listed:
+            try:
+                parse_sentinel(getattr(self, name))
+            except ValueError as error:
+                raise ValueError(f"MAILWORKER_{name.upper()}: {error}") from None
+        self.sentinel_master = self.sentinel_master.strip()
+        names = [f"MAILWORKER_{name.upper()}" for name in listed]
+        variables = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 2 else names)
+        if listed and not self.sentinel_master:
+            raise ValueError(
+                f"{variables} {'names' if len(listed) == 1 else 'name'} Redis sentinels: set "
+                "MAILWORKER_SENTINEL_MASTER to the name of the master they monitor (`sentinel monitor NAME ...`)"
+            )
+        if not listed and (self.sentinel_master or (self.sentinel_password_file or "").strip()):
+            # A leftover of a move away from Sentinel: say so rather than ignore it.
+            raise ValueError(
+                "MAILWORKER_SENTINEL_MASTER or MAILWORKER_SENTINEL_PASSWORD_FILE is set but no Redis URL is a "
+                "sentinel:// list: remove it, or write the URLs as sentinel://HOST:26379;sentinel://HOST2:26379/0"
+            )
+        if (self.sentinel_password_file or "").strip():
+            read_password_file(
+                self.sentinel_password_file or "", *_SENTINEL_PASSWORD
+            )  # one line now, not later
+        return self
+
+    @property
+    def sentinel(self) -> Sentinel:
+        """The master's name and the sentinels' password, for every client of a sentinel:// URL."""
+        path = (self.sentinel_password_file or "").strip()
+        if not path:
+            return Sentinel(self.sentinel_master)
+        return Sentinel(self.sentinel_master, read_password_file(path, *_SENTINEL_PASSWORD))
+
     @property
     def heartbeat_interval(self) -> float:
         return self.worker_lease / 5
@@ -194,7 +239,9 @@ def read_key_file(path: str) -> str:
     return text
 
 
-def read_password_file(path: str) -> str:
+def read_password_file(
+    path: str, variable: str = "MAILWORKER_REDIS_PASSWORD_FILE", what: str = "the Redis password"
+) -> str:
     """The Redis password in the file MAILWORKER_REDIS_PASSWORD_FILE names; what is wrong with it as one line.
 
     The password is the file's content without its trailing newline: exactly what `$(cat FILE)` gives
@@ -203,7 +250,6 @@ def read_password_file(path: str) -> str:
     server would keep it, and every connection would fail with a password that looks right. The messages
     never quote the file's content: it is the password.
     """
-    variable = "MAILWORKER_REDIS_PASSWORD_FILE"
     try:
         data = Path(path).read_bytes()  # bytes: text mode would turn a \r\n into the \n the server keeps
     except OSError as error:
@@ -211,9 +257,9 @@ def read_password_file(path: str) -> str:
     try:
         password = data.decode("utf-8").rstrip("\n")
     except UnicodeDecodeError:
-        raise ValueError(f"{variable}: {path!r} is not UTF-8 text (expected the Redis password)") from None
+        raise ValueError(f"{variable}: {path!r} is not UTF-8 text (expected {what})") from None
     if not password.strip():
-        raise ValueError(f"{variable}: {path!r} is empty (expected the Redis password)")
+        raise ValueError(f"{variable}: {path!r} is empty (expected {what})")
     if "\n" in password:
         raise ValueError(
             f"{variable}: {path!r} holds more than one line: write the password alone on one line"

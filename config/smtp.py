@@ -147,9 +147,11 @@ class SmtpSettings(BaseModel):
 
     @field_validator("from_display_name", "reply_to", "reply_to_display_name", "envelope_from", "username",
                      "oauth_token_url", "oauth_client_id", "oauth_scope", "iam_url", "iam_realm", "iam_client_id",
-                     mode="before")  # fmt: skip
+                     "iam_client_secret", mode="before")  # fmt: skip
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
+        # An empty IAM client secret is no secret: kept as one, it was sealed and then counted as set when
+        # read back, so a draft that passed at write failed the "go together" rule at read (the fuzzer).
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("port", mode="before")

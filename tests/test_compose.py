@@ -45,9 +45,20 @@ APP_IMAGE = "iam-mail-worker"
 KEY_USERS = {"worker-transactional", "worker-bulk", "worker-callbacks", "api", "bounces"}
 SECRET_MOUNT = "/run/secrets/mailworker_secret_key"
 REDIS_URL_SETTINGS = ("MAILWORKER_BROKER_URL", "MAILWORKER_RESULT_BACKEND", "MAILWORKER_STORE_URL")
+# The profile `sentinel`: a replica of `redis` and three sentinels (docs/operations.md, "Redis Sentinel").
+SENTINEL_PROFILE = ("redis-replica", "sentinel-1", "sentinel-2", "sentinel-3")
 # Redis and every service of the image (each connects to Redis) get the password, as a file.
-PASSWORD_USERS = {"redis", "worker-transactional", "worker-bulk", "worker-callbacks", "ingest", "api", "bounces",
-                  "flower"}
+PASSWORD_USERS = {
+    "redis",
+    *SENTINEL_PROFILE,
+    "worker-transactional",
+    "worker-bulk",
+    "worker-callbacks",
+    "ingest",
+    "api",
+    "bounces",
+    "flower",
+}
 PASSWORD_MOUNT = "/run/secrets/redis_password"
 
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
@@ -188,8 +199,15 @@ def test_the_env_example_holds_no_secret() -> None:
 
 
 def test_every_service_of_the_image_reads_the_env_file() -> None:
-    assert set(app_services()) == {"worker-transactional", "worker-bulk", "worker-callbacks", "ingest", "api", "bounces",
-                                   "flower"}
+    assert set(app_services()) == {
+        "worker-transactional",
+        "worker-bulk",
+        "worker-callbacks",
+        "ingest",
+        "api",
+        "bounces",
+        "flower",
+    }
     for name, service in app_services().items():
         env_file = service.get("env_file")
         assert env_file == ".env" or (isinstance(env_file, list) and ".env" in env_file), name
@@ -608,17 +626,30 @@ def compose_config(project: Path, *files: str) -> subprocess.CompletedProcess[st
 
 
 @needs_compose
-def test_compose_config_gives_settings_to_all_and_the_key_to_the_workers_and_the_api_only(project: Path) -> None:
+def test_compose_config_gives_settings_to_all_and_the_key_to_the_workers_and_the_api_only(
+    project: Path,
+) -> None:
     result = compose_config(project)
     assert result.returncode == 0, result.stderr
     assert PROJECT_KEY not in result.stdout and PROJECT_KEY not in result.stderr
     assert "flower-password-marker" not in result.stdout
     config = yaml.safe_load(result.stdout)
     found = config["services"]
-    assert set(found) == {"redis", "worker-transactional", "worker-bulk", "worker-callbacks", "ingest", "api", "bounces",
-                          "flower", "mailpit"}
+    assert set(found) == {
+        "redis",
+        "worker-transactional",
+        "worker-bulk",
+        "worker-callbacks",
+        "ingest",
+        "api",
+        "bounces",
+        "flower",
+        "mailpit",
+        *SENTINEL_PROFILE,
+    }
     expected = {
         "redis": {"redis_password"},
+        **{name: {"redis_password"} for name in SENTINEL_PROFILE},
         "worker-transactional": {"redis_password", "mailworker_secret_key"},
         "worker-bulk": {"redis_password", "mailworker_secret_key"},
         "worker-callbacks": {"redis_password", "mailworker_secret_key"},
@@ -670,6 +701,48 @@ def test_compose_config_prints_every_setting_and_no_secret(project: Path, files:
     config = yaml.safe_load(result.stdout)
     for name in app_services():
         assert config["services"][name]["environment"]["MAILWORKER_RECIPIENT_COOLDOWN"] == "7", name
+
+
+@needs_compose
+def test_compose_config_with_the_sentinel_profile_points_every_service_at_the_sentinels(
+    project: Path,
+) -> None:
+    env_file = project / ".env"
+    # The two lines the example shows commented out, as an operator turns them on.
+    lines = [line.removeprefix("#") if line.startswith(("#REDIS_URL=", "#SENTINEL_MASTER=")) else line
+             for line in env_file.read_text().splitlines()]  # fmt: skip
+    env_file.write_text("\n".join(lines) + "\nCOMPOSE_PROFILES=sentinel\n")
+    result = compose_config(project)
+    assert result.returncode == 0, result.stderr
+    assert PROJECT_REDIS_PASSWORD not in result.stdout + result.stderr
+    found = yaml.safe_load(result.stdout)["services"]
+    url = dict(env_example())["REDIS_URL"]
+    for name in app_services():
+        environment = found[name]["environment"]
+        assert {environment[setting] for setting in REDIS_URL_SETTINGS} == {url}, name
+        assert environment["MAILWORKER_SENTINEL_MASTER"] == "mailworker", name
+        settings = ServiceSettings(_env_file=None, **{  # type: ignore[call-arg]
+            k.removeprefix("MAILWORKER_").lower(): v for k, v in environment.items()
+            if k.startswith("MAILWORKER_") and k not in ("MAILWORKER_REDIS_PASSWORD_FILE", "MAILWORKER_SECRET_KEY_FILE")
+        })  # fmt: skip
+        assert settings.sentinel.master == "mailworker"
+
+
+def test_the_sentinel_profile_is_a_replica_and_three_sentinels_of_redis_with_a_quorum() -> None:
+    for name in SENTINEL_PROFILE:
+        service = services()[name]
+        assert service["profiles"] == ["sentinel"], name
+        assert "ports" not in service, name  # reached inside the compose network only
+        assert service["environment"] == {"REDIS_PASSWORD_FILE": PASSWORD_MOUNT}, name
+    replica = interpolate(services()["redis-replica"]["command"][2], {})
+    for option in ("--appendonly yes", "--replicaof redis 6379", '--masterauth "$password"',
+                   '--requirepass "$password"', "--maxmemory-policy noeviction"):  # fmt: skip
+        assert option in replica
+    sentinels = [interpolate(services()[f"sentinel-{i}"]["command"][2], {}) for i in (1, 2, 3)]
+    assert len(set(sentinels)) == 1
+    assert "'sentinel monitor mailworker redis 6379 2'" in sentinels[0]  # 2 of 3 agree before a failover
+    assert "--sentinel" in sentinels[0] and "auth-pass mailworker" in sentinels[0]
+    assert dict(env_example())["SENTINEL_MASTER"] == "mailworker"
 
 
 @needs_compose

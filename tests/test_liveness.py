@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import redis
 
 from config.keys import Keys
 from worker.liveness.heartbeat import (
@@ -58,6 +59,29 @@ def test_a_dead_holders_claim_is_taken_over_at_once(real_redis: Any, keys: Keys)
     real_redis.delete(keys.alive("h:1:a"))  # SIGKILL: no more beats, the key lapses
     assert alive.claim(key) == TAKEN_OVER
     assert real_redis.get(key).startswith("h:2:b|")
+
+
+def test_a_release_that_missed_redis_is_done_on_the_next_beat(real_redis: Any, keys: Keys) -> None:
+    """A Redis restart or a Sentinel failover during the release: the job is handed back, and its claim
+    must not keep every redelivery waiting (for the task time limit) while this process lives on."""
+    holder, other = process(real_redis, keys, "h:1:a"), process(real_redis, keys, "h:2:b")
+    key = keys.claim("job-1")
+    assert holder.claim(key) == CLAIMED
+    script = holder._release
+
+    def unreachable(**_: Any) -> None:
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    holder._release = unreachable  # type: ignore[assignment]
+    with pytest.raises(redis.ConnectionError):
+        holder.release(key)
+    with pytest.raises(redis.ConnectionError):  # still away at the next beat: kept for the one after
+        holder.release_unreleased()
+    assert other.claim(key) == BUSY
+    holder._release = script
+    for hook in holder.heartbeat.after_beat:  # the beating thread's round
+        hook()
+    assert other.claim(key) == CLAIMED
 
 
 def test_a_heartbeat_lapses_one_lease_after_the_last_beat(real_redis: Any, keys: Keys) -> None:

@@ -25,6 +25,7 @@ from config.names import (
     WEBHOOK_TASK,
 )
 from config.redis import REDIS_SCHEMES
+from config.sentinel import is_sentinel
 from config.settings import ServiceSettings, get_settings
 from worker.liveness.leases import Leases
 
@@ -56,11 +57,19 @@ def celery_config(settings: ServiceSettings) -> dict[str, Any]:
     }
     if settings.broker_key_prefix:
         transport_options["global_keyprefix"] = settings.broker_key_prefix
+    result_options: dict[str, Any] = {"retry_policy": {"timeout": 5.0}}
+    # Sentinel (config/sentinel.py): the master's name, and the sentinels' password, beside the URL list.
+    # kombu's and Celery's pools ask the sentinels for the master on every new connection: after a
+    # failover the reconnect below (and the result backend's retries) land on the promoted replica.
+    if is_sentinel(settings.broker_url):
+        transport_options.update(settings.sentinel.transport_options())
+    if is_sentinel(settings.result_backend):
+        result_options.update(settings.sentinel.transport_options())
     return {
         "broker_url": settings.broker_url,
         "result_backend": settings.result_backend,
         "broker_transport_options": transport_options,
-        "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},
+        "result_backend_transport_options": result_options,
         # A result written while Redis restarts is retried (backoff up to 10 s, for about two minutes)
         # instead of dropped: the job was delivered, and `status` and waiting producers must learn so.
         "result_backend_always_retry": True,

@@ -42,6 +42,8 @@ from kombu.exceptions import OperationalError
 
 from config.errors import ConfigError, InvalidInput, StoreUnavailable
 from config.keys import Keys
+from config.redis import connect
+from config.sentinel import Sentinel
 from worker.jobs.deadletters import DeadLetter, DeadLetterStore
 from worker.jobs.model import MAX_JSON_DEPTH
 
@@ -374,16 +376,9 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-def ingest_client(url: str, block: float) -> redis.Redis:
+def ingest_client(url: str, block: float, sentinel: Sentinel | None = None) -> redis.Redis:
     """A bytes client: a producer's invalid UTF-8 must become a dead letter, not a decode error here."""
     if url.startswith("memory://"):
-        from config.redis import connect
-
         return connect(url)
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=block + 10,
-        socket_connect_timeout=3,
-        health_check_interval=10,
-        retry_on_timeout=True,
-    )
+    # The blocking pop waits `block` seconds for an entry: the socket waits longer than that.
+    return connect(url, check=False, sentinel=sentinel, decode_responses=False, socket_timeout=block + 10)

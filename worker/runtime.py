@@ -49,7 +49,7 @@ class Runtime:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return connect(self.settings.store_url)
+        return connect(self.settings.store_url, sentinel=self.settings.sentinel)
 
     @cached_property
     def box(self) -> SecretBox:

@@ -35,6 +35,7 @@ class RedisServer:
     port: int = field(default_factory=free_port)
     appendonly: bool = False
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mw-redis-")))
+    options: tuple[str, ...] = ()  # more redis-server arguments (`--replicaof`, `--appendfsync always`)
 
     @property
     def url(self) -> str:
@@ -71,6 +72,7 @@ class RedisServer:
                 str(self.directory / "redis.pid"),
                 "--logfile",
                 str(self.directory / "redis.log"),
+                *self.options,
             ],
             check=True,
         )

@@ -136,7 +136,7 @@ def check_health(timeout: float, nodes: Sequence[str] = ()) -> list[Check]:
     checks: list[Check] = []
     started = time.monotonic()
     try:
-        client = connect(settings.store_url, check=False)
+        client = connect(settings.store_url, check=False, sentinel=settings.sentinel)
         client.connection_pool.connection_kwargs.update(
             socket_timeout=timeout, socket_connect_timeout=timeout
         )

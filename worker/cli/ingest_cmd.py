@@ -26,7 +26,9 @@ def build_consumer(name: str, block: float) -> Any:
     from worker.runtime import runtime
 
     rt = runtime()
-    connect(rt.settings.store_url)  # unreachable Redis: one line naming MAILWORKER_STORE_URL
+    connect(
+        rt.settings.store_url, sentinel=rt.settings.sentinel
+    )  # unreachable Redis: one line naming MAILWORKER_STORE_URL
 
     def count_dead(realm: str) -> None:
         # Only realms that exist get counters: a producer's typo must not add a realm to `mailworker stats`.
@@ -34,7 +36,7 @@ def build_consumer(name: str, block: float) -> Any:
             rt.stats.count(realm, "dead")
 
     return IngestConsumer(
-        ingest_client(rt.settings.store_url, block),
+        ingest_client(rt.settings.store_url, block, rt.settings.sentinel),
         rt.keys,
         rt.dead_letters,
         name=name,

@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -77,6 +78,7 @@ class Heartbeat:
         self._started = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self.after_beat: list[Callable[[], None]] = []  # run by the beating thread after each beat
 
     def ensure_started(self) -> str:
         """Beat now (so a claim taken next is backed by a live heartbeat) and keep beating; the name."""
@@ -102,6 +104,8 @@ class Heartbeat:
         while not self._stop.wait(self.lease / 5):
             try:
                 self.beat()
+                for hook in self.after_beat:
+                    hook()
             except redis.RedisError as error:  # Redis restarting: beat again next round
                 log.warning("heartbeat of %s failed: %s", self.process, error)
 
@@ -146,12 +150,19 @@ class Claims:
         self.ttl = ttl
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
+        # Claims whose release could not reach Redis (a restart, a Sentinel failover), with their holder.
+        # Left alone, such a claim outlives its job by the task time limit while this process lives, and
+        # every redelivery of the job waits for it: released on the next beat, or the next claim.
+        self._unreleased: list[tuple[str, str]] = []
+        self._unreleased_lock = threading.Lock()
+        heartbeat.after_beat.append(self.release_unreleased)
 
     def holder(self) -> str:
         return f"{self.heartbeat.ensure_started()}|{threading.get_ident()}"
 
     def claim(self, key: str) -> int:
         """CLAIMED, TAKEN_OVER (the previous holder's process is dead) or BUSY."""
+        self.release_unreleased()
         # A free claim (nearly always) is taken with one SET NX, what the script does for a missing key;
         # the script's GET and EVALSHA are only needed when someone holds it (two Redis commands a job).
         if self.redis.set(key, self.holder(), nx=True, ex=self.ttl):
@@ -172,7 +183,21 @@ class Claims:
         return True
 
     def release(self, key: str) -> None:
-        self._release(keys=[key], args=[self.holder()])
+        holder = self.holder()
+        try:
+            self._release(keys=[key], args=[holder])
+        except redis.RedisError:
+            with self._unreleased_lock:
+                self._unreleased.append((key, holder))
+            raise
+
+    def release_unreleased(self) -> None:
+        """Release the claims an earlier release could not; raises (keeping them) while Redis is away."""
+        with self._unreleased_lock:
+            while self._unreleased:
+                key, holder = self._unreleased[0]
+                self._release(keys=[key], args=[holder])
+                self._unreleased.pop(0)
 
     def wait_hint(self, key: str) -> float:
         """Seconds until a busy claim could be free: the holder's heartbeat lapses within one lease."""

@@ -58,12 +58,14 @@ class LeaseRenewer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         keys = Keys(settings.key_prefix)
-        self._store = connect(settings.store_url, check=False)
+        self._store = connect(settings.store_url, check=False, sentinel=settings.sentinel)
         self.registry = LiveWorkers(self._store, keys, settings.worker_lease)
         # Leases exist only on kombu's Redis transport; on another broker (the demo's in-memory one) the
         # registry is still kept: whoever waits on a worker must find this one.
         self._broker = (
-            redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=3)
+            connect(
+                settings.broker_url, variable="MAILWORKER_BROKER_URL", check=False, sentinel=settings.sentinel
+            )
             if settings.broker_url.startswith(REDIS_SCHEMES)
             else None
         )
