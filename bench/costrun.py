@@ -26,10 +26,13 @@ SETTLE_S = 1.0
 IDLE_S = 3.0
 
 
-def worker_argv(args: argparse.Namespace, hostname: str | None = None) -> list[str]:
-    argv = [str(VENV_BIN / "mailworker"), "worker", "--concurrency", str(args.concurrency),
+def worker_argv(
+    args: argparse.Namespace, name: str | None = None, *, queues: str | None = None, concurrency: int = 0
+) -> list[str]:
+    """`mailworker worker` as the bench starts it; `queues` and `name`: one Celery node of those queues."""
+    argv = [str(VENV_BIN / "mailworker"), "worker", "--concurrency", str(concurrency or args.concurrency),
             "--bulk-concurrency", str(args.bulk_concurrency), "--loglevel", "WARNING"]  # fmt: skip
-    return argv + (["--hostname", hostname] if hostname else [])
+    return argv + (["--queues", queues] if queues else []) + (["--name", name] if name else [])
 
 
 def _send_and_count(

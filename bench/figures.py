@@ -279,6 +279,10 @@ def checks(figures: dict[str, Any]) -> list[dict[str, Any]]:
         row(f"Redis commands per message, {path}", per.get(path), "cmds", f"<= {target:g}",
             None if per.get(path) is None else per[path] <= target,
             f"{part.get('messages')} msgs; {top}")  # fmt: skip
+    for run in figures.get("scale_out", {}).get("runs", []):
+        row(f"scale-out, {run['groups']} worker group(s)", run.get("rate"), "msg/s",
+            note=f"x{run.get('speedup')}; Redis CPU {run.get('redis_cpu_share', 0):.0%} of a core, "
+                 f"{run.get('redis_commands_per_s')} commands/s")  # fmt: skip
     return rows
 
 

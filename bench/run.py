@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/run.py            # the full run (20,000-message burst, 100,000 for memory)
     .venv/bin/python bench/run.py --quick    # small N, for development (figures not comparable)
+    .venv/bin/python bench/run.py --redis-cost   # only Redis commands per message (about a minute)
+    .venv/bin/python bench/run.py --scale-out    # only the 1/2/4 worker-group run (about a minute)
 
 Starts everything it measures and stops it at the end: a redis-server on a free port (no persistence), a
 local SMTP sink (Postfix's C smtp-sink, fetched by bench/get-smtp-sink.sh; an aiosmtpd sink when that
@@ -16,6 +18,8 @@ processes (`mailworker worker`, and `celery -A bench.naive worker` for the basel
               latency at 10 messages/s and Test Connection round trips (pooled over the 3)
 5. memory   - RSS of the worker process tree after the first burst, then after a 100,000-recipient bulk
               (latency and Test Connection measured during that one too, reported separately)
+6. redis_cost - Redis commands per delivered message, transactional and bulk (bench/costrun.py)
+7. scale_out  - 1, 2 and 4 worker groups on one Redis: throughput and Redis CPU (bench/scaleout.py)
 
 Prints a table (figure, value, target, pass/fail) and writes bench/results.json. See
 the README (Performance) for what each figure means.
@@ -46,6 +50,7 @@ from bench.costrun import phase_redis_cost  # noqa: E402
 from bench.figures import TARGETS, checks, derive, format_table, headline, render, without_result_samples  # noqa: E402
 from bench.harness import OWN, BenchRedis, LoadMeter, log, machine_info, own_pids  # noqa: E402
 from bench.phases import open_sinks, phase_ceiling, phase_naive, phase_service  # noqa: E402
+from bench.scaleout import phase_scale_out  # noqa: E402
 from bench.sink import Sink  # noqa: E402
 from bench.workload import service_env  # noqa: E402
 
@@ -103,11 +108,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cost-messages", type=int, default=1000, help="e-mail verifications of the Redis-cost phase"
     )
+    parser.add_argument(
+        "--scale-out",
+        action="store_true",
+        help="only the scale-out phase (1, 2, 4 worker groups); merged into --output's earlier run",
+    )
+    parser.add_argument("--scale-messages", type=int, help="messages per group count (default 3,000)")
+    parser.add_argument("--scale-concurrency", type=int, default=2, help="processes per worker group")
     parser.add_argument("--cost-bulk-messages", type=int, help="bulk recipients of the Redis-cost phase")
     parser.add_argument("--sink", choices=["auto", "smtp-sink", "aiosmtpd"], default="auto")
     parser.add_argument("--no-fetch", action="store_true", help="do not run bench/get-smtp-sink.sh")
     parser.add_argument(
-        "--skip", default="", help="comma-separated phases to skip: ceiling,naive,service,redis_cost"
+        "--skip",
+        default="",
+        help="phases to skip, comma-separated: ceiling,naive,service,redis_cost,scale_out",
     )
     parser.add_argument("--skip-warm-bulk", action="store_true", help="no 2,000-recipient warm-up bulk")
     parser.add_argument(
@@ -134,8 +148,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.idle_seconds = args.idle_seconds if args.idle_seconds is not None else (5.0 if quick else 20.0)
     args.cost_bulk_messages = args.cost_bulk_messages or (2_000 if quick else 10_000)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    if args.redis_cost:
-        args.skip |= {"ceiling", "naive", "service"}
+    args.scale_messages = args.scale_messages or (1_000 if quick else 3_000)
+    only = {
+        name for name, chosen in (("redis_cost", args.redis_cost), ("scale_out", args.scale_out)) if chosen
+    }
+    if only:
+        args.skip |= {"ceiling", "naive", "service", "redis_cost", "scale_out"} - only
     return args
 
 
@@ -175,6 +193,9 @@ def measure(args: argparse.Namespace, log_dir: Path) -> tuple[dict[str, Any], di
         if "redis_cost" not in args.skip:
             with phase("redis_cost", figures):
                 figures["redis_cost"] = phase_redis_cost(args, bulk_sink, latency_sink, redis, env, log_dir)
+        if "scale_out" not in args.skip:
+            with phase("scale_out", figures):
+                figures["scale_out"] = phase_scale_out(args, bulk_sink, redis, env, log_dir)
     finally:
         for sink in sinks:
             sink.stop()
@@ -235,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     figures, sink_info = measure(args, log_dir)
     earlier: dict[str, Any] = {}
-    if args.redis_cost and args.output.exists():
+    if (args.redis_cost or args.scale_out) and args.output.exists():
         # Only this phase ran: the earlier run's figures, machine and options stay; this one's are added.
         earlier = json.loads(args.output.read_text())
         figures = {**earlier.get("figures", {}), **figures}

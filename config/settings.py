@@ -67,6 +67,10 @@ class ServiceSettings(BaseSettings):
     # The longest one task may run: a send may wait `data_timeout` (10 minutes by default, RFC 5321) for
     # the server's reply to the end of the data, so this stays above that.
     task_time_limit: int = Field(default=900, ge=60)
+    # Celery task events (task-sent, -received, -started, -succeeded): about four Redis PUBLISHes per message
+    # that nobody reads unless Flower or `celery events` runs; Flower turns them on by itself (it sends
+    # `enable_events` to the workers every few seconds), so this is for other listeners.
+    task_events: bool = False
     result_expires: int = Field(default=86_400, ge=60, description="seconds task results are kept")
     # How long an idempotency key (and a job's delivered record) keeps a repeat from being sent.
     delivered_marker_ttl: int = Field(default=7 * 86_400, ge=60)

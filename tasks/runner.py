@@ -123,7 +123,9 @@ def _run_job(task: Task, job: EmailJob) -> dict[str, Any]:
             dead = _after_a_death_in_the_data(task, job, services)
             if dead is not None:
                 return dead
-        runtime().pending.touch(job.id, busy_for=services.settings.task_time_limit)
+        runtime().pending.touch_for_attempt(
+            job.id, job.created_at, busy_for=services.settings.task_time_limit
+        )
         return _attempt(task, job, services)
     finally:
         claims.release(claim_key)

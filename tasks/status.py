@@ -35,6 +35,8 @@ def job_status(task_id: str) -> dict[str, Any]:
     try:
         result = AsyncResult(task_id, app=app)
         state = result.state
+        if state in ("PENDING", "RETRY") and rt.redis.exists(rt.keys.claim(task_id)):
+            state = "STARTED"  # a worker holds the job now (no STARTED result is written: worker/app.py)
         value = dead_letter_result(result.result) or result.result  # FAILURE: DeadLettered carries it
     except Exception as error:  # a backend Celery cannot load or reach: each raises its own kind
         url = rt.settings.result_backend

@@ -129,7 +129,7 @@ def test_a_dead_letter_is_a_failure_in_celery_and_a_sent_job_a_success(cluster: 
         listener.start()
         try:
             assert listener.listening.wait(10)
-            cluster.worker(concurrency=1)
+            cluster.worker(concurrency=1, MAILWORKER_TASK_EVENTS="1")  # off by default (worker/app.py)
             sent_id, dead_id = cluster.send_many("acme", "password-reset", ["ok@example.com", refused])
             results = cluster.wait_results([sent_id, dead_id], timeout=30, poll=0.1)
             assert (results[sent_id]["status"], results[dead_id]["status"]) == ("sent", "dead-lettered")

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from celery import Celery
+from celery.backends.redis import RedisBackend
 from celery.signals import before_task_publish
 from kombu import Queue
 
@@ -89,10 +90,13 @@ def celery_config(settings: ServiceSettings) -> dict[str, Any]:
         # Not extended: an extended result repeats the task's arguments (the job's context: reset links and
         # personal data) for a day. Results carry what `status` needs themselves.
         "result_extended": False,
-        "task_track_started": True,
-        # Task events on: Flower and `celery events` see every task.
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # No STARTED result: its write cost five Redis commands per message (GET, MULTI, SETEX, PUBLISH,
+        # EXEC). `status` says STARTED from the job's claim instead, which a running job holds anyway.
+        "task_track_started": False,
+        # Task events only on request (MAILWORKER_TASK_EVENTS, or Flower's `enable_events`): each costs
+        # a Redis PUBLISH, four per message, and nobody reads them unless a monitor runs.
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
         # One message at a time per process: a password reset must not sit in a prefetch buffer
         # behind a hundred others.
         "worker_prefetch_multiplier": 1,
@@ -144,12 +148,33 @@ def _stamp_published_at(headers: dict[str, Any] | None = None, **_: Any) -> None
         headers[PUBLISHED_AT] = round(time.time(), 3)
 
 
+class _App(Celery):
+    """Celery, with a Redis result backend that subscribes to a job's result only when someone waits.
+
+    Celery's Redis backend SUBSCRIBEs to every task's result channel as it is published (and UNSUBSCRIBEs
+    when it arrives): two Redis commands per message, for a producer that almost never waits (the HTTP
+    API returns the job id). Waiting (`wait_for_result`, `AsyncResult.get`) subscribes then, and reads the
+    stored result right after subscribing (`ResultConsumer.on_wait_for_pending`), so a result that came
+    first is not missed.
+    """
+
+    def _get_backend(self) -> Any:
+        backend = super()._get_backend()
+        if isinstance(backend, RedisBackend):  # Sentinel's too; other backends' calls do other things
+            backend.on_task_call = _subscribe_when_waited
+        return backend
+
+
+def _subscribe_when_waited(producer: Any, task_id: str) -> None:
+    """RedisBackend.on_task_call without the subscription (see _App)."""
+
+
 def create_app(settings: ServiceSettings | None = None) -> Celery:
     _reconnect_instead_of_crashing()
     # Every process that publishes (producers, workers retrying, the sweeper) builds its app here.
     before_task_publish.connect(_stamp_published_at, weak=False, dispatch_uid=PUBLISHED_AT)
     settings = settings or get_settings()
-    celery = Celery("iam-mail-worker", include=TASK_MODULES)
+    celery = _App("iam-mail-worker", include=TASK_MODULES)
     celery.conf.update(celery_config(settings))
     celery.mailworker_settings = settings
     celery.steps["consumer"].add(Leases)  # on any broker: the registry of live workers comes with it

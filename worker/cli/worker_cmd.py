@@ -53,7 +53,8 @@ def register(subparsers: Any) -> None:
 def celery_argv(
     queues: str, name: str, concurrency: int | None, pool: str, loglevel: str | None
 ) -> list[str]:
-    argv = ["worker", "-Q", queues, "-n", name, "--pool", pool, "-E", "--without-gossip", "--without-mingle"]
+    # No -E: task events follow MAILWORKER_TASK_EVENTS (worker/app.py); Flower turns them on when it runs.
+    argv = ["worker", "-Q", queues, "-n", name, "--pool", pool, "--without-gossip", "--without-mingle"]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     if loglevel:

@@ -88,8 +88,9 @@ class DeliveryLedger:
         while True:
             try:
                 ttl = self.idempotent_ttl if idempotent else self.ended_ttl
-                self._write(job_id, {"delivered": kept, "state": SENT}, ttl, forget=("data_out", "last_error"),
-                            also=also)  # fmt: skip
+                # data_out and last_error stay: `delivered` outranks both for every reader (died_after_data,
+                # status), and an HDEL fewer is one Redis command a message.
+                self._write(job_id, {"delivered": kept, "state": SENT}, ttl, also=also)
                 return
             except redis.ConnectionError:
                 if time.monotonic() >= deadline:

@@ -4,7 +4,8 @@ Celery's Redis transport has windows where a message vanishes: a worker pops it 
 away before the worker recorded it as unacknowledged, or an AOF that syncs every second loses the last
 writes of a crash. The producer therefore records every transactional job it enqueues in a ledger of
 its own right after publishing (a sorted set scored by "news expected by"); workers push the score
-forward on every attempt and remove the job when it ends (sent, dead-lettered, dropped, skipped). A job whose time passed without
+forward on every attempt that could outlast it and remove the job when it ends (sent, dead-lettered,
+dropped, skipped). A job whose time passed without
 news is published again under the same id: if it was only slow, the copy is skipped by its
 delivered-marker or its claim, so sending it again can cost a duplicate message at worst, never a lost one.
 """
@@ -23,6 +24,9 @@ from config.keys import Keys
 from config.names import EVENT_TASK, SEND_TASK
 
 log = logging.getLogger(__name__)
+
+# Clocks of the hosts that publish and of those that run jobs may differ by this much.
+CLOCK_SLACK_S = 60.0
 
 Publish = Callable[[str, list[Any], str | None, str, int], None]  # (task name, args, task id, queue, lane)
 
@@ -68,6 +72,17 @@ class PendingJobs:
     def touch(self, job_id: str, busy_for: float = 0.0) -> None:
         """A worker works on the job (or will retry it after `busy_for` seconds): news expected later."""
         self.redis.zadd(self.keys.pending(), {job_id: time.time() + busy_for + self.grace}, xx=True)
+
+    def touch_for_attempt(self, job_id: str, created_at: float, busy_for: float) -> None:
+        """`touch` as an attempt starts, left out while the job's score already covers the attempt.
+
+        Every write of the score is its own time + grace or later (track, touch, the sweeper), so it is
+        never earlier than `created_at` + grace: an attempt that ends before that, with CLOCK_SLACK_S for
+        the producer's clock against this host's, needs no ZADD (one Redis command a job, nearly always).
+        """
+        if time.time() + busy_for + CLOCK_SLACK_S < created_at + self.grace:
+            return
+        self.touch(job_id, busy_for)
 
     def done(self, job_id: str) -> None:
         pipe = self.redis.pipeline(transaction=False)

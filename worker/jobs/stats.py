@@ -10,6 +10,10 @@ import redis
 from config.keys import Keys
 
 KEEP_HOURS = 48
+# The hour's key gets its expiry, and the realm its place in the realms' set, once per this many seconds
+# per process rather than with every count: two Redis commands a message saved. Renewed that often, so a
+# count whose pipeline failed, or a set an operator cleared, is set right within a minute.
+MARK_EVERY_S = 60.0
 
 
 def epoch_hour(now: float | None = None) -> int:
@@ -20,6 +24,7 @@ class Stats:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
         self.keys = keys
+        self._marked: dict[str, float] = {}  # hour key -> when this process last set its expiry and realm
 
     def count(self, realm: str, outcome: str, n: int = 1) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -28,10 +33,15 @@ class Stats:
 
     def queue_count(self, pipe: Any, realm: str, outcome: str, n: int = 1) -> None:
         """The commands of `count` on a pipeline the caller executes (with its own, in one round trip)."""
-        key = self.keys.stats(realm, epoch_hour())
+        now = time.time()
+        key = self.keys.stats(realm, epoch_hour(now))
         pipe.hincrby(key, outcome, n)
-        pipe.expire(key, KEEP_HOURS * 3600)
-        pipe.sadd(self.keys.stats_realms(), realm)
+        if now - self._marked.get(key, -MARK_EVERY_S) >= MARK_EVERY_S:
+            if len(self._marked) > 1000:  # hours gone by: their keys are never written again
+                self._marked.clear()
+            self._marked[key] = now
+            pipe.expire(key, KEEP_HOURS * 3600)
+            pipe.sadd(self.keys.stats_realms(), realm)
 
     def last_hour(self, realm: str, now: float | None = None) -> dict[str, int]:
         """Counts of the current and the previous clock hour, weighted to cover the last 60 minutes."""

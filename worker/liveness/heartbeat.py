@@ -163,6 +163,10 @@ class Claims:
     def claim(self, key: str) -> int:
         """CLAIMED, TAKEN_OVER (the previous holder's process is dead) or BUSY."""
         self.release_unreleased()
+        # A free claim (nearly always) is taken with one SET NX, what the script does for a missing key;
+        # the script's GET and EVALSHA are only needed when someone holds it (two Redis commands a job).
+        if self.redis.set(key, self.holder(), nx=True, ex=self.ttl):
+            return CLAIMED
         result = int(self._claim(keys=[key], args=[self.holder(), self.ttl, self.keys.alive_prefix()]))
         if result == BUSY and self._holder_died_here(key):
             # A pool process of this host killed (the OOM killer): its heartbeat key lives on for up to
