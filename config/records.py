@@ -1,4 +1,5 @@
-"""A realm's records in Redis as stored: the saved hash, the history list, the draft string.
+"""A realm's records in Redis: as stored (the saved hash, the history list, the draft string), and as read
+(SavedSettings, DraftSettings: what config/store.py returns).
 
 One writer of the saved version and its history entry, for a save, a rollback and a restore from a backup
 (config/backup.py); key names in config/keys.py, what the fields mean in config/store.py.
@@ -8,10 +9,36 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from config.edits import Change
 from config.epoch import queue_epoch
 from config.keys import Keys
+from config.smtp import SmtpSettings
+
+
+@dataclass(frozen=True)
+class SavedSettings:
+    realm: str
+    version: int
+    settings: SmtpSettings
+    saved_at: float
+    note: str | None = None
+    changes: tuple[Change, ...] = ()  # what this save changed (save and rollback fill it in)
+    by: str | None = None  # who saved it (the CLI's --by, the OS user by default; the API token's name)
+    # Read leniently only (`lenient=True`): secrets that cannot be used, and why (config/codec.py).
+    unusable: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DraftSettings:
+    realm: str
+    base_version: int
+    settings: SmtpSettings
+    updated_at: float
+    draft_id: str = ""  # new with every edit: what a save names to say "the draft I reviewed"
+    unusable: Mapping[str, str] = field(default_factory=dict)
 
 
 def stored_json(value: Any) -> str:

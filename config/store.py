@@ -24,7 +24,6 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -43,12 +42,12 @@ from config.codec import (
 )
 from config.conflicts import conflict_message, draft_conflict_message, save_conflict
 from config.crypto import SecretBox
-from config.edits import Change, apply_changes, check_note, diff_settings, edit_settings, weakening_change
+from config.edits import apply_changes, check_note, diff_settings, edit_settings, weakening_change
 from config.epoch import Epoch, read_epoch, read_wipe, record_wipe
 from config.errors import ConflictError, NotFound
 from config.keys import PRIMARY, SECONDARY, SERVERS, Keys, ServerKeys, channel
 from config.names import check_realm
-from config.records import queue_saved, stored_json
+from config.records import DraftSettings, SavedSettings, queue_saved, stored_json
 from config.rotation import KeyCheck, check_key, retrying_transaction, rotate_secrets
 from config.smtp import SmtpSettings
 
@@ -60,29 +59,6 @@ __all__ = [  # what other modules import from here
 DEFAULT_HISTORY_SIZE = 20
 # Rollback needs a few versions to go back to; fewer than this makes history useless.
 MIN_HISTORY_SIZE = 10
-
-
-@dataclass(frozen=True)
-class SavedSettings:
-    realm: str
-    version: int
-    settings: SmtpSettings
-    saved_at: float
-    note: str | None = None
-    changes: tuple[Change, ...] = ()  # what this save changed (save and rollback fill it in)
-    by: str | None = None  # who saved it (the CLI's --by, the OS user by default; the API token's name)
-    # Read leniently only (`lenient=True`): secrets that cannot be used, and why (config/codec.py).
-    unusable: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DraftSettings:
-    realm: str
-    base_version: int
-    settings: SmtpSettings
-    updated_at: float
-    draft_id: str = ""  # new with every edit: what a save names to say "the draft I reviewed"
-    unusable: Mapping[str, str] = field(default_factory=dict)
 
 
 # ---- the store -----------------------------------------------------------------------------------------

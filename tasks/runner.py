@@ -20,7 +20,7 @@ from config.names import EVENT_TASK
 from config.smtp import SmtpSettings
 from tasks.outcomes import raise_if_dead
 from worker.delivery.breaker import PROBING, CircuitBreaker, Verdict
-from worker.delivery.deliver import DeliveryFailure, dead_letter, deliver
+from worker.delivery.deliver import DeliveryFailure, bury, dead_letter, deliver
 from worker.delivery.failover import after_the_primary
 from worker.delivery.iam_users import LookupFailure
 from worker.jobs.deadletters import DeadLetter
@@ -30,7 +30,7 @@ from worker.jobs.model import EmailJob
 from worker.liveness.heartbeat import BUSY, TAKEN_OVER
 from worker.logs import log_attempt
 from worker.outcomes.outcome import DROPPED as DROPPED_OUTCOME
-from worker.outcomes.outcome import Outcome, dead_letter_event
+from worker.outcomes.outcome import Outcome
 from worker.policy import RETRY, Decision, counts_against
 from worker.runtime import runtime
 from worker.smtp import SmtpFailure
@@ -394,12 +394,10 @@ def look_up_user(task: Task, realm: str, event: dict[str, Any], parsed: IamEvent
         reason, error = decision.value, f"gave up after {attempt} attempt(s): {error}"
         fields["error"] = error
     log_attempt(**fields, outcome=f"dead:{reason}")
-    services.dead.add(DeadLetter(job_id=job_id, realm=realm, template=template, to="", reason=reason, error=error,
-                                 attempts=attempt, task=EVENT_TASK, job={"realm": realm, "event": event},
-                                 first_attempt_at=started_at))  # fmt: skip
-    services.ledger.end(job_id, DEAD)
-    services.outcomes.record(Outcome(dead_letter_event(reason), realm, job_id, template, reason=reason, smtp_reply=error,
-                                     details={"user_id": user_id, "attempts": attempt}))  # fmt: skip
+    letter = DeadLetter(job_id=job_id, realm=realm, template=template, to="", reason=reason, error=error,
+                        attempts=attempt, task=EVENT_TASK, job={"realm": realm, "event": event},
+                        first_attempt_at=started_at)  # fmt: skip
+    bury(services, letter, {"user_id": user_id, "attempts": attempt})
     with contextlib.suppress(redis.RedisError):
         runtime().pending.done(job_id)
     result = {"status": "dead-lettered", "job_id": job_id, "reason": reason, "error": error, "smtp_code": None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -249,9 +249,15 @@ def dead_letter(
         job=job.model_dump(mode="json"),
         first_attempt_at=job.created_at,
     )
-    services.dead.add(letter)
-    services.ledger.end(job.id, DEAD)
-    services.outcomes.record(Outcome(dead_letter_event(failure.reason), job.realm, job.id, job.template, job.to,
-                                     reason=failure.reason, smtp_code=failure.smtp_code, smtp_reply=failure.error,
-                                     details={"attempts": attempts}))  # fmt: skip
+    bury(services, letter, {"attempts": attempts})
     return letter
+
+
+def bury(services: Services, letter: DeadLetter, details: Mapping[str, Any]) -> None:
+    """A job's end as a dead letter: the letter stored, the job ended in the ledger (a late copy must not
+    try again), the outcome recorded (stats, webhooks). For every dead letter a task writes."""
+    services.dead.add(letter)
+    services.ledger.end(letter.job_id, DEAD)
+    services.outcomes.record(Outcome(dead_letter_event(letter.reason), letter.realm, letter.job_id, letter.template,
+                                     letter.to or None, reason=letter.reason, smtp_code=letter.smtp_code,
+                                     smtp_reply=letter.error, details=details))  # fmt: skip
