@@ -19,7 +19,6 @@ import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -30,6 +29,7 @@ from config.keys import Keys
 from config.smtp import SmtpSettings, parse_smtp_settings
 from tasks import api
 from tasks.connection import connection_status
+from tests.support.http_stub import JsonHandler, loopback_server
 from tests.support.smtp_server import SmtpTestServer, closed_port
 from worker.delivery.oauth import (
     TokenError,
@@ -79,7 +79,7 @@ class TokenEndpoint:
         self._lock = threading.Lock()
         endpoint = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_POST(self) -> None:
                 endpoint.answer(self)
 
@@ -87,25 +87,7 @@ class TokenEndpoint:
                 endpoint.problems.append("GET")
                 self.reply(405, {"error": "invalid_request", "error_description": "POST only"})
 
-            def reply(self, status: int, body: Any) -> None:
-                data = body if isinstance(body, bytes) else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="token-endpoint",
-            daemon=True,
-        )
+        self.server, self.thread = loopback_server(Handler, "token-endpoint")
 
     @property
     def url(self) -> str:

@@ -19,14 +19,14 @@ token requests and user look-ups, and records the Authorization header of each l
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.support.http_stub import JsonHandler, loopback_server
 
 _TOKEN = re.compile(r"^/realms/([^/]+)/protocol/openid-connect/token$")
 _USER = re.compile(r"^/admin/realms/([^/]+)/users/([^/?]+)$")
@@ -56,28 +56,14 @@ class KeycloakStub:
         stub = self
         self._lock = threading.Lock()
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_POST(self) -> None:
                 stub.token(self)
 
             def do_GET(self) -> None:
                 stub.get_user(self)
 
-            def reply(self, status: int, body: Any) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       name="keycloak-stub", daemon=True)  # fmt: skip
+        self.server, self.thread = loopback_server(Handler, "keycloak-stub")
 
     @property
     def url(self) -> str:

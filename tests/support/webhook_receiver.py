@@ -17,8 +17,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.support.http_stub import JsonHandler, loopback_server
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class WebhookReceiver:
         self._lock = threading.Lock()
         self._queued: list[int] = []
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 arrived = time.time()
@@ -70,11 +71,7 @@ class WebhookReceiver:
                 except OSError:  # the client gave up (its deadline): nothing to answer
                     pass
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server, self._thread = loopback_server(Handler, "webhook-receiver")
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hooks"
 
     def answer(self, status: int, times: int = 1) -> None:
@@ -98,7 +95,7 @@ class WebhookReceiver:
                              f"got {[r.body[:200] for r in self.received()]}")  # fmt: skip
 
     def __enter__(self) -> WebhookReceiver:
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
