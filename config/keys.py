@@ -45,6 +45,14 @@ class Keys:
     def sweeper_lock(self) -> str:
         return f"{self.prefix}:sweeper-lock"
 
+    def lost_check_lock(self) -> str:
+        """String: the worker checking for messages popped and never recorded this round (worker/jobs/lost.py)."""
+        return f"{self.prefix}:lost-check-lock"
+
+    def lost_suspects(self) -> str:
+        """Hash: pending entries seen lost (taken from their queue, held by nobody) -> when first seen."""
+        return f"{self.prefix}:lost-suspects"
+
     def claim(self, job_id: str) -> str:
         """String: the worker process (and thread) working on the job now (worker/liveness/heartbeat.py)."""
         return f"{self.prefix}:claim:{job_id}"

@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery.signals import (
@@ -18,7 +19,9 @@ from celery.signals import (
     worker_ready,
 )
 
+from config.names import BULK, TRANSACTIONAL
 from worker.bulk.progress import BULK_JOB_PREFIX
+from worker.jobs.lost import EntryKinds
 from worker.logs import configure_logging, say
 from worker.runtime import reset, runtime
 
@@ -86,7 +89,8 @@ def _warn_if_redis_keeps_nothing(**_: Any) -> None:
 
 @worker_ready.connect
 def _start_sweeper(**_: Any) -> None:
-    """In the worker's main process: publish again the jobs the broker lost (worker/jobs/pending.py)."""
+    """In the worker's main process: publish again the jobs the broker lost (worker/jobs/pending.py), and
+    within seconds those a dead consumer popped and never recorded (worker/jobs/lost.py)."""
     threading.Thread(target=_sweep_forever, name="mailworker-sweeper", daemon=True).start()
 
 
@@ -98,28 +102,61 @@ def _sweep_forever() -> None:
         runtime().services.cache.check_epoch()  # remember the store's epoch now: a later wipe is noticed
     except Exception:  # Redis restarting: the next round looks again
         log.warning("could not read the store's epoch", exc_info=True)
+    last_sweep = time.monotonic()
     while True:
-        interval = runtime().settings.sweep_interval
-        time.sleep(interval)
+        settings = runtime().settings
+        time.sleep(settings.heartbeat_interval)
         try:
-            # An idle worker notices a wiped store too (not only when a job makes it read settings).
-            runtime().services.cache.check_epoch()
-            sweep_once(app, owner, interval)
+            check_lost_once(app, owner)
+            if time.monotonic() - last_sweep >= settings.sweep_interval:
+                last_sweep = time.monotonic()
+                # An idle worker notices a wiped store too (not only when a job makes it read settings).
+                runtime().services.cache.check_epoch()
+                sweep_once(app, owner, settings.sweep_interval)
         except Exception:  # a Redis outage or a bug: log it, keep sweeping
             log.exception("sweeping for lost jobs failed")
+
+
+def _publisher(app: Any) -> Callable[[str, list[Any], str | None, str, int], None]:
+    def publish(task: str, args: list[Any], task_id: str | None, queue: str, lane: int) -> None:
+        app.send_task(task, args=args, task_id=task_id, queue=queue, priority=lane)
+
+    return publish
+
+
+def _ended(entry_id: str) -> bool:
+    """Has the pending entry's job (or bulk fan-out, or chunk) ended: sent, dead-lettered, dropped?"""
+    rt = runtime()
+    if entry_id.startswith(BULK_JOB_PREFIX):
+        return rt.bulk_jobs.entry_ended(entry_id)
+    return rt.ledger.state(entry_id) is not None or bool(rt.redis.exists(rt.keys.dead_letter(entry_id)))
+
+
+def _claim_key(entry_id: str) -> str | None:
+    """The claim a worker holds while it works on the entry: a job's, a chunk's; a fan-out has none."""
+    keys = runtime().keys
+    if not entry_id.startswith(BULK_JOB_PREFIX):
+        return keys.claim(entry_id)
+    job_id, _, chunk = entry_id.partition(":")
+    return keys.bulk_chunk_claim(job_id, int(chunk)) if chunk.isdigit() else None
+
+
+ENTRY_KINDS = EntryKinds(
+    queue=lambda entry_id: BULK if entry_id.startswith(BULK_JOB_PREFIX) else TRANSACTIONAL,
+    claim_key=_claim_key,
+    ended=_ended,
+)
+
+
+def check_lost_once(app: Any, owner: str) -> list[str]:
+    lost = runtime().lost_messages
+    if lost is None or not lost.claim_round(owner):
+        return []  # not a Redis broker, or another worker checks this round
+    return lost.check(ENTRY_KINDS, _publisher(app))
 
 
 def sweep_once(app: Any, owner: str, interval: float) -> list[str]:
     rt = runtime()
     if not rt.pending.claim_sweep(owner, interval):
         return []  # another worker sweeps this round
-
-    def publish(task: str, args: list[Any], task_id: str | None, queue: str, lane: int) -> None:
-        app.send_task(task, args=args, task_id=task_id, queue=queue, priority=lane)
-
-    def ended(entry_id: str) -> bool:
-        if entry_id.startswith(BULK_JOB_PREFIX):
-            return rt.bulk_jobs.entry_ended(entry_id)
-        return rt.ledger.state(entry_id) is not None or bool(rt.redis.exists(rt.keys.dead_letter(entry_id)))
-
-    return rt.pending.sweep(publish, ended)
+    return rt.pending.sweep(_publisher(app), _ended)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from worker.delivery.webhooks import WebhookDelivery
     from worker.jobs.deadletters import DeadLetterStore
     from worker.jobs.ledger import DeliveryLedger
+    from worker.jobs.lost import LostMessages
     from worker.jobs.pending import PendingJobs
     from worker.jobs.stats import Stats
     from worker.liveness.heartbeat import Claims, Heartbeat, LiveWorkers
@@ -237,11 +238,28 @@ class Runtime:
             self.redis, self.keys, grace=self.settings.lost_job_grace, keep=self.settings.delivered_marker_ttl
         )
 
+    @cached_property
+    def lost_messages(self) -> LostMessages | None:
+        """The check for messages a consumer popped and never recorded; None on a broker that is not Redis."""
+        from config.redis import REDIS_SCHEMES
+        from worker.jobs.lost import LostMessages
+
+        if not self.settings.broker_url.startswith(REDIS_SCHEMES):
+            return None
+        broker = connect(self.settings.broker_url, variable="MAILWORKER_BROKER_URL", check=False,
+                         sentinel=self.settings.sentinel)  # fmt: skip
+        return LostMessages(
+            self.redis, broker, self.keys, broker_prefix=self.settings.broker_key_prefix,
+            grace=self.settings.lost_job_grace, interval=self.settings.heartbeat_interval,
+        )  # fmt: skip
+
     def close(self) -> None:
         if "heartbeat" in self.__dict__:
             self.heartbeat.stop()
         if "services" in self.__dict__:
             self.services.pools.close_all()
+        if (lost := self.__dict__.get("lost_messages")) is not None:
+            lost.broker.close()
         if "redis" in self.__dict__:
             self.redis.close()
 

@@ -43,27 +43,31 @@ def settle(cluster: Cluster, sink: Sink, jobs: dict, timeout: float) -> tuple[di
 
 
 def test_sigkill_mid_burst_then_restart_loses_nothing(tmp_path):
+    """Three SIGKILLs during one burst of 5,000 resets, each worker replaced at once. A kill can land
+    between kombu's BRPOP and its unacked record: such a message is published again within seconds
+    (worker/jobs/lost.py), so even that one is not lost."""
     with Cluster.start(tmp_path) as cluster, Sink() as sink:
         cluster.save_realm("acme", sink.settings_dict())
         jobs = {j.id: j for j in (cluster.job("acme", "password-reset", a) for a in addresses(5000, "kill"))}
-        first = cluster.worker(concurrency=4)
+        worker = cluster.worker(concurrency=4)
         started = time.monotonic()
         for job in jobs.values():
             cluster.enqueue(job)
-        assert sink.wait_total(1500, timeout=180), f"only {sink.total()} delivered before the kill"
-        first.kill()
+        in_flight = []
+        for n, at in enumerate((1200, 2400, 3600)):
+            assert sink.wait_total(at, timeout=180), f"only {sink.total()} delivered before kill {n + 1}"
+            worker.kill()
+            in_flight.append(int(cluster.redis.hlen(f"{cluster.prefix}:unacked")))  # the dead one's, unacked
+            worker = cluster.worker(concurrency=4, name=f"w{n + 2}")
         killed_at = time.monotonic()
-        delivered_at_kill = sink.total()
-        in_flight = int(cluster.redis.hlen(f"{cluster.prefix}:unacked"))  # taken by the dead worker, unacked
-        cluster.worker(concurrency=4, name="w2")
         results, figures = settle(cluster, sink, jobs, timeout=420)
-        report("sigkill-5000", **figures, delivered_at_kill=delivered_at_kill, in_flight_at_kill=in_flight,
-               recovered_after_s=time.monotonic() - killed_at, elapsed_s=time.monotonic() - started,
+        report("sigkill-5000-x3", **figures, in_flight_at_kills=in_flight,
+               recovered_after_last_kill_s=time.monotonic() - killed_at, elapsed_s=time.monotonic() - started,
                throughput_per_s=len(jobs) / (time.monotonic() - started))  # fmt: skip
-    assert 0 < in_flight <= 16, "the kill did not hit work in flight: the test proves nothing"
+    assert all(0 < n <= 16 for n in in_flight), "a kill hit no work in flight: the test proves nothing"
     assert figures["lost"] == 0 and figures["without_result"] == 0
     assert outcome_counts(results)["sent"] + figures["skipped_as_duplicate"] == len(jobs)
-    assert figures["duplicated"] <= in_flight  # target 0: the delivered-marker skips redeliveries
+    assert figures["duplicated"] <= sum(in_flight)  # target 0: the delivered-marker skips redeliveries
 
 
 def test_sigterm_mid_burst_finishes_or_requeues_without_duplicates(tmp_path):

@@ -14,6 +14,7 @@ worker never learned so. Such a job's result says `ambiguous: 1` and both copies
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -174,6 +175,57 @@ def test_sigkill_during_a_bulk_chunk_at_default_settings(tmp_path: Path) -> None
     # Accepted recipients are committed while a slow group is on the wire: what a death can send twice is
     # the message each of the two bulk processes had on the wire (it was accepted, the reply not read).
     assert twice <= 2
+
+
+def test_a_message_popped_by_a_consumer_that_died_before_recording_it_at_default_settings(
+    tmp_path: Path,
+) -> None:
+    """kombu pops with BRPOP and records the message as unacknowledged in a second step: a consumer killed
+    in between takes the message with it (no queue, no unacked record, no claim). Here the pop is done
+    by hand, as such a consumer's BRPOP would do it, while a worker serves the queue."""
+    with Cluster.start(tmp_path, defaults=True) as cluster, Sink(per_message_delay=1.5) as sink:
+        cluster.save_realm("acme", {"from": "noreply@example.com", "host": "127.0.0.1", "port": sink.port})
+        jobs = {j.id: j for j in (cluster.job("acme", "password-reset", a, context=RESET)
+                                  for a in addresses(12, "popped"))}  # fmt: skip
+        cluster.worker(concurrency=2, queues=None)
+        for job in jobs.values():
+            cluster.enqueue(job)
+        assert sink.wait_total(1, timeout=60)
+        raw = cluster.redis.rpop(cluster.lane_keys()[0])  # URGENT: the password resets' lane
+        died_at = time.time()
+        assert raw is not None, "nothing left to pop: the scenario proves nothing"
+        popped = str(json.loads(raw)["headers"]["id"])
+        figures = settle(cluster, sink, jobs, {popped}, died_at, timeout=180)
+    report("default-popped-never-recorded", **{k: v for k, v in figures.items() if k != "results"})
+    check(figures, jobs)
+    assert figures["duplicated"] == 0
+
+
+def test_a_bulk_chunk_popped_by_a_consumer_that_died_before_recording_it_at_default_settings(
+    tmp_path: Path,
+) -> None:
+    with Cluster.start(tmp_path, defaults=True) as cluster, Sink(per_message_delay=0.02) as sink:
+        cluster.save_realm("acme", {"from": "noreply@example.com", "host": "127.0.0.1", "port": sink.port})
+        to = addresses(300, "chunk")
+        job_id = cluster.python(BULK_PRODUCER, ",".join(to)).strip().splitlines()[-1]
+        cluster.worker(concurrency=2, queues=None)
+        deadline = time.monotonic() + 60
+        while (raw := cluster.redis.rpop(f"{cluster.prefix}:bulk")) is None or "mail.bulk.chunk" not in raw:
+            assert time.monotonic() < deadline, "no chunk to pop: the scenario proves nothing"
+            if raw is not None:  # the fan-out: back where it was, for the worker
+                cluster.redis.rpush(f"{cluster.prefix}:bulk", raw)
+            time.sleep(0.005)
+        died_at = time.time()
+        progress = wait_bulk(cluster.runtime, job_id, timeout=180)
+        figures = {
+            "recipients": len(to), "delivered": sum(1 for a in to if sink.accepted[a] >= 1),
+            "lost": sum(1 for a in to if sink.accepted[a] == 0),
+            "duplicated": sum(1 for a in to if sink.accepted[a] > 1),
+            "pop_to_job_done_s": (progress["finished_at"] or float("nan")) - died_at,
+        }  # fmt: skip
+    report("default-chunk-popped-never-recorded", **figures)
+    assert figures["lost"] == 0 and figures["duplicated"] == 0 and progress["state"] == "done"
+    assert figures["pop_to_job_done_s"] <= RECOVERY_LIMIT_S
 
 
 BULK_PRODUCER = """
