@@ -89,6 +89,11 @@ class ServiceSettings(BaseSettings):
     lost_job_grace: int = Field(default=1800, ge=60)
     sweep_interval: int = Field(default=30, ge=1)
 
+    # The stats, outcome and metric counters are summed in each process and written this often (seconds;
+    # worker/outcomes/buffer.py): a few Redis commands a second instead of four a message. A process
+    # killed with SIGKILL loses up to this much of its counts (never mail). 0 writes with every count.
+    counter_flush_interval: float = Field(default=1.0, ge=0, le=60)
+
     # One mail per recipient and template in this window (e-mail bombing guard); 0 turns it off.
     recipient_cooldown: int = Field(default=30, ge=0)
 

@@ -43,6 +43,9 @@ def pytest_configure(config: pytest.Config) -> None:
             "MAILWORKER_RETRY_MAX_DELAY": "1",
             "MAILWORKER_MAX_ATTEMPTS": "4",
             "MAILWORKER_RECIPIENT_COOLDOWN": "0",
+            # Counters written with each count, so a test reads them right after a job (the buffer's own
+            # behaviour is tested in tests/test_counter_buffer.py).
+            "MAILWORKER_COUNTER_FLUSH_INTERVAL": "0",
             # The token endpoints of the tests listen on 127.0.0.1 (http): allowed only with this.
             "MAILWORKER_ALLOW_PRIVATE_URLS": "1",
         }

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from worker.jobs.pending import PendingJobs
     from worker.jobs.stats import Stats
     from worker.liveness.heartbeat import Claims, Heartbeat, LiveWorkers
+    from worker.outcomes.buffer import CounterBuffer
     from worker.outcomes.record import Outcomes
     from worker.outcomes.tallies import Tallies
     from worker.outcomes.webhooks.endpoints import EndpointStore
@@ -120,8 +121,15 @@ class Runtime:
         from worker.outcomes.webhooks.endpoints import EndpointCache
         from worker.outcomes.webhooks.fanout import Fanout
 
-        return Outcomes(self.redis, self.keys, self.stats, notify=Fanout(EndpointCache(self.webhooks),
-                                                                          publish_webhook))  # fmt: skip
+        return Outcomes(self.redis, self.keys, self.stats, self.counters,
+                        notify=Fanout(EndpointCache(self.webhooks), publish_webhook))  # fmt: skip
+
+    @cached_property
+    def counters(self) -> CounterBuffer:
+        """The counters of outcomes and deliveries, summed in this process and written once a second."""
+        from worker.outcomes.buffer import CounterBuffer
+
+        return CounterBuffer(self.redis, self.settings.counter_flush_interval)
 
     @cached_property
     def webhook_delivery(self) -> WebhookDelivery:
@@ -256,6 +264,8 @@ class Runtime:
     def close(self) -> None:
         if "heartbeat" in self.__dict__:
             self.heartbeat.stop()
+        if "counters" in self.__dict__:
+            self.counters.close()
         if "services" in self.__dict__:
             self.services.pools.close_all()
         if (lost := self.__dict__.get("lost_messages")) is not None:

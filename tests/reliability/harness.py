@@ -225,6 +225,12 @@ class Cluster:
     def redis(self) -> redis.Redis:
         return self.runtime.redis
 
+    def stats(self, realm: str) -> dict[str, int]:
+        """The realm's counts of the last hour, once the workers wrote what they summed (one flush interval,
+        `MAILWORKER_COUNTER_FLUSH_INTERVAL`, worker/outcomes/buffer.py)."""
+        time.sleep(self.runtime.settings.counter_flush_interval + 0.5)
+        return self.runtime.services.stats.last_hour(realm)
+
     def close(self) -> None:
         if "_app" in self.__dict__:
             self.app.close()

@@ -111,7 +111,7 @@ def test_email_bombing_sends_one_reset_and_drops_the_rest_with_a_reason(cluster:
 
     counts = outcome_counts(results)
     dropped = [r for r in results.values() if r["status"] == "dropped"]
-    stats = cluster.runtime.services.stats.last_hour("acme")
+    stats = cluster.stats("acme")
     report("email-bombing", requests=len(ids), enqueue_s=enqueue_s, delivered=counts["sent"],
            dropped=len(dropped), accepted_by_server=sink.accepted[victim], stats_dropped=stats.get("dropped_cooldown"),
            elapsed_s=elapsed)  # fmt: skip

@@ -82,7 +82,7 @@ def test_a_12s_reply_to_the_data_is_waited_for_and_never_opens_the_breaker(tmp_p
                 breaker_seen.add(state["open_until"])
             results = cluster.results(list(jobs))
             time.sleep(0.5)
-        stats = cluster.runtime.services.stats.last_hour("acme")
+        stats = cluster.stats("acme")
 
     copies = [sink.accepted[job.to.lower()] for job in jobs.values()]
     report("default-12s-final-reply", sent=len(jobs), delivered=sum(1 for n in copies if n >= 1),

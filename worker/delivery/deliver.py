@@ -224,12 +224,12 @@ def deliver(
         record["suppressed"] = details["suppressed"] = flagged.flag()
     if attempt > 1 and (ambiguous := services.ledger.ambiguous(job.id)):
         record["ambiguous"] = ambiguous  # earlier attempts may have delivered copies (same Message-ID)
-    # Enqueue to acceptance, counted in the same round trip as the delivered mark (/metrics' histogram).
+    services.ledger.mark_delivered(job.id, record, idempotent=job.idempotency_key is not None)
+    # Enqueue to acceptance (/metrics' histogram), counted with the outcome.
     waited = time.time() - job.created_at
-    services.ledger.mark_delivered(job.id, record, idempotent=job.idempotency_key is not None,
-                                   also=lambda pipe: services.tallies.queue_delivery(pipe, TRANSACTIONAL, waited))  # fmt: skip
     services.outcomes.record(Outcome(SENT, job.realm, job.id, job.template, job.to, smtp_code=result.code,
-                                     smtp_reply=result.reply, details=details))  # fmt: skip
+                                     smtp_reply=result.reply, details=details),
+                             also=lambda pipe: services.tallies.queue_delivery(pipe, TRANSACTIONAL, waited))  # fmt: skip
     return record
 
 

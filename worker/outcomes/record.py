@@ -1,5 +1,6 @@
 """Recording outcomes: the realm's hourly counters (`mailworker stats`) and the all-time totals the metrics
-read (`mailworker_jobs_total{realm,outcome}`), in one round trip to Redis per outcome; then the delivery
+read (`mailworker_jobs_total{realm,outcome}`), summed in the process and written once a second
+(buffer.py); then the delivery
 webhooks the realm's endpoints subscribed to (none, without a round trip, for a realm without endpoints).
 
 Totals live in Redis, not in the process: with many worker processes on many hosts, any HTTP server reads
@@ -14,6 +15,7 @@ from typing import Any
 
 from config.keys import Keys
 from worker.jobs.stats import Stats
+from worker.outcomes.buffer import CounterBuffer
 from worker.outcomes.outcome import STAT_NAMES, Outcome
 
 log = logging.getLogger(__name__)
@@ -23,17 +25,24 @@ TOTAL_SEPARATOR = "\t"  # realm names never hold one (config/names.py)
 
 class Outcomes:
     def __init__(
-        self, redis: Any, keys: Keys, stats: Stats, notify: Callable[[Outcome], Any] | None = None
-    ) -> None:
+        self, redis: Any, keys: Keys, stats: Stats, counters: CounterBuffer | None = None,
+        notify: Callable[[Outcome], Any] | None = None,
+    ) -> None:  # fmt: skip
         self.redis = redis
         self.keys = keys
         self.stats = stats
+        # Where the counts go: summed in the process and written once a second (buffer.py), or, without a
+        # buffer, written with each outcome.
+        self.counters = counters
         # The webhooks' fan-out (worker/outcomes/webhooks/fanout.py): after the counts, so a broker that
         # does not answer cannot lose them.
         self.notify = notify
 
-    def record(self, outcome: Outcome) -> None:
-        pipe = self.redis.pipeline(transaction=False)
+    def record(self, outcome: Outcome, also: Callable[[Any], Any] | None = None) -> None:
+        """Count the outcome (and `also(pipe)`: more counters of the same ending), then its webhooks."""
+        pipe = self.counters if self.counters is not None else self.redis.pipeline(transaction=False)
+        if also is not None:
+            also(pipe)
         name = STAT_NAMES.get(outcome.event)
         if name is not None:
             self.stats.queue_count(pipe, outcome.realm, name, outcome.count)
