@@ -89,6 +89,12 @@ class ServiceSettings(BaseSettings):
     lost_job_grace: int = Field(default=1800, ge=60)
     sweep_interval: int = Field(default=30, ge=1)
 
+    # What a process read of a realm (its settings version, circuit breaker, suppression list; a producer's
+    # realm check) is trusted this long (seconds; config/recent.py): one Redis command per realm and second
+    # instead of one per message. A save, a breaker another process opened or a new suppression is seen
+    # within this time. 0 reads every time.
+    realm_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+
     # The stats, outcome and metric counters are summed in each process and written this often (seconds;
     # worker/outcomes/buffer.py): a few Redis commands a second instead of four a message. A process
     # killed with SIGKILL loses up to this much of its counts (never mail). 0 writes with every count.

@@ -64,7 +64,10 @@ class RealmFacts:
 def _realm_settings(realm: str) -> RealmFacts:
     check_realm(realm)
     store = runtime().store
-    fields = store.saved_fields(realm)
+    # Trusted for a moment (config/recent.py): a producer sending a thousand jobs reads it once a second.
+    fields = runtime().recent_realms.get(
+        realm, lambda: store.saved_fields(realm), keep=lambda f: f is not None
+    )
     if fields is None:
         if store.epoch() is None:
             # Not the caller's mistake: the store is empty (wiped, or never configured). Retryable.

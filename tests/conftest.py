@@ -46,6 +46,8 @@ def pytest_configure(config: pytest.Config) -> None:
             # Counters written with each count, so a test reads them right after a job (the buffer's own
             # behaviour is tested in tests/test_counter_buffer.py).
             "MAILWORKER_COUNTER_FLUSH_INTERVAL": "0",
+            # A save is seen by the very next message (config/recent.py is tested in tests/test_recent.py).
+            "MAILWORKER_REALM_CACHE_SECONDS": "0",
             # The token endpoints of the tests listen on 127.0.0.1 (http): allowed only with this.
             "MAILWORKER_ALLOW_PRIVATE_URLS": "1",
         }

@@ -18,6 +18,7 @@ from config.redis import connect
 from config.settings import ServiceSettings, get_settings
 
 if TYPE_CHECKING:
+    from config.recent import Recent
     from config.store import SettingsStore
     from worker.bounces.record import BounceRecorder
     from worker.bounces.suppression import SuppressionList
@@ -125,6 +126,13 @@ class Runtime:
                         notify=Fanout(EndpointCache(self.webhooks), publish_webhook))  # fmt: skip
 
     @cached_property
+    def recent_realms(self) -> Recent[str, dict[str, Any] | None]:
+        """A producer's realm check (its saved fields), trusted for a moment (config/recent.py)."""
+        from config.recent import Recent
+
+        return Recent(self.settings.realm_cache_seconds)
+
+    @cached_property
     def counters(self) -> CounterBuffer:
         """The counters of outcomes and deliveries, summed in this process and written once a second."""
         from worker.outcomes.buffer import CounterBuffer
@@ -151,7 +159,7 @@ class Runtime:
         """The realms' suppression lists (worker/bounces/suppression.py); need no secret key."""
         from worker.bounces.suppression import SuppressionList
 
-        return SuppressionList(self.redis, self.keys)
+        return SuppressionList(self.redis, self.keys, recent_seconds=self.settings.realm_cache_seconds)
 
     @cached_property
     def bounces(self) -> BounceRecorder:
@@ -205,8 +213,8 @@ class Runtime:
 
         return Services(
             settings=self.settings,
-            cache=SettingsCache(self.store),
-            secondary=SettingsCache(self.store.for_server(SECONDARY)),
+            cache=SettingsCache(self.store, self.settings.realm_cache_seconds),
+            secondary=SettingsCache(self.store.for_server(SECONDARY), self.settings.realm_cache_seconds),
             renderer=self.renderer,
             pools=ThreadPools(),
             ledger=self.ledger,
@@ -236,6 +244,7 @@ class Runtime:
             window=self.settings.breaker_window,
             cooloff=self.settings.breaker_cooloff,
             max_cooloff=self.settings.breaker_max_cooloff,
+            recent_seconds=self.settings.realm_cache_seconds,
         )
 
     @cached_property

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from config.keys import Keys
+from config.recent import Recent
 
 SEND, SKIP, FLAG = "send", "skip", "flag"
 HARD_BOUNCE, COMPLAINT = "hard_bounce", "complaint"
@@ -55,10 +56,13 @@ def normal(address: str) -> str:
 
 
 class SuppressionList:
-    def __init__(self, redis: Any, keys: Keys, ttl: int = DEFAULT_TTL) -> None:
+    def __init__(self, redis: Any, keys: Keys, ttl: int = DEFAULT_TTL, recent_seconds: float = 0.0) -> None:
         self.redis = redis
         self.keys = keys
         self.ttl = ttl
+        # Most realms have no suppression list: whether one exists is trusted for a moment (config/recent.py),
+        # so their messages cost no look-up at all.
+        self._has_list: Recent[str, bool] = Recent(recent_seconds)
 
     def add(self, realm: str, address: str, reason: str, *, job_id: str | None, status: str | None = None,
             diagnostic: str | None = None, now: float | None = None) -> Suppression:  # fmt: skip
@@ -68,6 +72,7 @@ class SuppressionList:
         pipe.zadd(self.keys.suppressed(realm), {entry.address: entry.until})
         pipe.hset(self.keys.suppression(realm), entry.address, json.dumps(entry.to_json()))
         pipe.execute()
+        self._has_list.forget(realm)
         return entry
 
     def suppressed(self, realm: str, addresses: Sequence[str], now: float | None = None) -> list[bool]:
@@ -75,7 +80,10 @@ class SuppressionList:
         if not addresses:
             return []
         now = time.time() if now is None else now
-        scores = self.redis.zmscore(self.keys.suppressed(realm), [normal(a) for a in addresses])
+        key = self.keys.suppressed(realm)
+        if not self._has_list.get(realm, lambda: bool(self.redis.exists(key))):
+            return [False] * len(addresses)
+        scores = self.redis.zmscore(key, [normal(a) for a in addresses])
         return [score is not None and float(score) > now for score in scores]
 
     def get(self, realm: str, address: str, now: float | None = None) -> Suppression | None:

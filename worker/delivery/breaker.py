@@ -30,6 +30,7 @@ from typing import Any
 import redis
 
 from config.keys import Keys
+from config.recent import Recent
 
 CLOSED = "closed"  # connect freely (possibly with a few failures counted)
 OPEN = "open"  # do not connect until the cool-off is over
@@ -124,11 +125,15 @@ class CircuitBreaker:
         window: float = 60.0,
         cooloff: float = 30.0,
         max_cooloff: float = 240.0,
+        recent_seconds: float = 0.0,
     ) -> None:
         if threshold < 1 or window <= 0 or cooloff <= 0:
             raise ValueError("threshold, window and cooloff must be positive")
         self.redis = client
         self.keys = keys
+        # "No failures here" is trusted for a moment (config/recent.py): a realm's healthy jobs cost no
+        # look-up; a breaker another process opens is seen within that moment, this process's at once.
+        self._closed: Recent[str, bool] = Recent(recent_seconds)
         self.threshold = threshold
         self.window = window
         self.cooloff = cooloff
@@ -145,7 +150,8 @@ class CircuitBreaker:
         now = time.time() if now is None else now
         # A realm without failures has no hash, and the script answers "closed" for it doing nothing: one
         # EXISTS says the same with one Redis command instead of two (EVALSHA and its HMGET), per job.
-        if not self.redis.exists(self.keys.breaker(realm)):
+        key = self.keys.breaker(realm)
+        if self._closed.get(realm, lambda: not self.redis.exists(key), keep=lambda closed: closed):
             return Verdict(CLOSED)
         raw: Any = self._check(
             keys=[self.keys.breaker(realm)], args=[repr(now), endpoint, probe_ttl, self.key_ttl]
@@ -159,6 +165,7 @@ class CircuitBreaker:
         args: list[str | int | float] = [repr(now), endpoint, error[:500], self.threshold, self.window]
         args += [self.cooloff, self.max_cooloff, self.key_ttl]
         opened: Any = self._failure(keys=[self.keys.breaker(realm)], args=args)
+        self._closed.forget(realm)
         return bool(int(opened))
 
     def success(self, realm: str) -> None:

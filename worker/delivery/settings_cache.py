@@ -1,4 +1,5 @@
-"""A worker's cache of realm settings, checked against the stored version on every use (one HGET)."""
+"""A worker's cache of realm settings, checked against the stored version (one HGET a realm and second,
+config/recent.py; a save is seen within `MAILWORKER_REALM_CACHE_SECONDS`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from config.codec import UnusableSettings
 from config.crypto import KeyNotHeld
 from config.epoch import Epoch, store_empty_error
 from config.errors import NotFound
+from config.recent import Recent
 from config.smtp import SmtpSettings
 from config.store import SettingsStore
 from worker.liveness.heartbeat import process_name
@@ -17,19 +19,20 @@ log = logging.getLogger(__name__)
 
 
 class SettingsCache:
-    def __init__(self, store: SettingsStore) -> None:
+    def __init__(self, store: SettingsStore, recent_seconds: float = 0.0) -> None:
         self.store = store
+        self._versions: Recent[str, int | None] = Recent(recent_seconds)
         self._entries: dict[str, tuple[int, SmtpSettings]] = {}
         self._epoch: Epoch | None = None  # the store's epoch (config/epoch.py) as this process last saw it
 
     def get(self, realm: str) -> tuple[int, SmtpSettings]:
-        """The realm's saved settings and their version; a save is seen by the very next message.
+        """The realm's saved settings and their version; a save is seen within the realm cache's seconds.
 
         NotFound when the realm has none, or its secret cannot be used (UnusableSettings: a broken
         binding, or a key this worker lacks); StoreUnavailable (retryable) when the store holds no settings
         at all (wiped, or never configured): the job waits for an admin instead of dying.
         """
-        version = self.store.version(realm)
+        version = self._versions.get(realm, lambda: self.store.version(realm))
         cached = self._entries.get(realm)
         if cached is not None and cached[0] == version:
             return cached
