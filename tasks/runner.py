@@ -113,22 +113,31 @@ def _run_job(task: Task, job: EmailJob) -> dict[str, Any]:
         runtime().pending.touch(job.id, busy_for=wait)
         raise task.retry(countdown=wait, max_retries=CELERY_RETRY_LIMIT)
     try:
-        if claimed == TAKEN_OVER:
-            log.warning("job %s: its previous holder died; taken over", job.id)
-            facts = services.ledger.fields(job.id)
-            ended = _ended_before(job, facts)  # the dead holder may have finished it just before dying
-            if ended is not None:
-                return ended
-        if died_after_data(facts):
-            dead = _after_a_death_in_the_data(task, job, services)
-            if dead is not None:
-                return dead
-        runtime().pending.touch_for_attempt(
-            job.id, job.created_at, busy_for=services.settings.task_time_limit
-        )
-        return _attempt(task, job, services)
-    finally:
-        claims.release(claim_key)
+        result = _claimed(task, job, services, facts, taken_over=claimed == TAKEN_OVER)
+    except BaseException:
+        claims.release(claim_key)  # a retry, or an error: the claim goes only if it is still ours
+        raise
+    # The job ended (sent, dead-lettered) and says so in the ledger, so every copy skips it: one DEL
+    # instead of the compare-and-delete script, whoever holds the claim by now.
+    claims.drop(claim_key)
+    return result
+
+
+def _claimed(task: Task, job: EmailJob, services: Any, facts: dict[str, str], *, taken_over: bool
+             ) -> dict[str, Any]:  # fmt: skip
+    """The job's attempt, under its claim."""
+    if taken_over:
+        log.warning("job %s: its previous holder died; taken over", job.id)
+        facts = services.ledger.fields(job.id)
+        ended = _ended_before(job, facts)  # the dead holder may have finished it just before dying
+        if ended is not None:
+            return ended
+    if died_after_data(facts):
+        dead = _after_a_death_in_the_data(task, job, services)
+        if dead is not None:
+            return dead
+    runtime().pending.touch_for_attempt(job.id, job.created_at, busy_for=services.settings.task_time_limit)
+    return _attempt(task, job, services)
 
 
 def _after_a_death_in_the_data(task: Task, job: EmailJob, services: Any) -> dict[str, Any] | None:

@@ -27,6 +27,7 @@ from config.names import (
 from config.redis import REDIS_SCHEMES
 from config.sentinel import is_sentinel
 from config.settings import ServiceSettings, get_settings
+from worker.broker.results import store_result_lean
 from worker.liveness.leases import Leases
 
 TASK_MODULES = ["tasks.send", "tasks.events", "tasks.connection", "tasks.bulk", "tasks.webhooks"]
@@ -162,6 +163,7 @@ class _App(Celery):
         backend = super()._get_backend()
         if isinstance(backend, RedisBackend):  # Sentinel's too; other backends' calls do other things
             backend.on_task_call = _subscribe_when_waited
+            store_result_lean(backend)  # worker/broker/results.py
         return backend
 
 

@@ -106,13 +106,12 @@ class DeliveryLedger:
         return str(value) if value is not None else None
 
     def next_attempt(self, job_id: str) -> int:
-        """Counts attempts across retries and redeliveries (Celery's own counter resets on redelivery)."""
-        key = self.keys.job(job_id)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hincrby(key, "attempts", 1)
-        pipe.expire(key, self.ttl)
-        attempt, _ = pipe.execute()
-        return int(attempt)
+        """Counts attempts across retries and redeliveries (Celery's own counter resets on redelivery).
+
+        No EXPIRE here: every attempt ends in a write that sets the hash's life (delivered, a retry's error,
+        an end), and a process that dies mid-attempt leaves the job to a worker that ends it.
+        """
+        return int(self.redis.hincrby(self.keys.job(job_id), "attempts", 1))
 
     def started(self, job_id: str, now: float) -> float:
         """When the job's first attempt ran (`now` on the first call): a retry's age is counted from it."""

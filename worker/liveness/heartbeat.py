@@ -191,6 +191,15 @@ class Claims:
                 self._unreleased.append((key, holder))
             raise
 
+    def drop(self, key: str) -> None:
+        """Delete the claim whoever holds it: for a job that ended, which every holder would skip."""
+        try:
+            self.redis.delete(key)
+        except redis.RedisError as error:  # the job ended all the same: released on the next beat
+            log.warning("claim %s not released (Redis unavailable?): %s", key, error)
+            with self._unreleased_lock:
+                self._unreleased.append((key, self.holder()))
+
     def release_unreleased(self) -> None:
         """Release the claims an earlier release could not; raises (keeping them) while Redis is away."""
         with self._unreleased_lock:
