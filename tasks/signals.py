@@ -22,6 +22,7 @@ from celery.signals import (
 from config.names import BULK, TRANSACTIONAL
 from worker.bulk.progress import BULK_JOB_PREFIX
 from worker.jobs.lost import EntryKinds
+from worker.liveness.heartbeat import process_gone
 from worker.logs import configure_logging, say
 from worker.runtime import reset, runtime
 
@@ -145,6 +146,7 @@ ENTRY_KINDS = EntryKinds(
     queue=lambda entry_id: BULK if entry_id.startswith(BULK_JOB_PREFIX) else TRANSACTIONAL,
     claim_key=_claim_key,
     ended=_ended,
+    process_gone=process_gone,
 )
 
 

@@ -102,9 +102,9 @@ def recorded(monkeypatch) -> list:
     outcomes, seen = runtime().outcomes, []
     original = outcomes.record
 
-    def record(outcome):
+    def record(outcome, also=None):
         seen.append(outcome)
-        original(outcome)
+        original(outcome, also=also)
 
     monkeypatch.setattr(outcomes, "record", record)
     return seen

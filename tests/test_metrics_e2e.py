@@ -48,6 +48,7 @@ def test_the_oldest_age_rises_while_workers_are_stopped_and_falls_when_they_star
             cluster.worker(name="w2")
             results = cluster.wait_results(ids, timeout=60)
             assert {r["status"] for r in results.values()} == {"sent"}
+            cluster.counted()  # the workers write their counts once a second (worker/outcomes/buffer.py)
             after = scrape(client)
             assert value(after, "mailworker_queue_oldest_age_seconds", queue=QUEUE) == 0.0
             assert value(after, "mailworker_queue_depth", queue=QUEUE) == 0.0

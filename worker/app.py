@@ -28,6 +28,7 @@ from config.redis import REDIS_SCHEMES
 from config.sentinel import is_sentinel
 from config.settings import ServiceSettings, get_settings
 from worker.broker.results import store_result_lean
+from worker.broker.transport import register as register_transport
 from worker.liveness.leases import Leases
 
 TASK_MODULES = ["tasks.send", "tasks.events", "tasks.connection", "tasks.bulk", "tasks.webhooks"]
@@ -173,6 +174,7 @@ def _subscribe_when_waited(producer: Any, task_id: str) -> None:
 
 def create_app(settings: ServiceSettings | None = None) -> Celery:
     _reconnect_instead_of_crashing()
+    register_transport()  # worker/broker/transport.py
     # Every process that publishes (producers, workers retrying, the sweeper) builds its app here.
     before_task_publish.connect(_stamp_published_at, weak=False, dispatch_uid=PUBLISHED_AT)
     settings = settings or get_settings()

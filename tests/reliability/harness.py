@@ -226,10 +226,22 @@ class Cluster:
         return self.runtime.redis
 
     def stats(self, realm: str) -> dict[str, int]:
-        """The realm's counts of the last hour, once the workers wrote what they summed (one flush interval,
-        `MAILWORKER_COUNTER_FLUSH_INTERVAL`, worker/outcomes/buffer.py)."""
-        time.sleep(self.runtime.settings.counter_flush_interval + 0.5)
+        """The realm's counts of the last hour, once the workers wrote what they summed."""
+        self.counted()
         return self.runtime.services.stats.last_hour(realm)
+
+    def counted(self, timeout: float = 15.0) -> None:
+        """Wait until the workers wrote the counts they sum (worker/outcomes/buffer.py: every
+        `MAILWORKER_COUNTER_FLUSH_INTERVAL`): until the counters stay the same for one interval and a half."""
+        pause = self.runtime.settings.counter_flush_interval * 1.5 + 0.2
+        deadline = time.monotonic() + timeout
+        before = self.redis.hgetall(self.runtime.keys.outcome_totals())
+        while time.monotonic() < deadline:
+            time.sleep(pause)
+            now = self.redis.hgetall(self.runtime.keys.outcome_totals())
+            if now == before:
+                return
+            before = now
 
     def close(self) -> None:
         if "_app" in self.__dict__:
@@ -322,11 +334,14 @@ class Cluster:
         return [str(m) for name in self.lane_keys(queue) for m in self.redis.lrange(name, 0, -1)]
 
     def held_jobs(self) -> set[str]:
-        """Task ids of the messages workers took and have not acknowledged (kombu's unacked hash)."""
+        """Task ids of the jobs workers hold: taken and recorded (kombu's unacked hash), or running (their
+        claim: worker/broker/transport.py records a transactional job only at the next heartbeat)."""
         held = set()
         for raw in self.redis.hvals(f"{self.prefix}:unacked"):
             payload = json.loads(raw)[0]
             held.add(str(payload["headers"]["id"]))
+        claims = f"{self.prefix}:claim:"
+        held |= {str(key)[len(claims) :] for key in self.redis.scan_iter(match=f"{claims}*", count=1000)}
         return held
 
     def key_count(self) -> int:

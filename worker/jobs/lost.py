@@ -9,9 +9,10 @@ and no claim holds it any more. The pending ledger (pending.py) still does, but 
 This check closes that gap without touching the broker's hot path. kombu pushes on the head of each
 priority list and pops its tail; a lease hand-back goes onto the tail, ahead of the rest. So a job
 published before the oldest message still waiting in every list of its queue has been taken from that
-queue. If, besides, nobody works on it (no claim), no worker holds it (not in the unacked hash) and it
-has not ended, it was lost in that window. A job seen so in two checks a heartbeat apart (a live
-consumer's pop and record take microseconds) is published again under its id. Should it not have been
+queue. If, besides, nobody works on it (no claim held by a live process), no worker holds it (not in the
+unacked hash) and it has not ended, it was lost in that window, or with a worker that died within a
+heartbeat of taking it (worker/broker/transport.py records such a job at the next beat). A job seen so
+in two checks two heartbeats apart is published again under its id. Should it not have been
 lost after all (hosts whose clocks disagree by more than QUEUE_ORDER_SLACK_S), the copy is skipped by
 the job's claim or delivered-marker: a wasted message, never a second mail.
 """
@@ -37,6 +38,10 @@ log = logging.getLogger(__name__)
 # stamp both the ledger and the message header) may disagree a little: a job is taken as gone from its
 # queue only when it was published this much before the oldest message still waiting there.
 QUEUE_ORDER_SLACK_S = 2.0
+# A suspect is published again when it was lost in checks this many intervals apart: a live consumer's
+# pop and record take microseconds, and a transactional job it holds is recorded within one heartbeat
+# (worker/broker/transport.py).
+CONFIRM_ROUNDS = 2
 # Entries looked at per check, oldest first (the ledger holds every queued job, but only those published
 # before their queue's oldest waiting message are candidates, and they are the oldest).
 SCAN_LIMIT = 5000
@@ -105,6 +110,8 @@ class EntryKinds:
     queue: Callable[[str], str]  # the queue the entry's message waits in
     claim_key: Callable[[str], str | None]  # the claim a worker holds while it works on the entry
     ended: Callable[[str], bool]  # sent, dead-lettered, dropped: nothing to publish
+    # A claim holder's process known to be gone although its heartbeat key lives on (it ran on this host).
+    process_gone: Callable[[str], bool] = lambda process: False
 
 
 Publish = Callable[[str, list[Any], str | None, str, int], None]  # (task, args, task id, queue, lane)
@@ -174,16 +181,31 @@ class LostMessages:
         ]  # fmt: skip
         if not taken:
             return []
-        claims = {entry: key for entry in taken if (key := kinds.claim_key(entry))}
-        pipe = self.store.pipeline(transaction=False)
-        for key in claims.values():
-            pipe.exists(key)
-        worked_on = {entry for entry, busy in zip(claims, pipe.execute(), strict=True) if busy}
+        worked_on = self._worked_on(taken, kinds)
         free = [entry for entry in taken if entry not in worked_on and not kinds.ended(entry)]
         if not free:
             return []
         held = {e for raw in self.broker.hvals(f"{self.broker_prefix}unacked") for e in held_entries(raw)}
         return [entry for entry in free if entry not in held]
+
+    def _worked_on(self, entries: list[str], kinds: EntryKinds) -> set[str]:
+        """The entries a live process holds the claim of (a dead holder's claim holds nothing)."""
+        claims = {entry: key for entry in entries if (key := kinds.claim_key(entry))}
+        pipe = self.store.pipeline(transaction=False)
+        for key in claims.values():
+            pipe.get(key)
+        holders = {
+            entry: str(holder).partition("|")[0]
+            for entry, holder in zip(claims, pipe.execute(), strict=True)
+            if holder is not None
+        }
+        pipe = self.store.pipeline(transaction=False)
+        for process in holders.values():
+            pipe.exists(self.keys.alive(process))
+        return {
+            entry for (entry, process), beating in zip(holders.items(), pipe.execute(), strict=True)
+            if beating and not kinds.process_gone(process)
+        }  # fmt: skip
 
     def check(self, kinds: EntryKinds, publish: Publish, now: float | None = None) -> list[str]:
         """One round: note new suspects, publish again those still lost one interval later; their ids."""
@@ -193,7 +215,7 @@ class LostMessages:
         seen = {str(entry): float(at) for entry, at in self.store.hgetall(key).items()}
         republished = []
         for entry in sorted(lost_now):
-            if not confirmed(seen.get(entry), now, self.interval):
+            if not confirmed(seen.get(entry), now, CONFIRM_ROUNDS * self.interval):
                 continue
             payload = self.store.get(self.keys.pending_job(entry))
             if payload is None:  # ended meanwhile (its entry goes with it)

@@ -2,7 +2,8 @@
 
 kombu's Redis transport keeps every message a consumer took in an "unacked" hash, indexed by the time it
 was taken, and hands a message back to the queue once that time is older than its visibility timeout. This
-step turns the timeout into a lease: while the worker lives, a thread renews the index entry of every
+step turns the timeout into a lease: while the worker lives, a thread writes the record of the
+transactional jobs the consumer holds in memory (worker/broker/transport.py) and renews the index entry of every
 message its consumer holds (running, waiting for a pool process, or waiting for a retry's countdown), so
 the timeout can be short (`MAILWORKER_WORKER_LEASE`, 15 s) without a long task or a long countdown ever
 being handed to a second worker. When the worker dies, its renewals stop and every other worker's
@@ -31,12 +32,17 @@ from worker.liveness.heartbeat import LiveWorkers, process_name
 log = logging.getLogger(__name__)
 
 
-def held_delivery_tags(consumer: Any) -> list[str]:
-    """Delivery tags of the messages this consumer took and has not acknowledged yet."""
+def consumer_qos(consumer: Any) -> Any:
+    """The QoS of the consumer's channel: what it holds (kombu), and what it holds in memory
+    (worker/broker/transport.py)."""
     task_consumer = getattr(consumer, "task_consumer", None)
     channel = getattr(task_consumer, "channel", None)
-    qos = getattr(channel, "qos", None)
-    delivered = getattr(qos, "_delivered", None)
+    return getattr(channel, "qos", None)
+
+
+def held_delivery_tags(consumer: Any) -> list[str]:
+    """Delivery tags of the messages this consumer took and has not acknowledged yet."""
+    delivered = getattr(consumer_qos(consumer), "_delivered", None)
     if not delivered:
         return []
     for _ in range(3):
@@ -70,6 +76,7 @@ class LeaseRenewer:
             else None
         )
         # kombu prefixes its own keys with the global key prefix (tests, shared Redis servers).
+        self.broker_prefix = settings.broker_key_prefix
         self.unacked_index = f"{settings.broker_key_prefix}unacked_index"
 
     def queues(self) -> list[str]:
@@ -82,6 +89,10 @@ class LeaseRenewer:
         """One beat: the registry entry, then the leases; returns how many leases were renewed."""
         now = time.time() if now is None else now
         self.registry.register(self.node, self.queues(), self.started, now)
+        qos = consumer_qos(self.consumer)
+        if self._broker is not None and hasattr(qos, "record_held"):
+            # Transactional jobs held since the last beat get the record kombu would have written at once.
+            qos.record_held(now, self._broker, self.broker_prefix)
         tags = held_delivery_tags(self.consumer) if self._broker is not None else []
         if tags and self._broker is not None:
             # XX: only messages still unacknowledged; one acked meanwhile must not come back.
