@@ -173,3 +173,32 @@ def test_a_message_still_queued_behind_others_is_never_a_suspect(
         for name in lost.lists("transactional"):
             real_redis.delete(name)
         real_redis.delete(keys.pending())
+
+
+def test_a_job_taken_with_the_oldest_waiting_is_found_by_its_dead_holders_claim(
+    broker: Any, lost: LostMessages, real_redis: Any, key_prefix: str
+) -> None:
+    """A burst published within one second: queue order cannot tell the job a dead worker ran from its
+    neighbours still queued. Its claim can: the job ran, and the process holding it is gone."""
+    keys = Keys(key_prefix)
+    pending = PendingJobs(real_redis, keys, grace=1800, keep=3600)
+    queue = broker.SimpleQueue("transactional")
+    at = time.time() - 10
+    try:
+        for job in ("ran-and-died", "ran-and-lives", "queued"):
+            queue.put({"job": job}, headers={"id": job, "task": SEND_TASK, PUBLISHED_AT: at})
+            pending.track(job, SEND_TASK, [{"id": job}], "transactional")
+            real_redis.zadd(keys.pending(), {job: at + 1800})
+        lists = lost.lists("transactional")
+        real_redis.rpop(lists[0])
+        real_redis.rpop(lists[0])
+        real_redis.set(keys.claim("ran-and-died"), "host:9:gone|1")  # no heartbeat: the process is dead
+        real_redis.set(keys.claim("ran-and-lives"), "host:8:live|1")
+        real_redis.set(keys.alive("host:8:live"), "1", ex=60)
+        kinds = EntryKinds(queue=lambda entry: "transactional", claim_key=keys.claim, ended=lambda e: False)
+        assert lost.suspects(kinds, time.time()) == ["ran-and-died"]
+    finally:
+        for name in lost.lists("transactional"):
+            real_redis.delete(name)
+        real_redis.delete(keys.pending(), keys.claim("ran-and-died"), keys.claim("ran-and-lives"),
+                          keys.alive("host:8:live"))  # fmt: skip

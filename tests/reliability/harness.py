@@ -233,7 +233,11 @@ class Cluster:
     def counted(self, timeout: float = 15.0) -> None:
         """Wait until the workers wrote the counts they sum (worker/outcomes/buffer.py: every
         `MAILWORKER_COUNTER_FLUSH_INTERVAL`): until the counters stay the same for one interval and a half."""
-        pause = self.runtime.settings.counter_flush_interval * 1.5 + 0.2
+        # The workers' interval: their environment's, else the default (this process's settings read the
+        # test session's environment too, where counters are written at once).
+        default = ServiceSettings.model_fields["counter_flush_interval"].default
+        interval = float(self.env().get("MAILWORKER_COUNTER_FLUSH_INTERVAL", default))
+        pause = interval * 1.5 + 0.2
         deadline = time.monotonic() + timeout
         before = self.redis.hgetall(self.runtime.keys.outcome_totals())
         while time.monotonic() < deadline:

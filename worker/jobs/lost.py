@@ -175,21 +175,26 @@ class LostMessages:
             return []
         entries = [(str(entry), float(score) - self.grace) for entry, score in scored]
         oldest = self.oldest_waiting(kinds.queue(entry) for entry, _ in entries)
-        taken = [
-            entry for entry, published in entries
-            if taken_from_queue(published, oldest[kinds.queue(entry)], now, min_age=self.interval)
-        ]  # fmt: skip
-        if not taken:
+        taken, near = [], []
+        for entry, published in entries:
+            waiting = oldest[kinds.queue(entry)]
+            if taken_from_queue(published, waiting, now, min_age=self.interval):
+                taken.append(entry)
+            elif isinstance(waiting, float) and published < waiting + QUEUE_ORDER_SLACK_S:
+                near.append(entry)  # published with the oldest waiting: queued, or taken with it
+        if not taken and not near:
             return []
-        worked_on = self._worked_on(taken, kinds)
-        free = [entry for entry in taken if entry not in worked_on and not kinds.ended(entry)]
+        holders = self._claim_holders(taken + near, kinds)
+        # A claim proves the job was taken (its task ran); one whose holder is dead holds it no more.
+        taken += [entry for entry in near if entry in holders and not holders[entry]]
+        free = [entry for entry in taken if not holders.get(entry) and not kinds.ended(entry)]
         if not free:
             return []
         held = {e for raw in self.broker.hvals(f"{self.broker_prefix}unacked") for e in held_entries(raw)}
         return [entry for entry in free if entry not in held]
 
-    def _worked_on(self, entries: list[str], kinds: EntryKinds) -> set[str]:
-        """The entries a live process holds the claim of (a dead holder's claim holds nothing)."""
+    def _claim_holders(self, entries: list[str], kinds: EntryKinds) -> dict[str, bool]:
+        """{entry: is its claim's holder alive} for the entries that have a claim."""
         claims = {entry: key for entry in entries if (key := kinds.claim_key(entry))}
         pipe = self.store.pipeline(transaction=False)
         for key in claims.values():
@@ -203,9 +208,9 @@ class LostMessages:
         for process in holders.values():
             pipe.exists(self.keys.alive(process))
         return {
-            entry for (entry, process), beating in zip(holders.items(), pipe.execute(), strict=True)
-            if beating and not kinds.process_gone(process)
-        }  # fmt: skip
+            entry: bool(beating) and not kinds.process_gone(process)
+            for (entry, process), beating in zip(holders.items(), pipe.execute(), strict=True)
+        }
 
     def check(self, kinds: EntryKinds, publish: Publish, now: float | None = None) -> list[str]:
         """One round: note new suspects, publish again those still lost one interval later; their ids."""
