@@ -145,7 +145,6 @@ def _claim_key(entry_id: str) -> str | None:
 ENTRY_KINDS = EntryKinds(
     queue=lambda entry_id: BULK if entry_id.startswith(BULK_JOB_PREFIX) else TRANSACTIONAL,
     claim_key=_claim_key,
-    ended=_ended,
     process_gone=process_gone,
 )
 

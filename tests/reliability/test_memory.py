@@ -156,4 +156,7 @@ def test_the_footprint_of_a_50000_job_flood_at_default_settings(tmp_path):
     assert (after_keys - before_keys) / FLOOD <= 2.05, dict(after)  # its result and its job hash
     assert job_ttl <= 3600  # an ended job's bookkeeping: an hour
     assert result_ttl <= 86_400
-    assert result_bytes + job_bytes <= 1200
+    # 744 + 496 bytes on the last run: the result names the server that took the mail since SMTP failover,
+    # and the delivered record (a JSON value over Redis's 64-byte listpack limit) makes the job hash a
+    # hashtable. Bounded so that a field nobody reads does not creep in unnoticed.
+    assert result_bytes + job_bytes <= 1300

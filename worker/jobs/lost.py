@@ -9,12 +9,14 @@ and no claim holds it any more. The pending ledger (pending.py) still does, but 
 This check closes that gap without touching the broker's hot path. kombu pushes on the head of each
 priority list and pops its tail; a lease hand-back goes onto the tail, ahead of the rest. So a job
 published before the oldest message still waiting in every list of its queue has been taken from that
-queue. If, besides, nobody works on it (no claim held by a live process), no worker holds it (not in the
-unacked hash) and it has not ended, it was lost in that window, or with a worker that died within a
-heartbeat of taking it (worker/broker/transport.py records such a job at the next beat). A job seen so
-in two checks two heartbeats apart is published again under its id. Should it not have been
-lost after all (hosts whose clocks disagree by more than QUEUE_ORDER_SLACK_S), the copy is skipped by
-the job's claim or delivered-marker: a wasted message, never a second mail.
+queue; so has a job with a claim (its task ran). If no live process holds its claim and no worker holds
+its message (not in the unacked hash), it was lost in that window, or with a worker that died within a
+heartbeat of taking it (worker/broker/transport.py records such a job at the next beat), perhaps after
+its end and before the bookkeeping that follows it. A job seen so in two checks two heartbeats apart is
+published again under its id: its copy delivers it, or finds it ended and writes what the dead worker
+did not (its result, the ledger's done). Should it not have been lost after all (hosts whose clocks
+disagree by more than QUEUE_ORDER_SLACK_S), the copy is skipped by the job's claim or delivered-marker:
+a wasted message, never a second mail.
 """
 
 from __future__ import annotations
@@ -109,7 +111,6 @@ class EntryKinds:
 
     queue: Callable[[str], str]  # the queue the entry's message waits in
     claim_key: Callable[[str], str | None]  # the claim a worker holds while it works on the entry
-    ended: Callable[[str], bool]  # sent, dead-lettered, dropped: nothing to publish
     # A claim holder's process known to be gone although its heartbeat key lives on (it ran on this host).
     process_gone: Callable[[str], bool] = lambda process: False
 
@@ -166,7 +167,7 @@ class LostMessages:
         return oldest
 
     def suspects(self, kinds: EntryKinds, now: float) -> list[str]:
-        """Entries lost right now: taken from their queue, and neither worked on, held, nor ended."""
+        """Entries lost right now: taken from their queue, and neither worked on nor held."""
         scored: list[tuple[Any, float]] = self.store.zrangebyscore(  # type: ignore[assignment]
             self.keys.pending(), "-inf", now - self.interval + self.grace, start=0, num=SCAN_LIMIT,
             withscores=True,
@@ -187,7 +188,10 @@ class LostMessages:
         holders = self._claim_holders(taken + near, kinds)
         # A claim proves the job was taken (its task ran); one whose holder is dead holds it no more.
         taken += [entry for entry in near if entry in holders and not holders[entry]]
-        free = [entry for entry in taken if not holders.get(entry) and not kinds.ended(entry)]
+        # A job that ended is published again too: its entry is still here because its worker died between
+        # the end and the bookkeeping after it (its result, the ledger's done), and the copy, which finds it
+        # ended, writes both.
+        free = [entry for entry in taken if not holders.get(entry)]
         if not free:
             return []
         held = {e for raw in self.broker.hvals(f"{self.broker_prefix}unacked") for e in held_entries(raw)}
