@@ -9,6 +9,7 @@ from typing import Any
 from config.errors import InvalidInput, NotFound, StoreUnavailable
 from tasks.outcomes import DeadLettered
 from tasks.runner import CELERY_RETRY_LIMIT, look_up_user, run_job
+from tasks.tracked import TrackedJob
 from templates.catalogue import event_template
 from worker.app import EVENT_TASK, app
 from worker.jobs.events import event_job, needs_lookup, parse_event
@@ -17,7 +18,7 @@ from worker.runtime import runtime
 log = logging.getLogger(__name__)
 
 
-@app.task(name=EVENT_TASK, bind=True, acks_late=True, throws=(DeadLettered,))
+@app.task(name=EVENT_TASK, base=TrackedJob, bind=True, acks_late=True, throws=(DeadLettered,))
 def handle_event(self: Any, realm: str, event: dict[str, Any]) -> dict[str, Any]:
     rt = runtime()
     try:
@@ -50,5 +51,4 @@ def _ended(job_id: str, realm: str, result: dict[str, Any]) -> dict[str, Any]:
     result["realm"] = realm
     rt = runtime()
     rt.ledger.end(job_id, result["status"])  # a late copy (or the sweeper) finds it ended
-    rt.pending.done(job_id)
-    return result
+    return result  # the pending ledger forgets it once the result is stored (TrackedJob)

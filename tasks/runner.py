@@ -56,9 +56,8 @@ def run_job(task: Task, job: EmailJob) -> dict[str, Any]:
         result = _internal_error(task, job, error)
     result.setdefault("task", task.name)  # `mailworker status` shows it (results are not "extended")
     result.setdefault("realm", job.realm)  # whose job: an API token limited to realms sees only theirs
-    # Ended: sent, dead-lettered, dropped or skipped. If Redis blinks here the sweeper finds it ended later.
-    with contextlib.suppress(redis.RedisError):
-        runtime().pending.done(job.id)
+    # Ended: sent, dead-lettered, dropped or skipped; the pending ledger forgets it once the result is
+    # stored (TrackedJob.after_return).
     return raise_if_dead(result)  # a dead letter is a FAILURE in Celery's eyes (tasks/outcomes.py)
 
 
