@@ -48,7 +48,6 @@ class QoS(kombu_redis.QoS):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.in_memory: set[str] = set()  # held, not recorded in Redis (yet)
-        self.recorded_late: set[str] = set()  # held in memory first, recorded by a beat since
         # The beat's recording and the event loop's acknowledgement of one message must not interleave:
         # a record written after its message was acknowledged would hand the message out again.
         self.lock = threading.Lock()
@@ -66,7 +65,6 @@ class QoS(kombu_redis.QoS):
         if delivery_tag in self.in_memory:
             self.in_memory.discard(delivery_tag)
             return True
-        self.recorded_late.discard(delivery_tag)
         return False
 
     def ack(self, delivery_tag: str) -> None:
@@ -123,8 +121,7 @@ class QoS(kombu_redis.QoS):
                 pipe.zadd(f"{prefix}{self.unacked_index_key}", {tag: now})
             pipe.execute()
             tags = [tag for tag, _ in held]
-            self.in_memory.difference_update(tags)
-            self.recorded_late.update(tags)
+            self.in_memory.difference_update(tags)  # from now on kombu's own record, removed by kombu's ack
         return len(held)
 
     def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:

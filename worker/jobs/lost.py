@@ -235,8 +235,8 @@ class LostMessages:
             self.store.zadd(self.keys.pending(), {entry: now + self.grace}, xx=True)
             republished.append(entry)
             log.warning(
-                "job %s was taken from the %s queue and never recorded by a worker (a consumer died between"
-                " its pop and its record): published again", entry, job["queue"],
+                "job %s was taken from the %s queue and no live worker holds it (its worker died before"
+                " recording it, or before the bookkeeping after its end): published again", entry, job["queue"],
             )  # fmt: skip
         pipe = self.store.pipeline(transaction=False)
         gone = [entry for entry in seen if entry not in lost_now or entry in republished]
