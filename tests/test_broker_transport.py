@@ -75,3 +75,24 @@ def test_a_rejected_or_handed_back_job_held_in_memory_goes_back_to_its_queue(
     assert real_redis.llen(waiting) == 1
     real_redis.delete(waiting)
     queue.close()
+
+
+def test_a_held_job_redis_would_not_take_back_goes_back_with_the_next_beat(
+    conn: Any, real_redis: Any, key_prefix: str
+) -> None:
+    """A Sentinel failover: the consumer hands back what it holds while no master answers. The message
+    stays in the process and the beat's own connection (which finds the new master) puts it back."""
+    import redis
+
+    queue = conn.SimpleQueue("transactional")
+    queue.put({"n": 5}, headers={"task": SEND_TASK, "id": "j5"})
+    queue.get(timeout=5)
+    qos = queue.channel.qos
+    away = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)  # nothing listens on port 1
+    qos.restore_unacked(client=away)  # what a consumer does as its connection breaks
+    waiting = f"{key_prefix}:transactional"
+    assert real_redis.llen(waiting) == 0  # not back yet, not lost either:
+    assert qos.return_unreturned(real_redis, f"{key_prefix}:") == 1
+    assert real_redis.llen(waiting) == 1 and qos.return_unreturned(real_redis, f"{key_prefix}:") == 0
+    real_redis.delete(waiting)
+    queue.close()

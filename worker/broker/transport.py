@@ -24,6 +24,7 @@ Every other message (Test Connection, bulk, webhooks) is recorded as kombu recor
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from typing import Any
 
@@ -33,6 +34,13 @@ from kombu.transport.virtual import base as virtual
 from kombu.utils.json import dumps
 
 from config.names import EVENT_TASK, SEND_TASK
+
+log = logging.getLogger(__name__)
+
+# Held messages that could not go back to their queue (Redis away), as (list, payload, leftmost): process-wide,
+# because the consumer replaces its channel, and with it its QoS, when the connection breaks.
+_UNRETURNED: list[tuple[str, str, bool]] = []
+_UNRETURNED_LOCK = threading.Lock()
 
 # The tasks whose jobs the pending ledger tracks (tasks/api.py `_publish_tracked`): a job of these lost
 # with a worker is published again by worker/jobs/lost.py, so kombu's record may wait for a beat.
@@ -94,14 +102,46 @@ class QoS(kombu_redis.QoS):
         super().restore_by_tag(tag, client, leftmost)
 
     def _put_back(self, message: Any, *, leftmost: bool, client: Any = None) -> None:
-        """A message held in memory back to its queue, as kombu restores a recorded one."""
-        delivery = message.delivery_info
-        with self.channel.conn_or_acquire(client) as conn:
-            pipe = conn.pipeline()
-            self.channel._do_restore_message(
-                copy.deepcopy(message._raw), delivery["exchange"], delivery["routing_key"], pipe, leftmost
+        """A message held in memory back to its queue, as kombu restores a recorded one.
+
+        Redis away (a restart, a Sentinel failover: the consumer hands back what it holds as its connection
+        breaks) keeps the message in this process, and the next beats put it back (`return_unreturned`).
+        """
+        payload = copy.deepcopy(message._raw)
+        try:
+            with self.channel.conn_or_acquire(client) as conn:
+                pipe = conn.pipeline()
+                delivery = message.delivery_info
+                self.channel._do_restore_message(payload, delivery["exchange"], delivery["routing_key"], pipe,
+                                                 leftmost)  # fmt: skip
+                pipe.execute()
+        except self.channel.connection_errors as error:
+            # The queue's list as kombu names it (our queues are routed by their own name), the priority lane
+            # included: the beat's own connection needs no lookup of bindings.
+            queue = self.channel._q_for_pri(
+                message.delivery_info["routing_key"],
+                self.channel._get_message_priority(payload, reverse=False),
             )
-            pipe.execute()
+            with _UNRETURNED_LOCK:
+                _UNRETURNED.append((queue, dumps(payload), leftmost))
+            log.warning(
+                "a held message could not go back to %s now (%s): the next beats put it back", queue, error
+            )
+
+    def return_unreturned(self, client: Any, prefix: str) -> int:
+        """The beat: put back the held messages a broken connection kept in this process; how many."""
+        with _UNRETURNED_LOCK:
+            waiting = list(_UNRETURNED)
+            _UNRETURNED.clear()
+        returned = 0
+        try:
+            for queue, payload, leftmost in waiting:
+                (client.lpush if leftmost else client.rpush)(f"{prefix}{queue}", payload)
+                returned += 1
+        finally:
+            with _UNRETURNED_LOCK:
+                _UNRETURNED[:0] = waiting[returned:]  # what Redis refused again waits for the next beat
+        return returned
 
     def record_held(self, now: float, client: Any, prefix: str) -> int:
         """The beat: write kombu's record of every message still held in memory; how many were written.

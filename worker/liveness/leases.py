@@ -91,7 +91,9 @@ class LeaseRenewer:
         self.registry.register(self.node, self.queues(), self.started, now)
         qos = consumer_qos(self.consumer)
         if self._broker is not None and hasattr(qos, "record_held"):
-            # Transactional jobs held since the last beat get the record kombu would have written at once.
+            # Held messages a broken connection could not put back go back now (worker/broker/transport.py);
+            # transactional jobs held since the last beat get the record kombu would have written at once.
+            qos.return_unreturned(self._broker, self.broker_prefix)
             qos.record_held(now, self._broker, self.broker_prefix)
         tags = held_delivery_tags(self.consumer) if self._broker is not None else []
         if tags and self._broker is not None:
