@@ -17,7 +17,8 @@ What the in-memory hold changes, and what covers it:
   as the task starts) lapses with the dead holder's heartbeat, and worker/jobs/lost.py publishes the job
   again from the pending ledger, as it does for a message lost between BRPOP and the record;
 - a pool process killed (Celery rejects and requeues the message), a warm shutdown or a lost connection
-  (kombu hands back what the consumer holds): a held message goes back to its queue from memory.
+  (kombu hands back what the consumer holds): a held message goes back to its queue from memory, or, while
+  Redis is away (a restart, a Sentinel failover), with the first heartbeat that reaches it.
 Every other message (Test Connection, bulk, webhooks) is recorded as kombu records it.
 """
 
