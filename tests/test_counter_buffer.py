@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from config.keys import Keys
+from tests.support.counting_redis import CountingRedis
 from worker.jobs.stats import Stats
 from worker.outcomes.buffer import CounterBuffer
 from worker.outcomes.outcome import SENT, Outcome
@@ -16,30 +17,9 @@ from worker.outcomes.record import Outcomes
 from worker.outcomes.tallies import Tallies
 
 
-class Counting(redis.Redis):
-    """A client that counts the commands it sends (pipelines included)."""
-
-    commands = 0
-
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        Counting.commands += 1
-        return super().execute_command(*args, **options)
-
-    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
-        pipe = super().pipeline(transaction, shard_hint)
-        original = pipe.execute
-
-        def execute(raise_on_error: bool = True) -> Any:
-            Counting.commands += len(pipe.command_stack)
-            return original(raise_on_error)
-
-        pipe.execute = execute  # type: ignore[method-assign]
-        return pipe
-
-
 @pytest.fixture
 def client(redis_url: str) -> Any:
-    return Counting.from_url(redis_url, decode_responses=True)
+    return CountingRedis.from_url(redis_url, decode_responses=True)
 
 
 def test_a_thousand_outcomes_cost_a_handful_of_commands_and_every_count_arrives(
@@ -49,14 +29,14 @@ def test_a_thousand_outcomes_cost_a_handful_of_commands_and_every_count_arrives(
     buffer = CounterBuffer(client, interval=60)  # written by close() here, not by its thread
     outcomes = Outcomes(client, keys, Stats(client, keys), buffer)
     tallies = Tallies(client, keys)
-    before = Counting.commands
+    before = client.commands
     for n in range(1000):
         outcomes.record(Outcome(SENT, "acme", f"job-{n}", "password-reset", "u@example.com"),
                         also=lambda pipe: tallies.queue_delivery(pipe, "transactional", 0.1))  # fmt: skip
-    assert Counting.commands == before  # nothing written yet
+    assert client.commands == before  # nothing written yet
     buffer.close()
     # One HINCRBY per distinct counter (hour, total, bucket), the sum, the realm's SADD and the hour's EXPIRE.
-    assert Counting.commands - before == 6
+    assert client.commands - before == 6
     assert Stats(client, keys).last_hour("acme")["sent"] == 1000
     assert outcomes.totals()[("acme", SENT)] == 1000
     figures = tallies.read()

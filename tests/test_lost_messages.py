@@ -104,8 +104,8 @@ def broker(redis_url: str, key_prefix: str) -> Iterator[Any]:
 
 @pytest.fixture
 def lost(real_redis: Any, key_prefix: str) -> LostMessages:
-    return LostMessages(real_redis, real_redis, Keys(key_prefix), broker_prefix=f"{key_prefix}:",
-                        grace=1800, interval=3)  # fmt: skip
+    pending = PendingJobs(real_redis, Keys(key_prefix), grace=1800, keep=3600)
+    return LostMessages(pending, real_redis, broker_prefix=f"{key_prefix}:", interval=3)
 
 
 def test_only_the_message_a_dead_consumer_popped_is_published_again(

@@ -15,6 +15,7 @@ import redis
 from config.crypto import MASK, SecretBox, new_key
 from config.errors import InvalidInput, NotFound
 from config.keys import Keys
+from tests.support.counting_redis import CountingRedis
 from worker.bulk.progress import BulkProgress, finished_outcome
 from worker.jobs.stats import Stats
 from worker.outcomes.outcome import BULK_FINISHED, DEAD_LETTERED, EVENTS, SENT, Outcome
@@ -256,27 +257,6 @@ def test_remove_and_unknown_ids(endpoints: EndpointStore) -> None:
 
 
 # ---- the hot path --------------------------------------------------------------------------------------
-
-
-class CountingRedis(redis.Redis):
-    """Counts round trips: each command, and each pipeline's execute."""
-
-    round_trips = 0
-
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        self.round_trips += 1
-        return super().execute_command(*args, **options)
-
-    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
-        pipe = super().pipeline(transaction, shard_hint)
-        execute = pipe.execute
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            self.round_trips += 1
-            return execute(*args, **kwargs)
-
-        pipe.execute = counted  # type: ignore[method-assign]
-        return pipe
 
 
 def test_recording_costs_no_round_trip_more_for_a_realm_without_endpoints(

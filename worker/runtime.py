@@ -265,10 +265,8 @@ class Runtime:
             return None
         broker = connect(self.settings.broker_url, variable="MAILWORKER_BROKER_URL", check=False,
                          sentinel=self.settings.sentinel)  # fmt: skip
-        return LostMessages(
-            self.redis, broker, self.keys, broker_prefix=self.settings.broker_key_prefix,
-            grace=self.settings.lost_job_grace, interval=self.settings.heartbeat_interval,
-        )  # fmt: skip
+        return LostMessages(self.pending, broker, broker_prefix=self.settings.broker_key_prefix,
+                            interval=self.settings.heartbeat_interval)  # fmt: skip
 
     def close(self) -> None:
         if "heartbeat" in self.__dict__:

@@ -31,8 +31,8 @@ from typing import Any
 
 import redis
 
-from config.keys import Keys
 from config.names import BULK_CHUNK_TASK, PUBLISHED_AT
+from worker.jobs.pending import PendingJobs
 
 log = logging.getLogger(__name__)
 
@@ -121,21 +121,20 @@ Publish = Callable[[str, list[Any], str | None, str, int], None]  # (task, args,
 class LostMessages:
     def __init__(
         self,
-        store: redis.Redis,
+        pending: PendingJobs,
         broker: redis.Redis,
-        keys: Keys,
         *,
         broker_prefix: str,
-        grace: float,
         interval: float,
         priority_steps: Iterable[int] = (0, 3, 6, 9),
         separator: str = "\x06\x16",
     ) -> None:
-        self.store = store
+        self.pending = pending
+        self.store = pending.redis
         self.broker = broker
-        self.keys = keys
+        self.keys = pending.keys
         self.broker_prefix = broker_prefix  # kombu's global key prefix
-        self.grace = grace  # the pending ledger's: an entry's score is "published + grace" until touched
+        self.grace = pending.grace  # an entry's score is "published + grace" until a worker touches it
         self.interval = interval  # seconds between checks; a suspect is confirmed one interval later
         self.priority_steps = tuple(priority_steps)
         self.separator = separator
@@ -226,17 +225,13 @@ class LostMessages:
         for entry in sorted(lost_now):
             if not confirmed(seen.get(entry), now, CONFIRM_ROUNDS * self.interval):
                 continue
-            payload = self.store.get(self.keys.pending_job(entry))
-            if payload is None:  # ended meanwhile (its entry goes with it)
+            queue = self.pending.publish_again(entry, publish, now)
+            if queue is None:  # ended meanwhile (its entry goes with it)
                 continue
-            job = json.loads(str(payload))
-            task_id = entry if job.get("same_task_id", True) else None
-            publish(job["task"], job["args"], task_id, job["queue"], int(job.get("lane") or 0))
-            self.store.zadd(self.keys.pending(), {entry: now + self.grace}, xx=True)
             republished.append(entry)
             log.warning(
                 "job %s was taken from the %s queue and no live worker holds it (its worker died before"
-                " recording it, or before the bookkeeping after its end): published again", entry, job["queue"],
+                " recording it, or before the bookkeeping after its end): published again", entry, queue,
             )  # fmt: skip
         pipe = self.store.pipeline(transaction=False)
         gone = [entry for entry in seen if entry not in lost_now or entry in republished]

@@ -100,20 +100,27 @@ class PendingJobs:
         now = time.time() if now is None else now
         republished = []
         for job_id in self.overdue(now):
-            raw = self.redis.get(self.keys.pending_job(job_id))
-            if raw is None or ended(job_id):
+            if ended(job_id) or self.publish_again(job_id, publish, now) is None:
                 self.done(job_id)
                 continue
-            entry = json.loads(str(raw))
-            # A bulk chunk's entry id names the chunk, not a task: its copy gets a task id of its own.
-            task_id = job_id if entry.get("same_task_id", True) else None
-            publish(entry["task"], entry["args"], task_id, entry["queue"], int(entry.get("lane") or 0))
-            self.redis.zadd(self.keys.pending(), {job_id: now + self.grace}, xx=True)
             republished.append(job_id)
             log.warning(
                 "job %s had no news for %.0fs: published again (the broker lost it)", job_id, self.grace
             )
         return republished
+
+    def publish_again(self, entry_id: str, publish: Publish, now: float) -> str | None:
+        """Publish the entry's job again as recorded, news due one grace from `now`; its queue, or None when
+        nothing is recorded any more (the job ended)."""
+        raw = self.redis.get(self.keys.pending_job(entry_id))
+        if raw is None:
+            return None
+        entry = json.loads(str(raw))
+        # A bulk chunk's entry id names the chunk, not a task: its copy gets a task id of its own.
+        task_id = entry_id if entry.get("same_task_id", True) else None
+        publish(entry["task"], entry["args"], task_id, entry["queue"], int(entry.get("lane") or 0))
+        self.redis.zadd(self.keys.pending(), {entry_id: now + self.grace}, xx=True)
+        return str(entry["queue"])
 
     def claim_sweep(self, owner: str, interval: float) -> bool:
         """One sweeper per interval across all workers."""
