@@ -103,103 +103,83 @@ def broker(redis_url: str, key_prefix: str) -> Iterator[Any]:
 
 
 @pytest.fixture
-def lost(real_redis: Any, key_prefix: str) -> LostMessages:
+def lost(real_redis: Any, key_prefix: str) -> Iterator[LostMessages]:
     pending = PendingJobs(real_redis, Keys(key_prefix), grace=1800, keep=3600)
-    return LostMessages(pending, real_redis, broker_prefix=f"{key_prefix}:", interval=3)
+    yield LostMessages(pending, real_redis, broker_prefix=f"{key_prefix}:", interval=3)
+    for key in real_redis.scan_iter(match=f"{key_prefix}:*", count=1000):  # the queues, ledger, claims
+        real_redis.delete(key)
+
+
+def publish(queue: Any, lost: LostMessages, job: str, at: float, lane: int = 0) -> None:
+    """A job as a producer publishes it at `at`: the message (with its publish time), its ledger entry."""
+    queue.put({"job": job}, headers={"id": job, "task": SEND_TASK, PUBLISHED_AT: at}, priority=lane)
+    lost.pending.track(job, SEND_TASK, [{"id": job}], "transactional", lane=lane)
+    lost.store.zadd(lost.keys.pending(), {job: at + lost.grace})  # the ledger's score: published + grace
+
+
+def kinds_of(lost: LostMessages) -> EntryKinds:
+    return EntryKinds(queue=lambda entry: "transactional", claim_key=lost.keys.claim)
 
 
 def test_only_the_message_a_dead_consumer_popped_is_published_again(
-    broker: Any, lost: LostMessages, real_redis: Any, key_prefix: str
+    broker: Any, lost: LostMessages, real_redis: Any
 ) -> None:
-    keys = Keys(key_prefix)
-    pending = PendingJobs(real_redis, keys, grace=1800, keep=3600)
+    keys = lost.keys
     queue = broker.SimpleQueue("transactional")
-    try:
-        for job in ("lost", "held", "worked-on", "ended", "holder-died", "waiting"):
-            # The one still waiting was published last, 10 s after the others: they were all taken.
-            at = time.time() - (0 if job == "waiting" else 10)
-            queue.put({"job": job}, headers={"id": job, "task": SEND_TASK, PUBLISHED_AT: at})
-            pending.track(job, SEND_TASK, [{"id": job}], "transactional")
-            real_redis.zadd(keys.pending(), {job: at + 1800})  # the ledger's score: published + grace
-        lists = lost.lists("transactional")
-        assert real_redis.rpop(lists[0]) is not None  # "lost": popped by a consumer that died at once
-        held = queue.get(timeout=5)  # "held": a live consumer's, in kombu's unacked hash
-        assert held.headers["id"] == "held"
-        real_redis.rpop(lists[0])  # "worked-on": its worker claimed it (below)
-        real_redis.rpop(lists[0])  # "ended": its job was sent
-        real_redis.rpop(lists[0])  # "holder-died": claimed by a process whose heartbeat is gone
-        real_redis.set(keys.claim("worked-on"), "host:1:abc|1")
-        real_redis.set(keys.alive("host:1:abc"), "1", ex=60)
-        real_redis.set(keys.claim("holder-died"), "host:2:def|1")
-        kinds = EntryKinds(queue=lambda entry: "transactional", claim_key=keys.claim)  # fmt: skip
-        published: list[tuple[str, str | None, int]] = []
+    for job in ("lost", "held", "worked-on", "ended", "holder-died", "waiting"):
+        # The one still waiting was published last, 10 s after the others: they were all taken.
+        publish(queue, lost, job, time.time() - (0 if job == "waiting" else 10))
+    lists = lost.lists("transactional")
+    assert real_redis.rpop(lists[0]) is not None  # "lost": popped by a consumer that died at once
+    held = queue.get(timeout=5)  # "held": a live consumer's, in kombu's unacked hash
+    assert held.headers["id"] == "held"
+    real_redis.rpop(lists[0])  # "worked-on": its worker claimed it (below)
+    real_redis.rpop(lists[0])  # "ended": its job was sent
+    real_redis.rpop(lists[0])  # "holder-died": claimed by a process whose heartbeat is gone
+    real_redis.set(keys.claim("worked-on"), "host:1:abc|1")
+    real_redis.set(keys.alive("host:1:abc"), "1", ex=60)
+    real_redis.set(keys.claim("holder-died"), "host:2:def|1")
+    kinds = kinds_of(lost)
+    published: list[tuple[str, str | None, int]] = []
 
-        def publish(task: str, args: list[Any], task_id: str | None, queue_name: str, lane: int) -> None:
-            published.append((task, task_id, lane))
+    def republish(task: str, args: list[Any], task_id: str | None, queue_name: str, lane: int) -> None:
+        published.append((task, task_id, lane))
 
-        now = time.time()
-        # "ended" too: its worker died after the end, before its result and the ledger's done; its copy
-        # finds it ended and writes both.
-        assert sorted(lost.suspects(kinds, now)) == ["ended", "holder-died", "lost"]
-        assert lost.check(kinds, publish, now) == []  # seen once: it may be on its way
-        assert lost.check(kinds, publish, now + 3) == []  # one interval later: still not confirmed
-        assert lost.check(kinds, publish, now + 6) == ["ended", "holder-died", "lost"]
-        assert [task_id for _, task_id, _ in published] == ["ended", "holder-died", "lost"]
-        # Published again: news is expected one grace from now, they are no suspects any more.
-        assert lost.check(kinds, publish, now + 9) == [] and len(published) == 3
-        assert real_redis.hlen(keys.lost_suspects()) == 0
-        held.ack()
-    finally:
-        for name in lost.lists("transactional"):
-            real_redis.delete(name)
-        for key in (keys.pending(), keys.lost_suspects(), keys.claim("worked-on"), keys.claim("holder-died"),
-                    keys.alive("host:1:abc"), f"{key_prefix}:unacked", f"{key_prefix}:unacked_index"):  # fmt: skip
-            real_redis.delete(key)
+    now = time.time()
+    # "ended" too: its worker died after the end, before its result and the ledger's done; its copy
+    # finds it ended and writes both.
+    assert sorted(lost.suspects(kinds, now)) == ["ended", "holder-died", "lost"]
+    assert lost.check(kinds, republish, now) == []  # seen once: it may be on its way
+    assert lost.check(kinds, republish, now + 3) == []  # one interval later: still not confirmed
+    assert lost.check(kinds, republish, now + 6) == ["ended", "holder-died", "lost"]
+    assert [task_id for _, task_id, _ in published] == ["ended", "holder-died", "lost"]
+    # Published again: news is expected one grace from now, they are no suspects any more.
+    assert lost.check(kinds, republish, now + 9) == [] and len(published) == 3
+    assert real_redis.hlen(keys.lost_suspects()) == 0
+    held.ack()
 
 
-def test_a_message_still_queued_behind_others_is_never_a_suspect(
-    broker: Any, lost: LostMessages, real_redis: Any, key_prefix: str
-) -> None:
-    keys = Keys(key_prefix)
-    pending = PendingJobs(real_redis, keys, grace=1800, keep=3600)
+def test_a_message_still_queued_behind_others_is_never_a_suspect(broker: Any, lost: LostMessages) -> None:
     queue = broker.SimpleQueue("transactional")
-    try:
-        for n in range(20):
-            queue.put({"n": n}, headers={"id": f"j{n}", "task": SEND_TASK, PUBLISHED_AT: time.time()},
-                      priority=n % 10)  # fmt: skip
-            pending.track(f"j{n}", SEND_TASK, [], "transactional", lane=n % 10)
-        kinds = EntryKinds(queue=lambda entry: "transactional", claim_key=keys.claim)
-        assert lost.suspects(kinds, time.time() + 3600) == []  # an hour in the queue is slow, not lost
-    finally:
-        for name in lost.lists("transactional"):
-            real_redis.delete(name)
-        real_redis.delete(keys.pending())
+    for n in range(20):
+        publish(queue, lost, f"j{n}", time.time(), lane=n % 10)
+    assert lost.suspects(kinds_of(lost), time.time() + 3600) == []  # an hour in the queue is slow, not lost
 
 
 def test_a_job_taken_with_the_oldest_waiting_is_found_by_its_dead_holders_claim(
-    broker: Any, lost: LostMessages, real_redis: Any, key_prefix: str
+    broker: Any, lost: LostMessages, real_redis: Any
 ) -> None:
     """A burst published within one second: queue order cannot tell the job a dead worker ran from its
     neighbours still queued. Its claim can: the job ran, and the process holding it is gone."""
-    keys = Keys(key_prefix)
-    pending = PendingJobs(real_redis, keys, grace=1800, keep=3600)
+    keys = lost.keys
     queue = broker.SimpleQueue("transactional")
     at = time.time() - 10
-    try:
-        for job in ("ran-and-died", "ran-and-lives", "queued"):
-            queue.put({"job": job}, headers={"id": job, "task": SEND_TASK, PUBLISHED_AT: at})
-            pending.track(job, SEND_TASK, [{"id": job}], "transactional")
-            real_redis.zadd(keys.pending(), {job: at + 1800})
-        lists = lost.lists("transactional")
-        real_redis.rpop(lists[0])
-        real_redis.rpop(lists[0])
-        real_redis.set(keys.claim("ran-and-died"), "host:9:gone|1")  # no heartbeat: the process is dead
-        real_redis.set(keys.claim("ran-and-lives"), "host:8:live|1")
-        real_redis.set(keys.alive("host:8:live"), "1", ex=60)
-        kinds = EntryKinds(queue=lambda entry: "transactional", claim_key=keys.claim)
-        assert lost.suspects(kinds, time.time()) == ["ran-and-died"]
-    finally:
-        for name in lost.lists("transactional"):
-            real_redis.delete(name)
-        real_redis.delete(keys.pending(), keys.claim("ran-and-died"), keys.claim("ran-and-lives"),
-                          keys.alive("host:8:live"))  # fmt: skip
+    for job in ("ran-and-died", "ran-and-lives", "queued"):
+        publish(queue, lost, job, at)
+    lists = lost.lists("transactional")
+    real_redis.rpop(lists[0])
+    real_redis.rpop(lists[0])
+    real_redis.set(keys.claim("ran-and-died"), "host:9:gone|1")  # no heartbeat: the process is dead
+    real_redis.set(keys.claim("ran-and-lives"), "host:8:live|1")
+    real_redis.set(keys.alive("host:8:live"), "1", ex=60)
+    assert lost.suspects(kinds_of(lost), time.time()) == ["ran-and-died"]
